@@ -1,0 +1,83 @@
+"""Train one named recipe (see vit_helpers.RECIPES) and record the run under results/.
+
+    python scripts/train_recipe.py mnist-strong --data-root ../shared/data --threads 1 --budget-min 45
+
+Writes results/<recipe>-<tag>.json (metrics, config, seed, hardware, wall time, dataset copy), the
+training curves to images/<recipe>-<tag>-curves.png and, for MNIST, a rollout figure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import vit_helpers as vh  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", choices=sorted(vh.RECIPES))
+    ap.add_argument("--data-root", default=vh.default_data_root())
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--budget-min", type=float, default=None, help="wall-clock budget; the schedule is fitted to it")
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset (smoke runs)")
+    ap.add_argument("--tag", default="cpu", help="suffix of the output files")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vh.set_seed(args.seed)
+    recipe = vh.get_recipe(args.recipe)
+    if args.epochs:
+        recipe["fit"]["epochs"] = args.epochs
+    device = vh.get_device(args.device)
+    dataset_name = args.recipe.split("-")[0]
+    loader_fn = vh.mnist_loaders if dataset_name == "mnist" else vh.cifar10_loaders
+    loaders = loader_fn(args.data_root, seed=args.seed, train_limit=args.train_limit, **recipe["data"])
+    model = vh.VisionTransformer(**recipe["model"])
+    budget_s = args.budget_min * 60 if args.budget_min else None
+    start = time.perf_counter()
+    hist = vh.fit(model, loaders.train, loaders.val, device=device, time_budget_s=budget_s,
+                  progress=sys.stderr.isatty(), **recipe["fit"])
+    test = vh.evaluate(model, loaders.test, device)
+    wall = time.perf_counter() - start
+    name = f"{args.recipe}-{args.tag}"
+    metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "best_val_acc": hist.best_val_acc,
+               "best_epoch": hist.best_epoch, "final_train_acc": hist.train_acc[-1],
+               "epochs_run": len(hist.epoch), "optimizer_steps": hist.total_steps,
+               "train_images_per_s": hist.train_images_per_s, "test_n": test["n"]}
+    config = {"recipe": args.recipe, **recipe, "budget_min": args.budget_min, "threads": torch.get_num_threads(),
+              "train_limit": args.train_limit, "val_size": len(loaders.val.dataset)}
+    path = vh.save_results(ROOT / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
+                           dataset=loaders.train.dataset.source, wall_time_s=wall, device=device,
+                           history=hist.to_dict() | {"lr": hist.lr[:: max(1, len(hist.lr) // 200)]})
+    vh.plot_history(hist, title=f"{args.recipe} ({device.type}, {wall / 60:.0f} min)",
+                    save_path=ROOT / "images" / f"{name}-curves.png")
+    if dataset_name == "mnist":
+        x, y = next(iter(loaders.test))
+        x = x[:12].to(device)
+        model.eval()
+        with torch.no_grad():
+            logits, attentions = model(x, return_attentions=True)
+        masks = vh.attention_rollout(attentions)
+        titles = [f"label {int(t)} / pred {int(p)}" for t, p in zip(y[:12], logits.argmax(-1))]
+        vh.plot_attention_maps(x.cpu(), masks.cpu(), mean=loaders.test.dataset.mean,
+                               std=loaders.test.dataset.std, titles=titles,
+                               suptitle=f"Attention rollout, {args.recipe} (test digits)",
+                               save_path=ROOT / "images" / f"{name}-rollout.png")
+    (ROOT / "checkpoints").mkdir(exist_ok=True)  # git-ignored; lets figures be redrawn without retraining
+    torch.save(model.state_dict(), ROOT / "checkpoints" / f"{name}.pt")
+    print(f"{name}: test acc {test['acc']:.4f} (best val {hist.best_val_acc:.4f} at epoch {hist.best_epoch}), "
+          f"{len(hist.epoch)} epochs, {wall / 60:.1f} min -> {path}")
+
+
+if __name__ == "__main__":
+    main()

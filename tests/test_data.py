@@ -1,0 +1,175 @@
+import struct
+
+import pytest
+import torch
+from PIL import Image
+
+import vit_helpers as vh
+
+
+def write_idx(folder, prefix, images, labels):
+    folder.mkdir(parents=True, exist_ok=True)
+    n, h, w = images.shape
+    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.numpy().tobytes())
+    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
+
+
+@pytest.fixture
+def fake_mnist(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (60, 28, 28), dtype=torch.uint8, generator=g)
+    test = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=g)
+    raw = tmp_path / "MNIST" / "raw"
+    write_idx(raw, "train", train, torch.arange(60, dtype=torch.uint8) % 10)
+    write_idx(raw, "t10k", test, torch.arange(20, dtype=torch.uint8) % 10)
+    return tmp_path, train, test
+
+
+@pytest.fixture
+def fake_cifar_folders(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    images = {}
+    for split, n in (("train", 12), ("test", 4)):
+        for cls in ("cat", "dog", "ship"):
+            folder = tmp_path / "cifar10-jpeg" / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g)
+                pil = Image.fromarray(img.permute(1, 2, 0).numpy())
+                if i % 2:
+                    pil.save(folder / f"{i:04d}.jpg", quality=95)
+                else:
+                    pil.save(folder / f"{i:04d}.png")
+                    images[(split, cls, i)] = img
+    return tmp_path, images
+
+
+def test_mnist_idx_files_load_with_split_sizes(fake_mnist):
+    root, train, test = fake_mnist
+    loaders = vh.mnist_loaders(root, batch_size=16, val_size=10, download=False)
+    assert [len(l.dataset) for l in loaders] == [50, 10, 20]
+    x, y = next(iter(loaders.train))
+    assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert torch.equal(loaders.test.dataset.images[:, 0], test)  # test split in file order, untouched
+    assert loaders.train.dataset.classes == [str(i) for i in range(10)]
+
+
+def test_mnist_split_is_seeded_and_disjoint(fake_mnist):
+    root, train, _ = fake_mnist
+    a = vh.mnist_loaders(root, val_size=10, seed=1, download=False)
+    b = vh.mnist_loaders(root, val_size=10, seed=1, download=False)
+    c = vh.mnist_loaders(root, val_size=10, seed=2, download=False)
+    assert torch.equal(a.val.dataset.images, b.val.dataset.images)
+    assert not torch.equal(a.val.dataset.images, c.val.dataset.images)
+    flat = lambda ds: {bytes(im.numpy().tobytes()) for im in ds.images}  # noqa: E731
+    assert not flat(a.train.dataset) & flat(a.val.dataset)
+    assert len(flat(a.train.dataset) | flat(a.val.dataset)) == 60
+
+
+def test_mnist_invert_gives_255_minus_pixel(fake_mnist):
+    root, _, test = fake_mnist
+    loaders = vh.mnist_loaders(root, val_size=10, invert=True, download=False)
+    ds = loaders.test.dataset
+    x, _ = ds[3]
+    recovered = vh.denormalize(x, ds.mean, ds.std)
+    torch.testing.assert_close(recovered[0], (255 - test[3].float()) / 255, atol=1e-6, rtol=0)
+    assert ds.mean == pytest.approx((1 - 0.1307,))
+
+
+def test_limits_take_subsets(fake_mnist):
+    root, _, _ = fake_mnist
+    loaders = vh.mnist_loaders(root, val_size=10, train_limit=7, test_limit=5, download=False)
+    assert [len(l.dataset) for l in loaders] == [7, 10, 5]
+
+
+@pytest.mark.parametrize("augment", ["crop", "affine"])
+def test_mnist_augmentations_keep_shape(fake_mnist, augment):
+    root, _, _ = fake_mnist
+    x, _ = next(iter(vh.mnist_loaders(root, batch_size=8, val_size=10, augment=augment, download=False).train))
+    assert x.shape == (8, 1, 28, 28)
+
+
+def test_image_folders_load_exactly(fake_cifar_folders):
+    root, images = fake_cifar_folders
+    train, test = vh.load_cifar10(root, download=False)
+    assert train.classes == ["cat", "dog", "ship"] and len(train) == 36 and len(test) == 12
+    assert train.images.shape == (36, 3, 32, 32) and train.images.dtype == torch.uint8
+    # PNGs are lossless: file 0002.png of class dog is the 3rd dog image in sorted order
+    assert torch.equal(train.images[12 + 2], images[("train", "dog", 2)])
+    assert train.labels.tolist() == [0] * 12 + [1] * 12 + [2] * 12
+    assert "JPEG/PNG copy" in train.source
+
+
+@pytest.mark.parametrize("augment", ["none", "crop_flip", "randaugment", "autoaugment"])
+def test_cifar_loaders_on_folders(fake_cifar_folders, augment):
+    root, _ = fake_cifar_folders
+    loaders = vh.cifar10_loaders(root, batch_size=4, val_size=6, augment=augment, download=False)
+    assert [len(l.dataset) for l in loaders] == [30, 6, 12]
+    x, y = next(iter(loaders.train))
+    assert x.shape == (4, 3, 32, 32)
+
+
+def test_cifar_resize_for_pretrained_models(fake_cifar_folders):
+    root, _ = fake_cifar_folders
+    loaders = vh.cifar10_loaders(root, batch_size=2, val_size=6, resize=64, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                 download=False)
+    x, _ = next(iter(loaders.test))
+    assert x.shape == (4, 3, 64, 64)  # eval batches are 2 x batch_size
+    assert x.min() >= -1 - 1e-6 and x.max() <= 1 + 1e-6
+
+
+def test_missing_mnist_names_root_files_and_env_var(tmp_path):
+    with pytest.raises(vh.DataNotFoundError) as info:
+        vh.mnist_loaders(tmp_path / "nowhere", download=False)
+    msg = str(info.value)
+    assert str((tmp_path / "nowhere" / "MNIST" / "raw").resolve()) in msg
+    assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
+    assert "VIT_DATA_ROOT" in msg and "DATA_ROOT" in msg
+
+
+def test_missing_cifar_names_both_layouts_and_env_var(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        vh.cifar10_loaders(tmp_path, download=False)
+    msg = str(info.value)
+    assert str(tmp_path.resolve()) in msg
+    assert "cifar-10-batches-py" in msg and "train/<class>/*.jpg" in msg and "VIT_DATA_ROOT" in msg
+
+
+def test_data_root_defaults_to_env(monkeypatch, fake_mnist):
+    root, _, _ = fake_mnist
+    monkeypatch.setenv("VIT_DATA_ROOT", str(root))
+    assert vh.default_data_root() == str(root)
+    assert len(vh.mnist_loaders(val_size=10, download=False).test.dataset) == 20
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(augment="randaugment"), "unknown augment 'randaugment' for mnist"),
+    (dict(val_size=60), "val_size must be between 1 and 59"),
+    (dict(batch_size=0), "batch_size must be a positive int"),
+])
+def test_bad_loader_arguments(fake_mnist, kwargs, message):
+    root, _, _ = fake_mnist
+    with pytest.raises(ValueError, match=message):
+        vh.mnist_loaders(root, download=False, **{"val_size": 10, **kwargs})
+
+
+# --- the real copies in ../shared/data ---------------------------------------------------------------
+
+def test_real_mnist(shared_data):
+    loaders = vh.mnist_loaders(shared_data, val_size=5000, download=False)
+    assert [len(l.dataset) for l in loaders] == [55000, 5000, 10000]
+    test = loaders.test.dataset
+    assert test.labels[:5].tolist() == [7, 2, 1, 0, 4]  # the well-known first test digits
+    assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_real_cifar10_jpeg_copy(shared_data):
+    if not (shared_data / "cifar10-jpeg").is_dir():
+        pytest.skip(f"no cifar10-jpeg under {shared_data}")
+    loaders = vh.cifar10_loaders(shared_data, val_size=5000, download=False)
+    assert [len(l.dataset) for l in loaders] == [45000, 5000, 10000]
+    assert loaders.test.dataset.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                            "ship", "truck"]
+    assert torch.bincount(loaders.test.dataset.labels).tolist() == [1000] * 10
+    mean = loaders.train.dataset.images.float().mean(dim=(0, 2, 3)) / 255
+    torch.testing.assert_close(mean, torch.tensor(vh.CIFAR10_MEAN), atol=0.01, rtol=0)  # JPEG copy ~ original stats

@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+import vit_helpers as vh
+
+CIFAR_TINY = dict(image_size=32, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=2, heads=4, mlp_dim=64)
+
+
+def make(**overrides):
+    torch.manual_seed(0)
+    return vh.VisionTransformer(**{**CIFAR_TINY, **overrides}).eval()
+
+
+def test_logits_and_attention_shapes():
+    model = make()
+    x = torch.randn(3, 3, 32, 32)
+    assert model(x).shape == (3, 10)
+    logits, attentions = model(x, return_attentions=True)
+    assert logits.shape == (3, 10)
+    assert isinstance(attentions, tuple) and len(attentions) == 2
+    T = 1 + (32 // 4) ** 2
+    for a in attentions:
+        assert a.shape == (3, 4, T, T)
+        torch.testing.assert_close(a.sum(-1), torch.ones(3, 4, T))  # post-softmax probabilities
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(qkv_bias=False), dict(in_channels=1, image_size=28, patch_size=7),
+                                       dict(dim=48, heads=3, depth=3)])
+def test_sdpa_path_matches_explicit_path(overrides):
+    model = make(**overrides)
+    cfg = model.config
+    x = torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size)
+    fused = model(x)
+    explicit, _ = model(x, return_attentions=True)
+    assert (fused - explicit).abs().max().item() < 1e-5
+
+
+def test_forward_is_features_then_head():
+    model = make()
+    x = torch.randn(2, 3, 32, 32)
+    features, attentions = model.forward_features(x)
+    assert features.shape == (2, 65, 32) and attentions == ()
+    torch.testing.assert_close(model.forward_head(features), model(x))
+
+
+def test_parameter_count_matches_formula():
+    D, L, M, P, C, K, T = 32, 2, 64, 4, 3, 10, 65
+    per_block = 2 * 2 * D + (3 * D * D + 3 * D) + (D * D + D) + (D * M + M) + (M * D + D)
+    expected = (C * P * P * D + D) + D + T * D + L * per_block + 2 * D + (D * K + K)
+    assert vh.count_parameters(make()) == expected
+
+
+def test_init_truncated_normal_and_zero_biases():
+    model = make(dim=128, mlp_dim=256)
+    w = model.blocks[0].mlp.fc1.weight
+    assert w.abs().max().item() <= 0.04 + 1e-7  # truncated at 2 std
+    assert abs(w.std().item() - 0.0176) < 0.001  # std of N(0, 0.02) truncated at +-2 std is 0.88 * 0.02
+    assert model.blocks[0].attn.qkv.bias.abs().sum().item() == 0
+    assert model.head.bias.abs().sum().item() == 0
+    assert torch.equal(model.norm.weight, torch.ones(128))
+
+
+def test_config_properties():
+    cfg = vh.ViTConfig(**CIFAR_TINY)
+    assert (cfg.grid_size, cfg.num_tokens) == (8, 65)
+    assert vh.VisionTransformer.from_config(cfg).config == cfg
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(patch_size=5), "patch_size=5 does not divide image_size=32"),
+    (dict(heads=5), "heads=5 does not divide dim=32"),
+    (dict(depth=0), "depth must be >= 1"),
+    (dict(dropout=1.0), "dropout must be in"),
+])
+def test_bad_config_raises_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        vh.VisionTransformer(**{**CIFAR_TINY, **overrides})
+
+
+def test_non_int_config_raises_type_error():
+    with pytest.raises(TypeError, match="dim must be an int"):
+        vh.VisionTransformer(**{**CIFAR_TINY, "dim": 32.0})
+
+
+def test_keyword_only_constructor():
+    with pytest.raises(TypeError):
+        vh.VisionTransformer(32, 4, 3, 10, 32, 2, 4, 64)
+
+
+@pytest.mark.parametrize("x, error, message", [
+    (torch.randn(3, 32, 32), ValueError, r"4-D batch .*x\.unsqueeze\(0\)"),
+    (torch.randn(2, 1, 32, 32), ValueError, "expected 3 channel"),
+    (torch.randn(2, 3, 28, 28), ValueError, "expected 32x32 images, got 28x28"),
+    ([[1.0]], TypeError, "expected a torch.Tensor"),
+])
+def test_bad_input_raises_clear_errors(x, error, message):
+    with pytest.raises(error, match=message):
+        make()(x)

@@ -1,0 +1,51 @@
+import matplotlib
+import pytest
+import torch
+
+import vit_helpers as vh
+
+matplotlib.use("Agg")
+
+
+def test_upsampled_masks_are_scaled_to_unit_range():
+    masks = torch.rand(3, 4, 4) * 0.01 + 0.002
+    up = vh.upsample_masks(masks, (16, 16))
+    assert up.shape == (3, 16, 16)
+    for m in up:
+        assert m.min().item() == pytest.approx(0.0, abs=1e-6) and m.max().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_attention_figure_layout_and_saving(tmp_path):
+    images, masks = torch.randn(10, 1, 28, 28), torch.rand(10, 7, 7)
+    fig = vh.plot_attention_maps(images, masks, mean=(0.5,), std=(0.5,), save_path=tmp_path / "att.png")
+    assert len(fig.axes) == 3 * 12  # 10 triplets, 4 per row -> 3 rows of 12 panels
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[:3] == ["#0: original", "mask", "overlay"]
+    assert (tmp_path / "att.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="same B"):
+        vh.plot_attention_maps(images, masks[:3])
+
+
+def test_history_figure_has_labelled_axes(tmp_path):
+    hist = vh.History(epoch=[1, 2], train_loss=[2.0, 1.0], train_acc=[0.3, 0.6], val_loss=[1.8, 1.1],
+                      val_acc=[0.35, 0.55], lr=[0.0, 1e-3, 5e-4])
+    fig = vh.plot_history(hist, save_path=tmp_path / "h.png")
+    assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "epoch", "optimizer step"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy", "learning rate"]
+    assert (tmp_path / "h.png").exists()
+
+
+def test_other_figures(tmp_path):
+    model = vh.VisionTransformer(image_size=16, patch_size=4, in_channels=3, num_classes=3, dim=16, depth=1, heads=2,
+                                 mlp_dim=32)
+    assert len(vh.plot_position_similarity(model).axes) == 16 + 1  # 4x4 maps + colour bar
+    fig = vh.plot_patch_grid(torch.rand(3, 16, 16), 4, save_path=tmp_path / "p.png")
+    assert len(fig.axes) == 1 + 16 and (tmp_path / "p.png").exists()
+    assert len(vh.plot_images(torch.rand(5, 3, 8, 8), [str(i) for i in range(5)], ncols=3).axes) == 6
+    fig = vh.plot_confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]), ["a", "b", "c"])
+    assert fig.axes[0].get_xlabel() == "predicted class"
+
+
+def test_confusion_matrix_counts():
+    cm = vh.confusion_matrix(torch.tensor([0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 2, 2]), 3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 2]]

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+import vit_helpers as vh
+
+
+def lrs(warmup, total, base=1.0):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base)
+    sched = vh.warmup_cosine_schedule(opt, warmup, total)
+    out = []
+    for _ in range(total + 3):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_values_at_start_end_of_warmup_middle_and_end():
+    lr = lrs(10, 110, base=0.5)
+    assert lr[0] == 0.0
+    assert lr[5] == pytest.approx(0.25)
+    assert lr[10] == pytest.approx(0.5)  # end of warmup: the base LR
+    assert lr[60] == pytest.approx(0.25)  # halfway through the cosine
+    assert lr[35] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 25 / 100)))
+    assert lr[110] == pytest.approx(0.0, abs=1e-12)
+    assert lr[112] == pytest.approx(0.0, abs=1e-12)  # stays at 0 past the end
+
+
+def test_warmup_is_monotone_and_cosine_decays():
+    lr = lrs(20, 100)
+    assert all(a < b for a, b in zip(lr[:20], lr[1:21]))
+    assert all(a >= b for a, b in zip(lr[20:100], lr[21:101]))
+
+
+def test_no_warmup_and_all_warmup():
+    assert lrs(0, 10)[0] == 1.0
+    lr = lrs(10, 10)
+    assert lr[9] == pytest.approx(0.9) and lr[10] == 1.0
+
+
+@pytest.mark.parametrize("warmup, total, error, message", [
+    (11, 10, ValueError, "warmup_steps=11 must be between 0 and total_steps=10"),
+    (-1, 10, ValueError, "warmup_steps=-1"),
+    (0, 0, ValueError, "total_steps must be >= 1"),
+    (2.5, 10, TypeError, "warmup_steps must be an int"),
+])
+def test_bad_arguments(warmup, total, error, message):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(error, match=message):
+        vh.warmup_cosine_schedule(opt, warmup, total)

@@ -1,0 +1,142 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vit_helpers as vh
+
+
+def quadrant_data(n, seed):
+    """4 classes: the bright quadrant of a 16x16 image is the label."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    images = torch.randint(0, 60, (n, 1, 16, 16), dtype=torch.uint8, generator=g)
+    for i, c in enumerate(labels.tolist()):
+        r, col = divmod(c, 2)
+        images[i, 0, 8 * r:8 * r + 8, 8 * col:8 * col + 8] += 180
+    return vh.InMemoryImages(images, labels, ["tl", "tr", "bl", "br"])
+
+
+def loader(ds, batch_size=32, shuffle=False):
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def tiny_vit():
+    return vh.VisionTransformer(image_size=16, patch_size=8, in_channels=1, num_classes=4, dim=16, depth=1, heads=2,
+                                mlp_dim=32)
+
+
+def test_loss_falls_and_model_learns():
+    vh.set_seed(0)
+    train, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(64, 1))
+    model = tiny_vit()
+    before = vh.evaluate(model, val)
+    hist = vh.fit(model, train, val, epochs=15, lr=3e-3, device="cpu", progress=False, verbose=False)
+    after = vh.evaluate(model, val)
+    assert hist.train_loss[-1] < hist.train_loss[0]
+    assert after["loss"] < 0.5 * before["loss"]
+    assert after["acc"] >= 0.95
+    assert len(hist.lr) == hist.total_steps == 15 * 8
+    assert hist.lr[0] == 0.0 and max(hist.lr) == pytest.approx(3e-3, rel=0.05)
+
+
+def test_best_validation_weights_are_restored():
+    vh.set_seed(0)
+    train, val = loader(quadrant_data(128, 0), shuffle=True), loader(quadrant_data(64, 1))
+    model = tiny_vit()
+    hist = vh.fit(model, train, val, epochs=4, lr=3e-3, device="cpu", progress=False, verbose=False)
+    assert hist.best_val_acc == max(hist.val_acc)
+    assert hist.val_acc[hist.best_epoch - 1] == hist.best_val_acc
+    assert vh.evaluate(model, val)["acc"] == hist.best_val_acc
+
+
+class FixedLogits(torch.nn.Module):
+    """Returns its input as logits (so the test decides every prediction)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x + 0 * self.dummy
+
+
+def test_evaluate_counts_the_whole_split_with_a_short_last_batch():
+    logits = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])] * 5  # predicted classes
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 2, 0, 1])  # 7 of 10 correct
+    ds = torch.utils.data.TensorDataset(logits, labels)
+    out = vh.evaluate(FixedLogits(), torch.utils.data.DataLoader(ds, batch_size=4), return_predictions=True)
+    assert out["n"] == 10 and out["acc"] == 0.7  # batches of 4, 4, 2: not 7 / (3 * 4)
+    assert out["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
+    assert out["preds"].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
+
+
+def test_same_seed_same_run():
+    def run():
+        vh.set_seed(3)
+        model = tiny_vit()
+        return vh.fit(model, loader(quadrant_data(64, 0), shuffle=True), epochs=2, device="cpu", progress=False,
+                      verbose=False).train_loss
+    assert run() == run()
+
+
+def test_accumulation_label_smoothing_clipping_and_mixing_run():
+    vh.set_seed(0)
+    model = tiny_vit()
+    hist = vh.fit(model, loader(quadrant_data(96, 0), batch_size=16, shuffle=True), epochs=2, accumulation_steps=4,
+                  label_smoothing=0.1, grad_clip=1.0, mixup_alpha=0.8, cutmix_alpha=1.0, optimizer="sgd", lr=0.05,
+                  device="cpu", progress=False, verbose=False)
+    assert hist.total_steps == 2 * 2 and len(hist.lr) == 4  # 6 batches / 4 -> 2 optimizer steps per epoch
+    assert all(torch.isfinite(torch.tensor(hist.train_loss)))
+
+
+def test_time_budget_shortens_the_schedule():
+    vh.set_seed(0)
+    model = tiny_vit()
+    hist = vh.fit(model, loader(quadrant_data(256, 0), batch_size=8, shuffle=True), epochs=50, time_budget_s=0.05,
+                  device="cpu", progress=False, verbose=False)
+    assert 1 <= hist.total_steps < 50 * 32
+    assert len(hist.lr) == hist.total_steps
+
+
+def test_fit_trains_hf_models():
+    transformers = pytest.importorskip("transformers")
+    hf = vh.to_hf(tiny_vit(), attn_implementation="sdpa")
+    assert isinstance(hf, transformers.ViTForImageClassification)
+    hist = vh.fit(hf, loader(quadrant_data(64, 0), shuffle=True), loader(quadrant_data(32, 1)), epochs=2,
+                  device="cpu", progress=False, verbose=False)
+    assert len(hist.val_acc) == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=0), "epochs must be a positive int"),
+    (dict(epochs=1, optimizer="rmsprop"), "unknown optimizer 'rmsprop'"),
+    (dict(epochs=1, precision="fp16"), "unknown precision 'fp16'"),
+    (dict(epochs=1, label_smoothing=1.0), "label_smoothing"),
+])
+def test_bad_fit_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        vh.fit(tiny_vit(), loader(quadrant_data(8, 0)), device="cpu", progress=False, verbose=False, **kwargs)
+
+
+def test_get_device_and_recipes():
+    assert vh.get_device("cpu") == torch.device("cpu")
+    assert vh.get_device().type in ("cpu", "cuda", "mps")
+    recipe = vh.get_recipe("cifar10-seed")
+    assert recipe["model"]["mlp_dim"] == 1024 and recipe["fit"]["epochs"] == 30
+    recipe["fit"]["epochs"] = 1
+    assert vh.RECIPES["cifar10-seed"]["fit"]["epochs"] == 30  # a copy
+    for name in vh.RECIPES:
+        vh.VisionTransformer(**vh.get_recipe(name)["model"])
+    with pytest.raises(ValueError, match="unknown recipe"):
+        vh.get_recipe("imagenet")
+
+
+def test_save_results_records_everything(tmp_path):
+    path = vh.save_results(tmp_path / "r" / "run.json", metrics={"test_acc": 0.5}, config={"dim": 8}, seed=3,
+                           dataset="fake", wall_time_s=12.345, device="cpu")
+    record = json.loads(path.read_text())
+    assert record["metrics"] == {"test_acc": 0.5} and record["seed"] == 3 and record["wall_time_s"] == 12.3
+    assert record["dataset"] == "fake" and record["hardware"]["cpu_count"] >= 1 and "torch" in record["hardware"]
