@@ -347,6 +347,20 @@ def _check_attentions(attentions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return layers
 
 
+def _discard_lowest(fused: torch.Tensor, num_discard: int) -> torch.Tensor:
+    """Zero the ``num_discard`` smallest entries of each sample's ``(T, T)`` matrix, never CLS -> CLS."""
+    B, T, _ = fused.shape
+    flat = fused.reshape(B, T * T)  # (B, T*T)
+    ranking = flat.clone()
+    ranking[:, 0] = float("inf")  # protect CLS -> CLS (flat index 0)
+    num_keep = T * T - num_discard
+    if num_discard <= num_keep:  # select whichever side is smaller: topk cost grows with k
+        drop = ranking.topk(num_discard, dim=-1, largest=False).indices
+        return flat.scatter(1, drop, 0.0).reshape(B, T, T)
+    keep = ranking.topk(num_keep, dim=-1, largest=True).indices
+    return torch.zeros_like(flat).scatter(1, keep, flat.gather(1, keep)).reshape(B, T, T)
+
+
 def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
                    discard_ratio: float = 0.0) -> torch.Tensor:
     """Rolled-out attention ``(B, T, T)``: each row is a distribution over input tokens (sums to 1).
@@ -374,11 +388,7 @@ def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean"
         else:
             fused = attn.amin(dim=1)
         if num_discard:
-            flat = fused.reshape(B, T * T).clone()  # (B, T*T)
-            ranking = flat.clone()
-            ranking[:, 0] = float("inf")  # protect CLS -> CLS
-            lowest = ranking.topk(num_discard, dim=-1, largest=False).indices
-            fused = flat.scatter(1, lowest, 0.0).reshape(B, T, T)
+            fused = _discard_lowest(fused, num_discard)
         a = fused + eye
         a = a / a.sum(dim=-1, keepdim=True)
         result = a @ result  # later layers on the left
