@@ -49,3 +49,12 @@ def test_other_figures(tmp_path):
 def test_confusion_matrix_counts():
     cm = vh.confusion_matrix(torch.tensor([0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 2, 2]), 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 2]]
+
+
+def test_mask_grid_rows_and_columns():
+    columns = {"layer 1": torch.rand(3, 4, 4), "layer 2": torch.rand(3, 4, 4)}
+    fig = vh.plot_mask_grid(torch.rand(3, 3, 16, 16), columns, row_titles=["a", "b", "c"])
+    assert len(fig.axes) == 3 * 3
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "layer 1", "layer 2"]
+    with pytest.raises(ValueError, match="expected \\(3, h, w\\)"):
+        vh.plot_mask_grid(torch.rand(3, 3, 16, 16), {"bad": torch.rand(2, 4, 4)})

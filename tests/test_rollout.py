@@ -126,3 +126,16 @@ def test_model_attentions_work_and_are_not_rescaled():
 def test_bad_attentions_raise(attentions, kwargs, error, message):
     with pytest.raises(error, match=message):
         vh.attention_rollout(attentions, **kwargs)
+
+
+def test_cls_attention_map_is_the_raw_cls_row():
+    attn = torch.zeros(1, 2, 5, 5)
+    attn[0, 0, 0] = torch.tensor([0.2, 0.1, 0.2, 0.3, 0.2])
+    attn[0, 1, 0] = torch.tensor([0.6, 0.1, 0.1, 0.1, 0.1])
+    first = torch.rand(1, 2, 5, 5)
+    m = vh.cls_attention_map((first, attn))  # last layer by default
+    torch.testing.assert_close(m, torch.tensor([[[0.1, 0.15], [0.2, 0.15]]]))
+    torch.testing.assert_close(vh.cls_attention_map((first, attn), head_fusion="max"), torch.tensor([[[0.1, 0.2], [0.3, 0.2]]]))
+    torch.testing.assert_close(vh.cls_attention_map((first, attn), layer=0), first.mean(1)[:, 0, 1:].reshape(1, 2, 2))
+    with pytest.raises(ValueError, match="layer=2 is out of range"):
+        vh.cls_attention_map((first, attn), layer=2)

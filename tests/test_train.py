@@ -140,3 +140,29 @@ def test_save_results_records_everything(tmp_path):
     record = json.loads(path.read_text())
     assert record["metrics"] == {"test_acc": 0.5} and record["seed"] == 3 and record["wall_time_s"] == 12.3
     assert record["dataset"] == "fake" and record["hardware"]["cpu_count"] >= 1 and "torch" in record["hardware"]
+
+
+def test_max_steps_caps_the_schedule():
+    vh.set_seed(0)
+    hist = vh.fit(tiny_vit(), loader(quadrant_data(64, 0), batch_size=8), epochs=5, max_steps=11, warmup_steps=2,
+                  device="cpu", progress=False, verbose=False)
+    assert hist.total_steps == 11 and len(hist.lr) == 11 and hist.epoch == [1, 2]
+    assert hist.lr[:3] == pytest.approx([0.0, 5e-4, 1e-3])
+    with pytest.raises(ValueError, match="max_steps must be a positive int"):
+        vh.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, max_steps=0, device="cpu", progress=False)
+
+
+def test_top_k():
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    out = vh.top_k(logits, {0: "a", 1: "b", 2: "c"}, k=2)
+    assert [name for name, _ in out[0]] == ["b", "c"]
+    assert [p for _, p in out[0]] == pytest.approx([0.6, 0.3])
+
+
+def test_load_image_paths_and_errors(tmp_path):
+    from PIL import Image
+    Image.new("L", (7, 5), color=128).save(tmp_path / "g.png")
+    im = vh.load_image(tmp_path / "g.png")
+    assert im.mode == "RGB" and im.size == (7, 5)
+    with pytest.raises(FileNotFoundError, match="PHOTOS"):
+        vh.load_image(tmp_path / "missing.jpg")
