@@ -40,7 +40,7 @@ from torch import nn
 
 __all__ = [
     "ViTConfig", "VisionTransformer", "warmup_cosine_schedule", "rollout_matrix", "attention_rollout",
-    "cls_attention_map", "from_hf", "to_hf", "FINETUNE_RECIPE", "top_k", "load_image", "plot_mask_grid", "DataNotFoundError", "Loaders", "cifar10_loaders", "mnist_loaders",
+    "cls_attention_map", "from_hf", "to_hf", "FINETUNE_RECIPE", "top_k", "load_image", "plot_mask_grid", "DataNotFoundError", "Loaders", "cifar10_loaders", "mnist_loaders", "train_eval_loader",
     "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "History", "fit", "evaluate", "set_seed",
     "get_device", "RECIPES", "get_recipe", "hardware_info", "save_results", "denormalize", "plot_attention_maps", "plot_history",
     "plot_images", "plot_patch_grid", "plot_position_similarity", "plot_confusion_matrix",
@@ -687,6 +687,14 @@ def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, name: str
                                     generator=torch.Generator().manual_seed(seed), **common),
         torch.utils.data.DataLoader(splits[1], batch_size=2 * batch_size, **common),
         torch.utils.data.DataLoader(splits[2], batch_size=2 * batch_size, **common))
+
+
+def train_eval_loader(loaders: Loaders) -> torch.utils.data.DataLoader:
+    """The training split with the evaluation transform (no augmentation), for whole-split train accuracy."""
+    train, val = loaders.train.dataset, loaders.val.dataset
+    ds = InMemoryImages(train.images, train.labels, train.classes, val.transform, train.source)  # shares memory
+    ds.mean, ds.std = train.mean, train.std
+    return torch.utils.data.DataLoader(ds, batch_size=loaders.val.batch_size, num_workers=loaders.val.num_workers)
 
 
 def _class_folders(split_dir: Path) -> list[Path]:

@@ -173,3 +173,14 @@ def test_real_cifar10_jpeg_copy(shared_data):
     assert torch.bincount(loaders.test.dataset.labels).tolist() == [1000] * 10
     mean = loaders.train.dataset.images.float().mean(dim=(0, 2, 3)) / 255
     torch.testing.assert_close(mean, torch.tensor(vh.CIFAR10_MEAN), atol=0.01, rtol=0)  # JPEG copy ~ original stats
+
+
+def test_train_eval_loader_is_unaugmented_and_whole(fake_mnist):
+    root, _, _ = fake_mnist
+    loaders = vh.mnist_loaders(root, val_size=10, augment="affine", download=False)
+    ev = vh.train_eval_loader(loaders)
+    assert len(ev.dataset) == 50 and ev.dataset.images.data_ptr() == loaders.train.dataset.images.data_ptr()
+    x1, _ = ev.dataset[0]
+    x2, _ = ev.dataset[0]
+    assert torch.equal(x1, x2)  # deterministic: no augmentation
+    assert torch.equal(x1, loaders.val.dataset.transform(loaders.train.dataset.images[0]))
