@@ -1,0 +1,31 @@
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import results_table  # noqa: E402
+
+
+def test_readme_tables_match_results():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "results_table.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_result_record_is_complete():
+    for path in (ROOT / "results").glob("*.json"):
+        rec = json.loads(path.read_text())
+        for key in ("metrics", "config", "seed", "hardware", "wall_time_s", "dataset"):
+            assert key in rec, f"{path.name} lacks {key}"
+
+
+def test_table_renders_a_record(tmp_path):
+    rec = {"metrics": {"test_acc": 0.9912, "best_val_acc": 0.99, "epochs_run": 3}, "seed": 0, "wall_time_s": 600,
+           "dataset": "torchvision MNIST IDX files at x", "config": {"recipe": "mnist-x", "budget_min": 10, "threads": 1,
+                                                                    "fit": {"epochs": 40}},
+           "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 1}}
+    (tmp_path / "mnist-x-cpu.json").write_text(json.dumps(rec))
+    table = results_table.results_table(results_table.load_records(tmp_path))
+    assert "| `mnist-x` | **99.12 %** | 99.00 % | 10 min wall, 3 epochs of 40, budget 10 min | Some CPU, 1 of 2 CPU" in table
