@@ -444,6 +444,24 @@ _HF_LAYER_KEYS = {
     "norm1": "layernorm_before", "norm2": "layernorm_after",
     "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
 }
+_HF_GLOBAL_KEYS = {
+    "cls_token": "vit.embeddings.cls_token", "pos_embed": "vit.embeddings.position_embeddings",
+    "patch_embed.proj.weight": "vit.embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "vit.embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "vit.layernorm.weight", "norm.bias": "vit.layernorm.bias",
+    "head.weight": "classifier.weight", "head.bias": "classifier.bias",
+}
+
+
+def _hf_name_pairs(depth: int) -> list[tuple[str, str]]:
+    """(our name, HF 5.x name) for every parameter that maps one to one (all but the fused qkv)."""
+    pairs = list(_HF_GLOBAL_KEYS.items())
+    for i in range(depth):
+        for ours, hf in _HF_LAYER_KEYS.items():
+            pairs += [(f"blocks.{i}.{ours}.{p}", f"vit.layers.{i}.{hf}.{p}") for p in ("weight", "bias")]
+    return pairs
+
+
 _HF4_TO_HF5 = {
     "vit.encoder.layer.": "vit.layers.",
     ".attention.attention.query.": ".attention.q_proj.",
@@ -500,23 +518,12 @@ def from_hf(hf_model) -> VisionTransformer:
         dropout=config.hidden_dropout_prob, attn_dropout=config.attention_probs_dropout_prob,
         qkv_bias=config.qkv_bias, layer_norm_eps=config.layer_norm_eps)
     sd = _hf_state_dict_v5(hf_model)
-    ours = {
-        "cls_token": sd["vit.embeddings.cls_token"],
-        "pos_embed": sd["vit.embeddings.position_embeddings"],
-        "patch_embed.proj.weight": sd["vit.embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": sd["vit.embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": sd["vit.layernorm.weight"], "norm.bias": sd["vit.layernorm.bias"],
-        "head.weight": sd["classifier.weight"], "head.bias": sd["classifier.bias"],
-    }
+    ours = {our_key: sd[hf_key] for our_key, hf_key in _hf_name_pairs(config.num_hidden_layers)}
     for i in range(config.num_hidden_layers):
-        hf = f"vit.layers.{i}."
-        for our_name, hf_name in _HF_LAYER_KEYS.items():
-            for p in ("weight", "bias"):
-                ours[f"blocks.{i}.{our_name}.{p}"] = sd[f"{hf}{hf_name}.{p}"]
-        ours[f"blocks.{i}.attn.qkv.weight"] = torch.cat(
-            [sd[f"{hf}attention.{n}_proj.weight"] for n in "qkv"], dim=0)  # (3D, D)
+        hf = f"vit.layers.{i}.attention."
+        ours[f"blocks.{i}.attn.qkv.weight"] = torch.cat([sd[f"{hf}{n}_proj.weight"] for n in "qkv"])  # (3D, D)
         if config.qkv_bias:
-            ours[f"blocks.{i}.attn.qkv.bias"] = torch.cat([sd[f"{hf}attention.{n}_proj.bias"] for n in "qkv"])
+            ours[f"blocks.{i}.attn.qkv.bias"] = torch.cat([sd[f"{hf}{n}_proj.bias"] for n in "qkv"])  # (3D,)
     model.load_state_dict(ours)
     return model
 
@@ -540,24 +547,14 @@ def to_hf(model: VisionTransformer, attn_implementation: str = "eager", id2label
         id2label=labels, label2id={v: k for k, v in labels.items()})
     hf_model = ViTForImageClassification._from_config(hf_config, attn_implementation=attn_implementation)
     ours = model.state_dict()
-    sd = {
-        "vit.embeddings.cls_token": ours["cls_token"],
-        "vit.embeddings.position_embeddings": ours["pos_embed"],
-        "vit.embeddings.patch_embeddings.projection.weight": ours["patch_embed.proj.weight"],
-        "vit.embeddings.patch_embeddings.projection.bias": ours["patch_embed.proj.bias"],
-        "vit.layernorm.weight": ours["norm.weight"], "vit.layernorm.bias": ours["norm.bias"],
-        "classifier.weight": ours["head.weight"], "classifier.bias": ours["head.bias"],
-    }
+    sd = {hf_key: ours[our_key] for our_key, hf_key in _hf_name_pairs(cfg.depth)}
     for i in range(cfg.depth):
-        hf = f"vit.layers.{i}."
-        for our_name, hf_name in _HF_LAYER_KEYS.items():
-            for p in ("weight", "bias"):
-                sd[f"{hf}{hf_name}.{p}"] = ours[f"blocks.{i}.{our_name}.{p}"]
-        for n, w in zip("qkv", ours[f"blocks.{i}.attn.qkv.weight"].chunk(3, dim=0)):
-            sd[f"{hf}attention.{n}_proj.weight"] = w
+        hf = f"vit.layers.{i}.attention."
+        for n, w in zip("qkv", ours[f"blocks.{i}.attn.qkv.weight"].chunk(3)):  # (3D, D) -> 3 x (D, D)
+            sd[f"{hf}{n}_proj.weight"] = w
         if cfg.qkv_bias:
             for n, b in zip("qkv", ours[f"blocks.{i}.attn.qkv.bias"].chunk(3)):
-                sd[f"{hf}attention.{n}_proj.bias"] = b
+                sd[f"{hf}{n}_proj.bias"] = b
     if any(k.startswith("vit.encoder.layer.") for k in hf_model.state_dict()):  # transformers 4.x
         sd = _hf_to_v4_names(sd)
     missing, unexpected = hf_model.load_state_dict(sd, strict=False)
