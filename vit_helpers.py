@@ -39,11 +39,25 @@ import torchvision
 from torch import nn
 
 __all__ = [
-    "ViTConfig", "VisionTransformer", "warmup_cosine_schedule", "rollout_matrix", "attention_rollout",
-    "cls_attention_map", "from_hf", "to_hf", "FINETUNE_RECIPE", "top_k", "load_image", "plot_mask_grid", "DataNotFoundError", "Loaders", "cifar10_loaders", "mnist_loaders", "train_eval_loader",
-    "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD", "History", "fit", "evaluate", "set_seed",
-    "get_device", "RECIPES", "get_recipe", "hardware_info", "save_results", "denormalize", "plot_attention_maps", "plot_history",
-    "plot_images", "plot_patch_grid", "plot_position_similarity", "plot_confusion_matrix",
+    # config, model
+    "ViTConfig", "VisionTransformer", "count_parameters",
+    # schedule
+    "warmup_cosine_schedule",
+    # rollout
+    "rollout_matrix", "attention_rollout", "cls_attention_map",
+    # HF interop
+    "from_hf", "to_hf",
+    # data
+    "DataNotFoundError", "Loaders", "InMemoryImages", "cifar10_loaders", "mnist_loaders", "train_eval_loader",
+    "load_cifar10", "load_mnist", "load_image_folder", "load_image", "default_data_root",
+    "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD",
+    # training
+    "History", "fit", "evaluate", "set_seed", "get_device", "RECIPES", "get_recipe", "FINETUNE_RECIPE", "top_k",
+    # run records
+    "hardware_info", "save_results",
+    # plots
+    "denormalize", "upsample_masks", "plot_attention_maps", "plot_mask_grid", "plot_history", "plot_images",
+    "plot_patch_grid", "plot_position_similarity", "confusion_matrix", "plot_confusion_matrix",
 ]
 
 
@@ -667,7 +681,9 @@ def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, name: str
     val_idx, train_idx = perm[:val_size], perm[val_size:]
     if train_limit is not None:
         train_idx = train_idx[:train_limit]
-    test_idx = torch.randperm(len(test), generator=g)[:test_limit] if test_limit is not None else torch.arange(len(test))
+    test_idx = torch.arange(len(test))
+    if test_limit is not None:
+        test_idx = torch.randperm(len(test), generator=g)[:test_limit]
     size = train_full.images.shape[-1]
     train_tf = _build_transform(True, augment, mean, std, size, resize, invert)
     eval_tf = _build_transform(False, augment, mean, std, size, resize, invert)
@@ -879,7 +895,7 @@ class History:
     best_val_acc: float | None = None
     total_steps: int = 0
     wall_time_s: float = 0.0
-    train_images_per_s: float = 0.0
+    train_images_per_s: float = 0.0  # training time only, validation excluded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -958,6 +974,20 @@ def _mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: flo
     return x, y, y[perm], lam
 
 
+def _batch_loss(model, x, y, device, precision, label_smoothing, mixup_alpha, cutmix_alpha):
+    """Forward one batch, with MixUp/CutMix when on; returns ``(loss, fp32 logits)``."""
+    mixing = mixup_alpha > 0 or cutmix_alpha > 0
+    if mixing:
+        x, y_a, y_b, lam = _mix(x, y, mixup_alpha, cutmix_alpha)
+    with _autocast(device, precision):
+        logits = _logits(model, x).float()
+    if not mixing:
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    loss = (lam * F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
+            + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing))
+    return loss, logits
+
+
 def _seconds_per_batch(model: nn.Module, loader, make_optimizer, device, precision, steps: int = 8) -> float:
     """Time a few training steps on a throw-away copy of the model (for ``time_budget_s``)."""
     probe = copy.deepcopy(model).to(device).train()
@@ -999,7 +1029,8 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     ``precision="auto"`` uses bf16 autocast on CUDA, fp32 elsewhere. ``time_budget_s`` times a few steps on a
     copy of the model first and shortens the schedule so that training and validation fit the budget.
     With a ``val_loader``, the weights of the best validation epoch are restored at the end.
-    ``progress`` shows tqdm bars; ``verbose`` prints one line per epoch. Works with HF models too (anything whose output is logits or has ``.logits``).
+    ``progress`` shows tqdm bars; ``verbose`` prints one line per epoch. Works with HF models (anything whose
+    output is logits or has ``.logits``) and with ``torch.compile(model)``.
     """
     from tqdm.auto import tqdm
 
@@ -1033,25 +1064,17 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     opt = make_opt(model)
     n_warmup = warmup_steps if warmup_steps is not None else int(warmup_fraction * total_steps)
     sched = warmup_cosine_schedule(opt, n_warmup, total_steps)
-    hist, best_state, step, images = History(total_steps=total_steps), None, 0, 0
+    hist, best_state, step, images, train_s = History(total_steps=total_steps), None, 0, 0, 0.0
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         model.train()
-        t0, loss_sum, correct, seen = time.perf_counter(), 0.0, 0, 0
+        t0, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no sync per step
+        correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
         for i, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            mixing = mixup_alpha > 0 or cutmix_alpha > 0
-            if mixing:
-                x, y_a, y_b, lam = _mix(x, y, mixup_alpha, cutmix_alpha)
-            with _autocast(device, precision):
-                logits = _logits(model, x)
-            logits = logits.float()
-            if mixing:
-                loss = (lam * F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
-                        + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing))
-            else:
-                loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            loss, logits = _batch_loss(model, x, y, device, precision, label_smoothing, mixup_alpha, cutmix_alpha)
             (loss / accumulation_steps).backward()
             last_batch = i + 1 == batches_per_epoch
             if (i + 1) % accumulation_steps == 0 or last_batch:
@@ -1062,16 +1085,18 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
                 hist.lr.append(opt.param_groups[0]["lr"])
                 sched.step()
                 step += 1
-            loss_sum += loss.item() * y.numel()
-            correct += (logits.argmax(-1) == y).sum().item()  # against the unmixed labels
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.argmax(-1) == y).sum()  # against the unmixed labels
             seen += y.numel()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            if progress and (i % 25 == 0 or last_batch):
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
             if step >= total_steps:
                 break
         images += seen
+        train_s += time.perf_counter() - t0
         hist.epoch.append(epoch)
-        hist.train_loss.append(loss_sum / seen)
-        hist.train_acc.append(correct / seen)
+        hist.train_loss.append(loss_sum.item() / seen)
+        hist.train_acc.append(correct.item() / seen)
         if val_loader is not None:
             val = evaluate(model, val_loader, device, precision)
             hist.val_loss.append(val["loss"])
@@ -1081,13 +1106,13 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         hist.epoch_time_s.append(time.perf_counter() - t0)
         if verbose:
-            val_txt = f" | val loss {hist.val_loss[-1]:.4f} acc {hist.val_acc[-1]:.4f}" if val_loader is not None else ""
+            val_txt = "" if val_loader is None else f" | val loss {hist.val_loss[-1]:.4f} acc {hist.val_acc[-1]:.4f}"
             print(f"epoch {epoch:3d} | train loss {hist.train_loss[-1]:.4f} acc {hist.train_acc[-1]:.4f}{val_txt}"
                   f" | {hist.epoch_time_s[-1]:.1f}s", flush=True)
         if step >= total_steps:
             break
     hist.wall_time_s = time.perf_counter() - start
-    hist.train_images_per_s = images / max(1e-9, sum(hist.epoch_time_s))
+    hist.train_images_per_s = images / max(1e-9, train_s)  # training only, validation excluded
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return hist
