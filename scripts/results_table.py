@@ -48,6 +48,8 @@ def budget(rec: dict) -> str:
     if m.get("epochs_run") is not None:
         planned = cfg.get("fit", {}).get("epochs")
         parts.append(f"{m['epochs_run']} epochs" + (f" of {planned}" if planned and planned != m["epochs_run"] else ""))
+    if m.get("optimizer_steps"):
+        parts.append(f"{m['optimizer_steps']:,} steps")
     if cfg.get("budget_min"):
         parts.append(f"budget {cfg['budget_min']:g} min")
     return ", ".join(parts)
