@@ -44,6 +44,8 @@ def dataset(rec: dict) -> str:
 
 def budget(rec: dict) -> str:
     m, cfg = rec["metrics"], rec.get("config", {})
+    if cfg.get("checkpoint"):
+        return f"evaluates the weights in `{cfg['checkpoint']}`"
     parts = [f"{rec['wall_time_s'] / 60:.0f} min wall"]
     if m.get("epochs_run") is not None:
         planned = cfg.get("fit", {}).get("epochs")
@@ -67,6 +69,8 @@ def results_table(records) -> str:
             continue
         m = rec["metrics"]
         run = rec.get("config", {}).get("recipe", name.removesuffix(".json"))
+        if not name.startswith(run):  # a notebook's record: name the notebook too
+            run = f"{run}` ({name.split('-')[0]}.ipynb)`"
         rows.append(f"| `{run}` | **{pct(m['test_acc'])}** | {pct(m.get('best_val_acc', m.get('val_acc')))} | "
                     f"{budget(rec)} | {hardware(rec)} | {dataset(rec)} | {rec['seed']} | "
                     f"[{name}](results/{name}) |")
