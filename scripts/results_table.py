@@ -16,7 +16,8 @@ README = ROOT / "README.md"
 
 def load_records(results_dir: Path) -> list[tuple[str, dict]]:
     records = []
-    for path in sorted(results_dir.glob("*.json")):
+    # training runs (lower-case names) first, then notebook runs
+    for path in sorted(results_dir.glob("*.json"), key=lambda p: (p.name[0].isupper(), p.name)):
         if path.stem.endswith("-smoke"):
             continue
         records.append((path.name, json.loads(path.read_text())))
@@ -68,10 +69,10 @@ def results_table(records) -> str:
         if name.startswith("bench-") or "test_acc" not in rec["metrics"]:
             continue
         m = rec["metrics"]
-        run = rec.get("config", {}).get("recipe", name.removesuffix(".json"))
-        if not name.startswith(run):  # a notebook's record: name the notebook too
-            run = f"{run}` ({name.split('-')[0]}.ipynb)`"
-        rows.append(f"| `{run}` | **{pct(m['test_acc'])}** | {pct(m.get('best_val_acc', m.get('val_acc')))} | "
+        run = f"`{rec.get('config', {}).get('recipe', name.removesuffix('.json'))}`"
+        if name[0].isupper():  # a notebook's record, e.g. VisualizeAttentionMap-full-strong.json
+            run += f" in {name.split('-')[0]}.ipynb"
+        rows.append(f"| {run} | **{pct(m['test_acc'])}** | {pct(m.get('best_val_acc', m.get('val_acc')))} | "
                     f"{budget(rec)} | {hardware(rec)} | {dataset(rec)} | {rec['seed']} | "
                     f"[{name}](results/{name}) |")
     return "\n".join(rows)
