@@ -36,14 +36,16 @@ class ExplicitAttention(torch.nn.Module):
         return self.model(x, return_attentions=True)[0]
 
 
-def make_variants(device):
+def make_variants(device, compile_model=False):
     torch.manual_seed(0)
-    ours = vh.VisionTransformer(**CONFIG)
-    return {
-        "ours (sdpa)": ours.to(device),
+    variants = {
+        "ours (sdpa)": vh.VisionTransformer(**CONFIG).to(device),
         "ours (explicit)": ExplicitAttention(vh.VisionTransformer(**CONFIG)).to(device),
         "hf (sdpa)": vh.to_hf(vh.VisionTransformer(**CONFIG), attn_implementation="sdpa").to(device),
     }
+    if compile_model:
+        variants["ours (sdpa, torch.compile)"] = torch.compile(vh.VisionTransformer(**CONFIG).to(device))
+    return variants
 
 
 def time_steps(model, opt, x, y, steps, device, precision):
@@ -59,19 +61,21 @@ def time_steps(model, opt, x, y, steps, device, precision):
     return time.perf_counter() - t0
 
 
-def bench_training(device, precision, batch, steps, rounds):
-    variants = make_variants(device)
+def bench_training(device, precision, batch, steps, rounds, compile_model=False):
+    variants = make_variants(device, compile_model)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
             for k, m in variants.items()}
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
-    for k, m in variants.items():  # warm-up
-        time_steps(m.train(), opts[k], x, y, 3, device, precision)
+    compile_s = {}
+    for k, m in variants.items():  # warm-up (and compilation)
+        compile_s[k] = time_steps(m.train(), opts[k], x, y, 3, device, precision)
     times = {k: [] for k in variants}
     for _ in range(rounds):
         for k, m in variants.items():
             times[k].append(time_steps(m, opts[k], x, y, steps, device, precision))
-    return {k: batch * steps / statistics.median(v) for k, v in times.items()}  # images / s
+    ips = {k: batch * steps / statistics.median(v) for k, v in times.items()}  # images / s
+    return ips, compile_s
 
 
 def bench_rollout(device, repeats=50):
@@ -98,6 +102,7 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5, help="training steps per timed round")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="add a torch.compile variant (compiles per precision)")
     ap.add_argument("--out", default=str(ROOT / "results" / f"bench-{socket.gethostname()}.json"))
     args = ap.parse_args()
     if args.threads:
@@ -112,14 +117,18 @@ def main():
           f"patch {CONFIG['patch_size']}, batch {args.batch}; torch threads {torch.get_num_threads()}")
     for device, precision in runs:
         steps = args.steps if device.type == "cpu" else 50
-        ips = bench_training(device, precision, args.batch, steps, args.rounds)
+        ips, warmup_s = bench_training(device, precision, args.batch, steps, args.rounds, args.compile)
         key = f"{device.type}-{precision}"
         results["training_images_per_s"][key] = ips
+        results.setdefault("warmup_s", {})[key] = warmup_s  # 3 first steps: includes torch.compile's compile time
         base = ips["hf (sdpa)"]
         print(f"\n[{key}] training images/s (median of {args.rounds} interleaved rounds)")
         for name, v in ips.items():
             print(f"  {name:18s} {v:9.1f}   x{v / base:.2f} vs HF")
         print(f"  SDPA / explicit: x{ips['ours (sdpa)'] / ips['ours (explicit)']:.2f}")
+        if args.compile:
+            print(f"  first 3 steps with torch.compile: {warmup_s['ours (sdpa, torch.compile)']:.0f} s "
+                  f"(eager: {warmup_s['ours (sdpa)']:.1f} s)")
     for device in sorted({d for d, _ in runs}, key=str):
         results["rollout_ms"][device.type] = bench_rollout(device)
         print(f"\n[{device.type}] attention_rollout, 12 layers x 12 heads x 197 tokens, batch 1: "

@@ -84,16 +84,22 @@ def speed_table(records) -> str:
         if not name.startswith("bench-"):
             continue
         m, cfg, hw = rec["metrics"], rec["config"], rec["hardware"]
-        lines.append(f"Measured by `python bench/bench_throughput.py` on {hw['cpu']} ({hw['torch_threads']} torch "
-                     f"threads){', ' + hw['gpu'] if 'gpu' in hw else ''}: ViT dim {cfg['dim']}, depth {cfg['depth']}, "
+        lines.append(f"Measured by `python bench/bench_throughput.py` on {hw['cpu']} (torch threads: "
+                     f"{hw['torch_threads']}){', ' + hw['gpu'] if 'gpu' in hw else ''}: ViT dim {cfg['dim']}, depth {cfg['depth']}, "
                      f"heads {cfg['heads']}, MLP {cfg['mlp_dim']}, patch {cfg['patch_size']}, batch {cfg['batch']}; "
                      f"median of {cfg['rounds']} interleaved rounds ([{name}](results/{name})).\n")
-        lines += ["| device, precision | ours (SDPA) | ours (explicit attention) | HF ViT (SDPA) | ours / HF | SDPA / explicit |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        compiled = "ours (sdpa, torch.compile)"
+        has_compiled = any(compiled in ips for ips in m["training_images_per_s"].values())
+        lines += ["| device, precision | ours (SDPA) | ours (explicit attention) | HF ViT (SDPA) | ours / HF | "
+                  "SDPA / explicit |" + (" ours compiled (first 3 steps) |" if has_compiled else ""),
+                  "|---|---:|---:|---:|---:|---:|" + ("---:|" if has_compiled else "")]
         for key, ips in m["training_images_per_s"].items():
             ours, explicit, hf = ips["ours (sdpa)"], ips["ours (explicit)"], ips["hf (sdpa)"]
-            lines.append(f"| {key} | {ours:.0f} img/s | {explicit:.0f} img/s | {hf:.0f} img/s | "
-                         f"x{ours / hf:.2f} | x{ours / explicit:.2f} |")
+            row = (f"| {key} | {ours:.0f} img/s | {explicit:.0f} img/s | {hf:.0f} img/s | "
+                   f"x{ours / hf:.2f} | x{ours / explicit:.2f} |")
+            if has_compiled:
+                row += f" {ips[compiled]:.0f} img/s ({m['warmup_s'][key][compiled]:.0f} s) |"
+            lines.append(row)
         for dev, times in m["rollout_ms"].items():
             lines.append(f"\n`attention_rollout` on ViT-B/16-sized attentions (12 layers, 12 heads, 197 tokens, "
                          f"batch 1) on {dev}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()) + ".")
