@@ -361,6 +361,17 @@ def _check_attentions(attentions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return layers
 
 
+def _fuse_heads(attn: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """(B, heads, ...) -> (B, ...) by mean, max or min over the heads."""
+    if head_fusion == "mean":
+        return attn.mean(dim=1)
+    if head_fusion == "max":
+        return attn.amax(dim=1)
+    if head_fusion == "min":
+        return attn.amin(dim=1)
+    raise ValueError(f"unknown head_fusion {head_fusion!r}; use one of {', '.join(_HEAD_FUSIONS)}.")
+
+
 def _discard_lowest(fused: torch.Tensor, num_discard: int) -> torch.Tensor:
     """Zero the ``num_discard`` smallest entries of each sample's ``(T, T)`` matrix, never CLS -> CLS."""
     B, T, _ = fused.shape
@@ -385,8 +396,6 @@ def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean"
     multiply layer by layer with later layers on the left: ``A_L @ ... @ A_1``.
     """
     layers = _check_attentions(attentions)
-    if head_fusion not in _HEAD_FUSIONS:
-        raise ValueError(f"unknown head_fusion {head_fusion!r}; use one of {', '.join(_HEAD_FUSIONS)}.")
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}.")
     B, _, T, _ = layers[0].shape
@@ -394,13 +403,7 @@ def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean"
     result = eye.expand(B, T, T)
     num_discard = int(T * T * discard_ratio)
     for attn in layers:
-        attn = attn.detach().float()
-        if head_fusion == "mean":
-            fused = attn.mean(dim=1)  # (B, T, T)
-        elif head_fusion == "max":
-            fused = attn.amax(dim=1)
-        else:
-            fused = attn.amin(dim=1)
+        fused = _fuse_heads(attn.detach().float(), head_fusion)  # (B, heads, T, T) -> (B, T, T)
         if num_discard:
             fused = _discard_lowest(fused, num_discard)
         a = fused + eye
@@ -436,12 +439,10 @@ def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_
                       grid_size: tuple[int, int] | None = None) -> torch.Tensor:
     """Raw attention of the CLS token to the patches in one layer (no rollout): ``(B, grid_h, grid_w)``."""
     layers = _check_attentions(attentions)
-    if head_fusion not in _HEAD_FUSIONS:
-        raise ValueError(f"unknown head_fusion {head_fusion!r}; use one of {', '.join(_HEAD_FUSIONS)}.")
     if not -len(layers) <= layer < len(layers):
         raise ValueError(f"layer={layer} is out of range for {len(layers)} layers.")
-    attn = layers[layer].detach().float()[:, :, 0, 1:]  # (B, heads, N): CLS row, patch columns
-    fused = {"mean": attn.mean(1), "max": attn.amax(1), "min": attn.amin(1)}[head_fusion]  # (B, N)
+    cls_row = layers[layer].detach().float()[:, :, 0, 1:]  # (B, heads, N): CLS row, patch columns
+    fused = _fuse_heads(cls_row, head_fusion)  # (B, N)
     B, N = fused.shape
     h, w = grid_size if grid_size is not None else (math.isqrt(N), math.isqrt(N))
     if h * w != N:
@@ -1235,8 +1236,9 @@ def _to_hwc(img: torch.Tensor) -> np.ndarray:
     return img.permute(1, 2, 0).numpy()
 
 
-def _finish(fig, save_path: str | Path | None):
-    fig.tight_layout()
+def _finish(fig, save_path: str | Path | None, tight: bool = True):
+    if tight:
+        fig.tight_layout()
     if save_path is not None:
         Path(save_path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(save_path, dpi=120, bbox_inches="tight")
@@ -1394,10 +1396,7 @@ def plot_patch_grid(image: torch.Tensor, patch_size: int, *, mean: Sequence[floa
         pax.imshow(_to_hwc(patches[idx]))
         pax.axis("off")
     fig.text(0.765, 0.93, "patches in token order (row-major)", ha="center")
-    if save_path is not None:
-        Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_path, dpi=120, bbox_inches="tight")
-    return fig
+    return _finish(fig, save_path, tight=False)  # the patch panel has its own grid spec
 
 
 def plot_position_similarity(model: VisionTransformer, save_path: str | Path | None = None):
@@ -1422,10 +1421,7 @@ def plot_position_similarity(model: VisionTransformer, save_path: str | Path | N
     fig.supylabel("input patch row")
     fig.suptitle("Position embedding similarity (cosine)")
     fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
-    if save_path is not None:
-        Path(save_path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(save_path, dpi=120, bbox_inches="tight")
-    return fig
+    return _finish(fig, save_path, tight=False)  # tight_layout fights the shared colour bar
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
