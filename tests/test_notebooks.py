@@ -4,6 +4,7 @@ Data: ../shared/data when present, otherwise small generated files in the real f
 random ViTs saved here with save_pretrained (with an image processor); photos come from ../shared/data/photos
 or are generated.
 """
+import ast
 import json
 import os
 import struct
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vit_helpers as vh
 from conftest import ROOT, SHARED_DATA
 
 NOTEBOOKS = ["VisionTransformer.ipynb", "VisualizeAttentionMap.ipynb", "ImportedVisionTransformer.ipynb"]
@@ -28,7 +30,9 @@ def test_notebook_is_stripped_and_parametrised(name):
     for knob in ("SMOKE", "DATA_ROOT", "SEED", "DEVICE", "OUTPUT_DIR"):
         assert f"{knob} =" in code[0].source
     assert "import vit_helpers as vh" in "".join(c.source for c in code)
-    assert not any(c.source.lstrip().startswith(("def ", "class ")) for c in code[1:] if "train_and_test" not in c.source)
+    defined = {node.name for c in code for node in ast.walk(ast.parse(c.source))
+               if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+    assert not defined & set(dir(vh)), f"{name} redefines {defined & set(dir(vh))} from vit_helpers"
 
 
 def _fake_data(root):
