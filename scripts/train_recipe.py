@@ -27,11 +27,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--budget-min", type=float, default=None, help="wall-clock budget; the schedule is fitted to it")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    ap.add_argument("--val-size", type=int, default=5000, help="images held out of the training split")
     ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset (smoke runs)")
     ap.add_argument("--tag", default="cpu", help="suffix of the output files")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--out-dir", default=str(ROOT), help="results/, images/ and checkpoints/ go under it")
     args = ap.parse_args()
 
+    out = Path(args.out_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     vh.set_seed(args.seed)
@@ -41,7 +44,8 @@ def main() -> None:
     device = vh.get_device(args.device)
     dataset_name = args.recipe.split("-")[0]
     loader_fn = vh.mnist_loaders if dataset_name == "mnist" else vh.cifar10_loaders
-    loaders = loader_fn(args.data_root, seed=args.seed, train_limit=args.train_limit, **recipe["data"])
+    loaders = loader_fn(args.data_root, seed=args.seed, val_size=args.val_size, train_limit=args.train_limit,
+                        **recipe["data"])
     model = vh.VisionTransformer(**recipe["model"])
     budget_s = args.budget_min * 60 if args.budget_min else None
     start = time.perf_counter()
@@ -56,11 +60,11 @@ def main() -> None:
                "train_images_per_s": hist.train_images_per_s, "test_n": test["n"]}
     config = {"recipe": args.recipe, **recipe, "budget_min": args.budget_min, "threads": torch.get_num_threads(),
               "train_limit": args.train_limit, "val_size": len(loaders.val.dataset)}
-    path = vh.save_results(ROOT / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
+    path = vh.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
                            dataset=loaders.train.dataset.source, wall_time_s=wall, device=device,
                            history=hist.to_dict() | {"lr": hist.lr[:: max(1, len(hist.lr) // 200)]})
     vh.plot_history(hist, title=f"{args.recipe} ({device.type}, {wall / 60:.0f} min)",
-                    save_path=ROOT / "images" / f"{name}-curves.png")
+                    save_path=out / "images" / f"{name}-curves.png")
     if dataset_name == "mnist":
         x, y = next(iter(loaders.test))
         x = x[:12].to(device)
@@ -72,9 +76,9 @@ def main() -> None:
         vh.plot_attention_maps(x.cpu(), masks.cpu(), mean=loaders.test.dataset.mean,
                                std=loaders.test.dataset.std, titles=titles,
                                suptitle=f"Attention rollout, {args.recipe} (test digits)",
-                               save_path=ROOT / "images" / f"{name}-rollout.png")
-    (ROOT / "checkpoints").mkdir(exist_ok=True)  # git-ignored; lets figures be redrawn without retraining
-    torch.save(model.state_dict(), ROOT / "checkpoints" / f"{name}.pt")
+                               save_path=out / "images" / f"{name}-rollout.png")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)  # git-ignored; figures can be redrawn from it
+    torch.save(model.state_dict(), out / "checkpoints" / f"{name}.pt")
     print(f"{name}: test acc {test['acc']:.4f} (best val {hist.best_val_acc:.4f} at epoch {hist.best_epoch}), "
           f"{len(hist.epoch)} epochs, {wall / 60:.1f} min -> {path}")
 

@@ -184,3 +184,24 @@ def test_train_eval_loader_is_unaugmented_and_whole(fake_mnist):
     x2, _ = ev.dataset[0]
     assert torch.equal(x1, x2)  # deterministic: no augmentation
     assert torch.equal(x1, loaders.val.dataset.transform(loaders.train.dataset.images[0]))
+
+
+def test_train_recipe_script_records_a_run(fake_mnist, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root, _, _ = fake_mnist
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_recipe.py"), "mnist-strong", "--data-root",
+                           str(root), "--epochs", "1", "--threads", "1", "--val-size", "10", "--out-dir", str(out), "--tag", "t"],
+                          capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
+                                                                             "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((out / "results" / "mnist-strong-t.json").read_text())
+    assert record["metrics"]["epochs_run"] == 1 and record["metrics"]["test_n"] == 20
+    assert record["config"]["recipe"] == "mnist-strong" and record["config"]["threads"] == 1
+    for f in ("images/mnist-strong-t-curves.png", "images/mnist-strong-t-rollout.png", "checkpoints/mnist-strong-t.pt"):
+        assert (out / f).is_file(), f
