@@ -63,8 +63,8 @@ def pct(x) -> str:
 
 
 def results_table(records) -> str:
-    rows = ["| run | test acc | best val acc | budget | hardware | data | seed | record |",
-            "|---|---:|---:|---|---|---|---:|---|"]
+    rows = ["| run | test acc | best val acc | params | budget | hardware | data | seed | record |",
+            "|---|---:|---:|---:|---|---|---|---:|---|"]
     for name, rec in records:
         if name.startswith("bench-") or "test_acc" not in rec["metrics"]:
             continue
@@ -72,8 +72,9 @@ def results_table(records) -> str:
         run = f"`{rec.get('config', {}).get('recipe', name.removesuffix('.json'))}`"
         if name[0].isupper():  # a notebook's record, e.g. VisualizeAttentionMap-full-strong.json
             run += f" in {name.split('-')[0]}.ipynb"
+        params = f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else ""
         rows.append(f"| {run} | **{pct(m['test_acc'])}** | {pct(m.get('best_val_acc', m.get('val_acc')))} | "
-                    f"{budget(rec)} | {hardware(rec)} | {dataset(rec)} | {rec['seed']} | "
+                    f"{params} | {budget(rec)} | {hardware(rec)} | {dataset(rec)} | {rec['seed']} | "
                     f"[{name}](results/{name}) |")
     return "\n".join(rows)
 

@@ -57,7 +57,8 @@ def main() -> None:
     metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "best_val_acc": hist.best_val_acc,
                "best_epoch": hist.best_epoch, "final_train_acc": hist.train_acc[-1],
                "epochs_run": len(hist.epoch), "optimizer_steps": hist.total_steps,
-               "train_images_per_s": hist.train_images_per_s, "test_n": test["n"]}
+               "train_images_per_s": hist.train_images_per_s, "test_n": test["n"],
+               "parameters": vh.count_parameters(model)}
     config = {"recipe": args.recipe, **recipe, "budget_min": args.budget_min, "threads": torch.get_num_threads(),
               "train_limit": args.train_limit, "val_size": len(loaders.val.dataset)}
     path = vh.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
