@@ -412,17 +412,9 @@ def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean"
     return result
 
 
-def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
-                      discard_ratio: float = 0.0, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Attention rollout map ``(B, grid_h, grid_w)``: the CLS row of :func:`rollout_matrix` over patches.
-
-    Accepts the tuple from ``VisionTransformer(..., return_attentions=True)`` or HF's
-    ``outputs.attentions``. Not rescaled: plotting scales each map to [0, 1]. The grid is square unless
-    ``grid_size=(h, w)`` is given.
-    """
-    result = rollout_matrix(attentions, head_fusion, discard_ratio)  # (B, T, T)
-    cls_to_patches = result[:, 0, 1:]  # (B, N)
-    B, N = cls_to_patches.shape
+def _to_grid(values: torch.Tensor, grid_size: tuple[int, int] | None) -> torch.Tensor:
+    """Per-patch values ``(B, N)`` -> ``(B, h, w)``: square unless ``grid_size=(h, w)`` is given."""
+    B, N = values.shape
     if grid_size is None:
         side = math.isqrt(N)
         if side * side != N:
@@ -432,7 +424,19 @@ def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "me
     if h * w != N:
         raise ValueError(f"grid_size={tuple(grid_size)} holds {h * w} patches but the attentions have {N} "
                          f"patch tokens (T - 1); pass grid_size with h*w={N}.")
-    return cls_to_patches.reshape(B, h, w)
+    return values.reshape(B, h, w)
+
+
+def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
+                      discard_ratio: float = 0.0, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """Attention rollout map ``(B, grid_h, grid_w)``: the CLS row of :func:`rollout_matrix` over patches.
+
+    Accepts the tuple from ``VisionTransformer(..., return_attentions=True)`` or HF's
+    ``outputs.attentions``. Not rescaled: plotting scales each map to [0, 1]. The grid is square unless
+    ``grid_size=(h, w)`` is given.
+    """
+    result = rollout_matrix(attentions, head_fusion, discard_ratio)  # (B, T, T)
+    return _to_grid(result[:, 0, 1:], grid_size)  # CLS row over the patch columns: (B, N) -> (B, h, w)
 
 
 def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_fusion: str = "mean",
@@ -442,12 +446,7 @@ def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_
     if not -len(layers) <= layer < len(layers):
         raise ValueError(f"layer={layer} is out of range for {len(layers)} layers.")
     cls_row = layers[layer].detach().float()[:, :, 0, 1:]  # (B, heads, N): CLS row, patch columns
-    fused = _fuse_heads(cls_row, head_fusion)  # (B, N)
-    B, N = fused.shape
-    h, w = grid_size if grid_size is not None else (math.isqrt(N), math.isqrt(N))
-    if h * w != N:
-        raise ValueError(f"{N} patch tokens do not fit grid_size={(h, w)}; pass grid_size=(h, w) with h*w={N}.")
-    return fused.reshape(B, h, w)
+    return _to_grid(_fuse_heads(cls_row, head_fusion), grid_size)  # (B, N) -> (B, h, w)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1253,6 +1252,11 @@ def upsample_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (m - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def _overlay(img: np.ndarray, mask: torch.Tensor, colormap, alpha: float) -> np.ndarray:
+    """Blend an (H, W, 3) image with a colour-mapped (H, W) mask in [0, 1]."""
+    return (1 - alpha) * img + alpha * colormap(mask.numpy())[..., :3]
+
+
 def plot_attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequence[float] | None = None,
                         std: Sequence[float] | None = None, titles: Sequence[str] | None = None,
                         per_row: int | None = None, alpha: float = 0.5, cmap: str = "jet",
@@ -1279,8 +1283,7 @@ def plot_attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequ
     for i in range(n):
         r, c = divmod(i, per_row)
         img = _to_hwc(images[i])
-        heat = colormap(up[i].numpy())[..., :3]
-        overlay = (1 - alpha) * img + alpha * heat
+        overlay = _overlay(img, up[i], colormap, alpha)
         name = titles[i] if titles is not None else f"#{i}"
         for j, (panel, label) in enumerate(((img, "original"), (up[i].numpy(), "mask"), (overlay, "overlay"))):
             ax = axes[r, 3 * c + j]
@@ -1305,14 +1308,14 @@ def plot_mask_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], *, me
         if m.ndim != 3 or len(m) != n:
             raise ValueError(f"columns[{name!r}] has shape {tuple(m.shape)}; expected ({n}, h, w).")
     colormap = plt.get_cmap(cmap)
+    upsampled = {name: upsample_masks(m.cpu(), tuple(images.shape[-2:])) for name, m in columns.items()}
     fig, axes = plt.subplots(n, k + 1, figsize=(1.7 * (k + 1), 1.8 * n), squeeze=False)
     for i in range(n):
         img = _to_hwc(images[i])
         axes[i, 0].imshow(img)
         axes[i, 0].set_title(row_titles[i] if row_titles is not None else "original", fontsize=8)
-        for j, (name, masks) in enumerate(columns.items(), start=1):
-            heat = colormap(upsample_masks(masks[i:i + 1].cpu(), tuple(images.shape[-2:]))[0].numpy())[..., :3]
-            axes[i, j].imshow((1 - alpha) * img + alpha * heat)
+        for j, (name, masks) in enumerate(upsampled.items(), start=1):
+            axes[i, j].imshow(_overlay(img, masks[i], colormap, alpha))
             axes[i, j].set_title(name, fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
