@@ -40,7 +40,7 @@ from torch import nn
 
 __all__ = [
     # config, model
-    "ViTConfig", "VisionTransformer", "count_parameters",
+    "ViTConfig", "VisionTransformer", "count_parameters", "use_fused_attention",
     # schedule
     "warmup_cosine_schedule",
     # rollout
@@ -52,7 +52,7 @@ __all__ = [
     "load_cifar10", "load_mnist", "load_image_folder", "load_image", "default_data_root",
     "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD",
     # training
-    "History", "fit", "evaluate", "set_seed", "get_device", "RECIPES", "get_recipe", "FINETUNE_RECIPE", "top_k",
+    "History", "fit", "evaluate", "TrainingDivergedError", "set_seed", "get_device", "resolve_precision", "cpu_has_native_bf16", "RECIPES", "get_recipe", "FINETUNE_RECIPE", "top_k",
     # run records
     "hardware_info", "save_results",
     # plots
@@ -81,6 +81,13 @@ class ViTConfig:
     attn_dropout: float = 0.0  # on the attention probabilities [attention_probs_dropout_prob]
     qkv_bias: bool = True  # bias on the query/key/value projections [qkv_bias]
     layer_norm_eps: float = 1e-12  # HF's default [layer_norm_eps]
+    # Attention kernel, not maths: None picks per call (F.scaled_dot_product_attention, except on a CPU in
+    # bf16/fp16, where PyTorch's CPU SDPA kernel is slower than the explicit softmax(QK^T)V); True forces
+    # SDPA, False the explicit path. Both compute the same function (tests/test_model.py).
+    fused_attn: bool | None = None
+    # Tokenizer: "patch" (the paper's linear patch embedding, what HF computes) or "conv" (Xiao et al. 2021,
+    # "Early Convolutions Help Transformers See Better": stacked stride-2 3x3 convolutions, same token grid).
+    stem: str = "patch"
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads",
@@ -103,6 +110,15 @@ class ViTConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {p}.")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}.")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"stem must be 'patch' (linear patch embedding) or 'conv' (convolutional stem), "
+                             f"got {self.stem!r}.")
+        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"stem='conv' downsamples by 2 per convolution, so patch_size must be a power of 2 "
+                             f">= 2, got {self.patch_size}; use patch_size 2, 4, 8 or 16, or stem='patch'.")
+        if self.fused_attn not in (None, True, False):
+            raise TypeError(f"fused_attn must be None (pick per device and dtype), True (SDPA) or False (explicit), "
+                            f"got {self.fused_attn!r}.")
 
     @property
     def grid_size(self) -> int:
@@ -138,11 +154,48 @@ class PatchEmbedding(nn.Module):
         return x.flatten(2).transpose(1, 2)  # -> (B, N, D) with N = (H/P) * (W/P)
 
 
+def use_fused_attention(fused_attn: bool | None, q: torch.Tensor) -> bool:
+    """Whether to call ``F.scaled_dot_product_attention`` for queries ``q``: ``fused_attn`` if set; else SDPA,
+    except on a CPU in bf16/fp16 (PyTorch's CPU SDPA kernel is several times slower there than the explicit
+    path) and on a CPU under ``torch.compile`` (inductor fuses the explicit softmax(QK^T)V into faster code
+    than the SDPA kernel). Measured by ``bench/bench_throughput.py``."""
+    if fused_attn is not None:
+        return fused_attn
+    if q.device.type != "cpu":
+        return True
+    return q.dtype not in (torch.bfloat16, torch.float16) and not torch.compiler.is_compiling()
+
+
+class ConvStem(nn.Module):
+    """Convolutional stem (Xiao et al. 2021): log2(P) stride-2 3x3 convolutions with BatchNorm and ReLU, widths
+    doubling up to ``dim``, then a 1x1 convolution to ``dim``. It yields the same (H/P) x (W/P) token grid as
+    :class:`PatchEmbedding`, but with overlapping receptive fields: a locality prior that a linear patch
+    embedding lacks, which helps a ViT most on small data sets.
+    """
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        n = cfg.patch_size.bit_length() - 1  # stride-2 convolutions: 2**n = patch_size
+        widths = [max(16, cfg.dim // 2 ** (n - 1 - i)) for i in range(n)]
+        layers, c_in = [], cfg.in_channels
+        for c_out in widths:
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+            c_in = c_out
+        layers.append(nn.Conv2d(c_in, cfg.dim, kernel_size=1))
+        self.proj = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)  # (B, C, H, W) -> (B, D, H/P, W/P)
+        return x.flatten(2).transpose(1, 2)  # -> (B, N, D)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection.
 
-    ``fused=True`` (default) calls ``F.scaled_dot_product_attention``. The explicit path computes
-    softmax(q k^T / sqrt(d)) itself and is used only when the attention probabilities are asked for.
+    Two paths compute the same function: ``F.scaled_dot_product_attention`` (one fused kernel) and the
+    explicit softmax(q k^T / sqrt(d)) v, which is also the path that returns the attention probabilities.
+    ``cfg.fused_attn`` chooses between them (see :func:`use_fused_attention`).
     """
 
     def __init__(self, cfg: ViTConfig):
@@ -151,6 +204,7 @@ class Attention(nn.Module):
         self.head_dim = cfg.dim // cfg.heads
         self.scale = self.head_dim ** -0.5
         self.attn_dropout = cfg.attn_dropout
+        self.fused_attn = cfg.fused_attn
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
 
@@ -160,13 +214,14 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, T, 3, self.heads, self.head_dim)  # (B, T, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, T, d)
         dropout_p = self.attn_dropout if self.training else 0.0
-        if return_attention:
+        attn = None
+        if not return_attention and use_fused_attention(self.fused_attn, q):
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, h, T, d)
+        else:
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, T, T)
             attn = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)  # post-softmax probabilities
             out = F.dropout(attn, p=dropout_p, training=self.training) @ v  # (B, h, T, d)
-        else:
-            attn = None
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)  # (B, h, T, d)
+            attn = attn if return_attention else None
         out = out.transpose(1, 2).reshape(B, T, D)  # (B, h, T, d) -> (B, T, D)
         return self.proj(out), attn
 
@@ -221,14 +276,15 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, *, image_size: int, patch_size: int, in_channels: int, num_classes: int, dim: int,
                  depth: int, heads: int, mlp_dim: int, dropout: float = 0.0, attn_dropout: float = 0.0,
-                 qkv_bias: bool = True, layer_norm_eps: float = 1e-12):
+                 qkv_bias: bool = True, layer_norm_eps: float = 1e-12, fused_attn: bool | None = None,
+                 stem: str = "patch"):
         super().__init__()
         cfg = ViTConfig(image_size=image_size, patch_size=patch_size, in_channels=in_channels,
                         num_classes=num_classes, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim,
                         dropout=dropout, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
-                        layer_norm_eps=layer_norm_eps)
+                        layer_norm_eps=layer_norm_eps, fused_attn=fused_attn, stem=stem)
         self.config = cfg
-        self.patch_embed = PatchEmbedding(cfg)
+        self.patch_embed = PatchEmbedding(cfg) if cfg.stem == "patch" else ConvStem(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
@@ -552,6 +608,9 @@ def to_hf(model: VisionTransformer, attn_implementation: str = "eager", id2label
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"to_hf expects a VisionTransformer, got {type(model).__name__}.")
     cfg = model.config
+    if cfg.stem != "patch":
+        raise ValueError(f"to_hf: HF's ViTForImageClassification has only the linear patch embedding, so a model "
+                         f"with stem={cfg.stem!r} cannot be converted; build it with stem='patch' to use HF.")
     labels = id2label or {i: f"LABEL_{i}" for i in range(cfg.num_classes)}
     hf_config = HFViTConfig(
         image_size=cfg.image_size, patch_size=cfg.patch_size, num_channels=cfg.in_channels,
@@ -869,11 +928,61 @@ def get_device(preferred: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with bf16 matrix instructions (AVX512-BF16 or AMX-BF16), read from /proc/cpuinfo.
+
+    Without them PyTorch emulates bf16 matrix products, which is far slower than fp32 (measured on an AMD
+    EPYC without AVX-512: 1.3 GFLOP/s in bf16 vs 170 GFLOP/s in fp32); with them bf16 is several times
+    faster than fp32. Elsewhere (macOS, Windows, ARM) this returns False and training stays in fp32.
+    """
+    try:
+        return _cpuinfo_has_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
+
+
+def _cpuinfo_has_bf16(cpuinfo: str) -> bool:
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(device: torch.device | str, precision: str = "auto") -> str:
+    """The precision :func:`fit` and :func:`evaluate` run in: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
+
+    ``"auto"`` picks the fastest one that trains correctly on ``device``: bf16 autocast on CUDA GPUs with
+    native bf16 (Ampere and newer); fp16 autocast with a gradient scaler on older CUDA GPUs (T4, V100);
+    bf16 autocast on CPUs with native bf16 (:func:`cpu_has_native_bf16`); fp32 elsewhere (other CPUs, MPS).
+    """
+    if precision not in _PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(map(repr, _PRECISIONS))} "
+                         "('auto' picks the fastest correct one for the device).")
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def _precision_reason(device: torch.device, precision: str) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, " + (
+            "native bf16" if precision == "bf16" else "no native bf16: fp16 with a gradient scaler")
+    if device.type == "cpu":
+        return "CPU with AVX512-BF16/AMX" if precision == "bf16" else "CPU without native bf16 (AVX512-BF16/AMX)"
+    return f"{device.type}"
+
+
 def _autocast(device: torch.device, precision: str):
-    if precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"unknown precision {precision!r}; use 'auto' (bf16 on CUDA, else fp32), 'bf16' or 'fp32'.")
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    """Autocast context for an already resolved precision (``resolve_precision``)."""
+    precision = resolve_precision(device, precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -896,6 +1005,10 @@ class History:
     total_steps: int = 0
     wall_time_s: float = 0.0
     train_images_per_s: float = 0.0  # training time only, validation excluded
+    device: str = ""
+    precision: str = ""  # what precision="auto" resolved to (resolve_precision)
+    attention: str = ""  # SDPA or explicit, and whether chosen automatically
+    compiled: bool = False  # torch.compile used
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -906,6 +1019,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
              precision: str = "auto", return_predictions: bool = False) -> dict[str, Any]:
     """Loss and accuracy over the whole split: ``{"loss", "acc", "n"}`` (+ ``"preds"``, ``"labels"``)."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    precision = resolve_precision(device, precision)
     was_training = model.training
     model.eval()
     total_loss, correct, n = 0.0, 0, 0
@@ -989,16 +1103,17 @@ def _batch_loss(model, x, y, device, precision, label_smoothing, mixup_alpha, cu
 
 
 def _seconds_per_batch(model: nn.Module, loader, make_optimizer, device, precision, steps: int = 8) -> float:
-    """Time a few training steps on a throw-away copy of the model (for ``time_budget_s``)."""
+    """Time a few training steps, data loading included, on a throw-away copy of the model (for
+    ``time_budget_s``). Eager mode: with ``compile`` the run is then somewhat faster than planned."""
     probe = copy.deepcopy(model).to(device).train()
     opt = make_optimizer(probe)
     times, it = [], iter(loader)
     for _ in range(steps + 2):
+        t0 = time.perf_counter()
         try:
             x, y = next(it)
         except StopIteration:
             break
-        t0 = time.perf_counter()
         x, y = x.to(device), y.to(device)
         with _autocast(device, precision):
             loss = F.cross_entropy(_logits(probe, x).float(), y)
@@ -1013,46 +1128,139 @@ def _seconds_per_batch(model: nn.Module, loader, make_optimizer, device, precisi
     return float(np.median(times))
 
 
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the likely causes and what to change."""
+
+
+def _check_number(name: str, value, *, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False, integer: bool = False, hint: str = "") -> None:
+    """TypeError unless ``value`` is a real number (an int if ``integer``); ValueError unless it is finite and
+    within the bounds. ``hint`` is appended to the ValueError."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {'an int' if integer else 'a number'}, got {type(value).__name__} ({value!r}).")
+    bad = not math.isfinite(value)
+    if low is not None:
+        bad |= value <= low if low_open else value < low
+    if high is not None:
+        bad |= value >= high if high_open else value > high
+    if bad:
+        if integer and low == 1 and high is None:
+            where = "a positive int"
+        elif high is None:
+            where = f"{'>' if low_open else '>='} {low}"
+        else:
+            where = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be {where}, got {value}.{' ' + hint if hint else ''}")
+
+
+def _resolve_compile(compile: bool | str, device: torch.device, precision: str, total_steps: int) -> bool:
+    """``compile="auto"``: torch.compile where bench/bench_throughput.py measured a gain (GPUs; CPUs, where
+    inductor fuses the explicit attention path and GELU: +17 % measured in fp32) and the run is long
+    enough to repay the 30-60 s of compilation. On a CPU only on Linux with a C++ compiler (inductor
+    builds C++ code; macOS and Windows need extra set-up)."""
+    if compile not in (True, False, "auto"):
+        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}.")
+    if compile != "auto":
+        return compile
+    if device.type == "cuda":
+        return total_steps >= 300
+    if device.type == "cpu" and platform.system() == "Linux":
+        import shutil
+        return total_steps >= 1000 and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    return False
+
+
+def _attention_path(model: nn.Module, device: torch.device, precision: str, compiled: bool) -> str:
+    """How our VisionTransformer's attention will run in training (for the set-up line and the record)."""
+    cfg = getattr(model, "config", None)
+    if not isinstance(cfg, ViTConfig):
+        return "the model's own"
+    if cfg.fused_attn is not None:
+        return "SDPA (forced)" if cfg.fused_attn else "explicit (forced)"
+    explicit = device.type == "cpu" and (precision in ("bf16", "fp16") or compiled)
+    return "explicit (auto)" if explicit else "SDPA (auto)"
+
+
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def _diverged(loss: torch.Tensor, x: torch.Tensor, epoch: int, batch: int, step: int, lr: float, precision: str,
+              restored_epoch: int | None) -> TrainingDivergedError:
+    data = "the batch itself contains NaN/inf inputs: clean the data first. " if not torch.isfinite(x).all() else ""
+    restored = (f"The weights of epoch {restored_epoch} (the best finite epoch) were restored into the model."
+                if restored_epoch else "The model's weights are left as they were when the loss went bad.")
+    return TrainingDivergedError(
+        f"training diverged: the loss became {loss.item()} at epoch {epoch}, batch {batch} (optimizer step {step}). "
+        f"{data}Likely causes: a learning rate too high for this model and batch (lr={lr:g}: try lr/10 or a "
+        f"longer warmup), no gradient clipping (try grad_clip=1.0), NaN/inf values in the data"
+        f"{', or fp16 overflow (try precision=' + repr('bf16') + ' or ' + repr('fp32') + ')' if precision == 'fp16' else ''}. "
+        f"{restored}")
+
+
 def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float = 1e-3,
         optimizer: str = "adamw", weight_decay: float = 0.05, momentum: float = 0.9,
         warmup_fraction: float = 0.2, warmup_steps: int | None = None, label_smoothing: float = 0.0,
         grad_clip: float | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
         accumulation_steps: int = 1, max_steps: int | None = None, device: torch.device | str | None = None,
-        precision: str = "auto", time_budget_s: float | None = None, restore_best: bool = True, progress: bool = True,
-        verbose: bool = True) -> History:
+        precision: str = "auto", compile: bool | str = "auto", time_budget_s: float | None = None,
+        restore_best: bool = True, progress: bool = True, verbose: bool = True) -> History:
     """Train ``model`` with the warmup-cosine schedule stepped per optimizer step; returns a :class:`History`.
 
     optimizer: ``"adamw"`` (decoupled weight decay, not on biases/norms/embeddings), ``"adam"`` or ``"sgd"``
     (momentum). ``warmup_steps`` overrides ``warmup_fraction`` (the original notebooks used 1/5).
     ``accumulation_steps`` sums gradients over several batches per optimizer step (big effective batches);
     ``max_steps`` caps the optimizer steps (the schedule is fitted to the cap).
-    ``precision="auto"`` uses bf16 autocast on CUDA, fp32 elsewhere. ``time_budget_s`` times a few steps on a
-    copy of the model first and shortens the schedule so that training and validation fit the budget.
-    With a ``val_loader``, the weights of the best validation epoch are restored at the end.
-    ``progress`` shows tqdm bars; ``verbose`` prints one line per epoch. Works with HF models (anything whose
-    output is logits or has ``.logits``) and with ``torch.compile(model)``.
+    ``precision="auto"`` picks the fastest precision that trains correctly on the device
+    (:func:`resolve_precision`: bf16 on recent GPUs and on CPUs with AVX512-BF16/AMX, fp16 with a gradient
+    scaler on older GPUs, fp32 elsewhere); ``"bf16"``, ``"fp16"`` or ``"fp32"`` force one.
+    ``compile``: ``torch.compile`` the model (``"auto"``: where it pays, see :func:`_resolve_compile`).
+    ``time_budget_s`` times a few steps on a copy of the model first and shortens the schedule so that
+    training and validation fit the budget. With a ``val_loader``, the weights of the best validation epoch
+    are restored at the end. A NaN or infinite loss stops the run with :class:`TrainingDivergedError`.
+    ``progress`` shows tqdm bars (with the time left); ``verbose`` prints the set-up once and one line per
+    epoch. Works with HF models (anything whose output is logits or has ``.logits``).
     """
     from tqdm.auto import tqdm
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
-    if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
-        raise ValueError(f"accumulation_steps must be a positive int, got {accumulation_steps!r}.")
-    if not 0.0 <= warmup_fraction <= 1.0:
-        raise ValueError(f"warmup_fraction must be in [0, 1], got {warmup_fraction}.")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}.")
-    if mixup_alpha < 0 or cutmix_alpha < 0:
-        raise ValueError("mixup_alpha and cutmix_alpha must be >= 0 (0 turns them off).")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    _check_number("epochs", epochs, low=1, integer=True)
+    _check_number("lr", lr, low=0, low_open=True)
+    _check_number("weight_decay", weight_decay, low=0, hint="Use 0 to turn weight decay off.")
+    _check_number("momentum", momentum, low=0, high=1, high_open=True)
+    _check_number("warmup_fraction", warmup_fraction, low=0, high=1)
+    if warmup_steps is not None:
+        _check_number("warmup_steps", warmup_steps, low=0, integer=True)
+    _check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
+    if grad_clip is not None:
+        _check_number("grad_clip", grad_clip, low=0, low_open=True,
+                      hint="grad_clip=0 would scale every gradient to zero; pass grad_clip=None to turn clipping off.")
+    _check_number("mixup_alpha", mixup_alpha, low=0, hint="0 turns MixUp off.")
+    _check_number("cutmix_alpha", cutmix_alpha, low=0, hint="0 turns CutMix off.")
+    _check_number("accumulation_steps", accumulation_steps, low=1, integer=True)
+    if max_steps is not None:
+        _check_number("max_steps", max_steps, low=1, integer=True)
+    if time_budget_s is not None:
+        _check_number("time_budget_s", time_budget_s, low=0, low_open=True)
+    if optimizer not in ("adamw", "adam", "sgd"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; use 'adamw', 'adam' or 'sgd'.")
+    try:
+        batches_per_epoch = len(train_loader)
+    except TypeError:
+        raise TypeError(f"train_loader must have a length (a DataLoader over a map-style data set), "
+                        f"got {type(train_loader).__name__}.") from None
+    if batches_per_epoch == 0:
+        raise ValueError("train_loader yields no batches: the training set is empty (or smaller than the batch "
+                         "size with drop_last=True).")
     device = torch.device(device) if device is not None else get_device()
+    precision = resolve_precision(device, precision)
     model.to(device)
     make_opt = lambda m: _make_optimizer(m, optimizer, lr, weight_decay, momentum, device)  # noqa: E731
-    batches_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(batches_per_epoch / accumulation_steps)
     total_steps = epochs * steps_per_epoch
     if max_steps is not None:
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}.")
         total_steps = min(total_steps, max_steps)
         epochs = math.ceil(total_steps / steps_per_epoch)
     if time_budget_s is not None:
@@ -1061,26 +1269,49 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         epoch_s = spb * batches_per_epoch + spb / 3 * eval_batches  # eval ~ a third of a train step per batch
         total_steps = min(total_steps, max(1, int(time_budget_s / epoch_s * steps_per_epoch)))
         epochs = math.ceil(total_steps / steps_per_epoch)
+    compiled = _resolve_compile(compile, device, precision, total_steps)
+    runner = torch.compile(model) if compiled else model  # shares the parameters with model
     opt = make_opt(model)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # fp16 gradients underflow
     n_warmup = warmup_steps if warmup_steps is not None else int(warmup_fraction * total_steps)
-    sched = warmup_cosine_schedule(opt, n_warmup, total_steps)
-    hist, best_state, step, images, train_s = History(total_steps=total_steps), None, 0, 0, 0.0
+    sched = warmup_cosine_schedule(opt, min(n_warmup, total_steps), total_steps)
+    hist = History(total_steps=total_steps, precision=precision, attention=_attention_path(model, device, precision, compiled),
+                   compiled=compiled, device=str(device))
+    if verbose:
+        print(f"fit: {device} in {precision} ({_precision_reason(device, precision)}), attention "
+              f"{hist.attention}, torch.compile {'on' if compiled else 'off'}, torch threads "
+              f"{torch.get_num_threads()}, {total_steps} optimizer steps", flush=True)
+    best_state, step, images, train_s = None, 0, 0, 0.0
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
-        model.train()
+        runner.train()
         t0, seen = time.perf_counter(), 0
-        loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no sync per step
+        loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no sync per step on GPUs
         correct = torch.zeros((), device=device, dtype=torch.long)
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
         for i, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, logits = _batch_loss(model, x, y, device, precision, label_smoothing, mixup_alpha, cutmix_alpha)
-            (loss / accumulation_steps).backward()
+            loss, logits = _batch_loss(runner, x, y, device, precision, label_smoothing, mixup_alpha, cutmix_alpha)
+            # A NaN/inf loss: checked every step on a CPU (free) and at the progress updates on a GPU.
+            if (device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss):
+                restored = None
+                if best_state is not None:
+                    model.load_state_dict(best_state)
+                    restored = hist.best_epoch
+                raise _diverged(loss, x, epoch, i + 1, step, opt.param_groups[0]["lr"], precision, restored)
+            scaled = loss / accumulation_steps
+            (scaler.scale(scaled) if scaler else scaled).backward()
             last_batch = i + 1 == batches_per_epoch
             if (i + 1) % accumulation_steps == 0 or last_batch:
+                if scaler:
+                    scaler.unscale_(opt)  # clip the true gradients
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                opt.step()
+                if scaler:
+                    scaler.step(opt)  # skipped when the scaled gradients overflowed
+                    scaler.update()
+                else:
+                    opt.step()
                 opt.zero_grad(set_to_none=True)
                 hist.lr.append(opt.param_groups[0]["lr"])
                 sched.step()
@@ -1097,13 +1328,16 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         hist.epoch.append(epoch)
         hist.train_loss.append(loss_sum.item() / seen)
         hist.train_acc.append(correct.item() / seen)
+        if not math.isfinite(hist.train_loss[-1]):  # a bad step the GPU check above did not sample
+            raise _diverged(loss_sum, x, epoch, i + 1, step, opt.param_groups[0]["lr"], precision, None)
         if val_loader is not None:
-            val = evaluate(model, val_loader, device, precision)
+            val = evaluate(model, val_loader, device, precision)  # eager: no recompiles for other batch sizes
             hist.val_loss.append(val["loss"])
             hist.val_acc.append(val["acc"])
             if hist.best_val_acc is None or val["acc"] > hist.best_val_acc:
-                hist.best_val_acc, hist.best_epoch = val["acc"], epoch
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                if _all_finite(state):
+                    hist.best_val_acc, hist.best_epoch, best_state = val["acc"], epoch, state
         hist.epoch_time_s.append(time.perf_counter() - t0)
         if verbose:
             val_txt = "" if val_loader is None else f" | val loss {hist.val_loss[-1]:.4f} acc {hist.val_acc[-1]:.4f}"
@@ -1151,6 +1385,15 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                       mlp_dim=128, dropout=0.0),
         "data": dict(batch_size=128, augment="affine", invert=True),
         "fit": dict(epochs=40, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_fraction=0.05,
+                    label_smoothing=0.1, grad_clip=1.0),
+    },
+    # Our 30-minutes-on-a-laptop-CPU MNIST recipe: mnist-strong with a convolutional stem (Xiao et al.
+    # 2021), which learns faster from few epochs; run with a wall-clock budget (train_recipe.py --budget-min 30).
+    "mnist-fast": {
+        "model": dict(image_size=28, patch_size=4, in_channels=1, num_classes=10, dim=64, depth=6, heads=4,
+                      mlp_dim=128, dropout=0.0, stem="conv"),
+        "data": dict(batch_size=128, augment="affine", invert=True),
+        "fit": dict(epochs=100, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_fraction=0.05,
                     label_smoothing=0.1, grad_clip=1.0),
     },
 }

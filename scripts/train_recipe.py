@@ -24,7 +24,9 @@ def main() -> None:
     ap.add_argument("recipe", choices=sorted(vh.RECIPES))
     ap.add_argument("--data-root", default=vh.default_data_root())
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's choice, one per core)")
+    ap.add_argument("--notes", default="", help="written to the record (e.g. what else ran on the machine)")
     ap.add_argument("--budget-min", type=float, default=None, help="wall-clock budget; the schedule is fitted to it")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     ap.add_argument("--val-size", type=int, default=5000, help="images held out of the training split")
@@ -59,11 +61,13 @@ def main() -> None:
                "epochs_run": len(hist.epoch), "optimizer_steps": hist.total_steps,
                "train_images_per_s": hist.train_images_per_s, "test_n": test["n"],
                "parameters": vh.count_parameters(model)}
+    chosen = {"precision": hist.precision, "attention": hist.attention, "compiled": hist.compiled}
     config = {"recipe": args.recipe, **recipe, "budget_min": args.budget_min, "threads": torch.get_num_threads(),
-              "train_limit": args.train_limit, "val_size": len(loaders.val.dataset)}
+              "train_limit": args.train_limit, "val_size": len(loaders.val.dataset), **chosen}
     path = vh.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
                            dataset=loaders.train.dataset.source, wall_time_s=wall, device=device,
-                           history=hist.to_dict() | {"lr": hist.lr[:: max(1, len(hist.lr) // 200)]})
+                           history=hist.to_dict() | {"lr": hist.lr[:: max(1, len(hist.lr) // 200)]},
+                           **({"notes": args.notes} if args.notes else {}))
     vh.plot_history(hist, title=f"{args.recipe} ({device.type}, {wall / 60:.0f} min)",
                     save_path=out / "images" / f"{name}-curves.png")
     if dataset_name == "mnist":

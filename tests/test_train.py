@@ -113,7 +113,7 @@ def test_fit_trains_hf_models():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(epochs=0), "epochs must be a positive int"),
     (dict(epochs=1, optimizer="rmsprop"), "unknown optimizer 'rmsprop'"),
-    (dict(epochs=1, precision="fp16"), "unknown precision 'fp16'"),
+    (dict(epochs=1, precision="half"), "unknown precision 'half'"),
     (dict(epochs=1, label_smoothing=1.0), "label_smoothing"),
 ])
 def test_bad_fit_arguments(kwargs, message):

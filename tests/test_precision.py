@@ -1,0 +1,179 @@
+"""Precision, attention-kernel and compile choices per device (capabilities mocked), fp16 + gradient scaler
+and bf16 training on the CPU."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vit_helpers as vh
+from test_train import loader, quadrant_data, tiny_vit
+
+ZEN3 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512vl\n"
+SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f amx_bf16 amx_tile\n"
+
+
+def test_cpuinfo_flags_decide_native_bf16():
+    assert vh._cpuinfo_has_bf16(ZEN3) is False
+    assert vh._cpuinfo_has_bf16(ZEN4) is True
+    assert vh._cpuinfo_has_bf16(SAPPHIRE_RAPIDS) is True
+    assert vh._cpuinfo_has_bf16("") is False
+
+
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cpu(monkeypatch, native_bf16, expected):
+    monkeypatch.setattr(vh, "cpu_has_native_bf16", lambda: native_bf16)
+    assert vh.resolve_precision("cpu") == expected
+
+
+@pytest.mark.parametrize("bf16_gpu, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_cuda(monkeypatch, bf16_gpu, expected):
+    calls = []
+
+    def is_bf16_supported(including_emulation=True):
+        calls.append(including_emulation)
+        return bf16_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert vh.resolve_precision(torch.device("cuda")) == expected
+    assert calls == [False]  # emulated bf16 (a T4) must not count as native
+
+
+def test_auto_precision_elsewhere_and_forced(monkeypatch):
+    monkeypatch.setattr(vh, "cpu_has_native_bf16", lambda: True)
+    assert vh.resolve_precision("mps") == "fp32"
+    for p in ("bf16", "fp16", "fp32"):
+        assert vh.resolve_precision("cpu", p) == p
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        vh.resolve_precision("cpu", "half")
+
+
+def test_attention_path_choice():
+    q32 = torch.zeros(1, 2, 3, 4)
+    assert vh.use_fused_attention(None, q32) is True  # fp32 CPU: SDPA
+    assert vh.use_fused_attention(None, q32.bfloat16()) is False  # bf16 CPU: the explicit path is faster
+    assert vh.use_fused_attention(None, q32.half()) is False
+    assert vh.use_fused_attention(None, torch.zeros(1, 2, 3, 4, dtype=torch.bfloat16, device="meta")) is True
+    assert vh.use_fused_attention(True, q32.bfloat16()) is True  # forced
+    assert vh.use_fused_attention(False, q32) is False
+    with pytest.raises(TypeError, match="fused_attn must be None"):
+        vh.VisionTransformer(image_size=8, patch_size=4, in_channels=1, num_classes=2, dim=8, depth=1, heads=2,
+                             mlp_dim=8, fused_attn="yes")
+
+
+def _sdpa_calls(monkeypatch):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counting)
+    return calls
+
+
+def test_model_follows_the_choice_under_autocast(monkeypatch):
+    calls = _sdpa_calls(monkeypatch)
+    model = tiny_vit().eval()
+    x = torch.randn(2, 1, 16, 16)
+    model(x)
+    assert calls == [torch.float32]  # fp32 on a CPU: SDPA
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(x)
+    assert calls == [torch.float32]  # bf16 on a CPU: explicit path, SDPA not called
+    torch.testing.assert_close(low.float(), model(x), atol=0.05, rtol=0.05)
+    forced = vh.VisionTransformer(**{**tiny_vit().config.__dict__, "fused_attn": True}).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        forced(x)
+    assert calls[-1] == torch.bfloat16
+
+
+def test_both_attention_paths_compute_the_same_function():
+    torch.manual_seed(0)
+    kwargs = dict(image_size=16, patch_size=4, in_channels=3, num_classes=5, dim=32, depth=2, heads=4, mlp_dim=64)
+    fused = vh.VisionTransformer(**kwargs, fused_attn=True).eval()
+    explicit = vh.VisionTransformer(**kwargs, fused_attn=False).eval()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(3, 3, 16, 16)
+    assert (fused(x) - explicit(x)).abs().max().item() < 1e-5
+
+
+def test_compile_choice(monkeypatch):
+    import platform
+    import shutil
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++")
+    assert vh._resolve_compile("auto", cpu, "fp32", 10_000) is True  # +17 % measured on a 2-core CPU
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert vh._resolve_compile("auto", cpu, "fp32", 10_000) is False  # inductor needs a C++ compiler
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    assert vh._resolve_compile("auto", cpu, "fp32", 10_000) is False
+    assert vh._resolve_compile("auto", cpu, "fp32", 100) is False  # too short to repay compilation
+    assert vh._resolve_compile("auto", cuda, "bf16", 10_000) is True
+    assert vh._resolve_compile("auto", cuda, "bf16", 10) is False  # too short to repay compilation
+    assert vh._resolve_compile(True, cpu, "fp32", 1) is True
+    assert vh._resolve_compile(False, cuda, "bf16", 10_000) is False
+    with pytest.raises(ValueError, match="compile must be True, False or 'auto'"):
+        vh._resolve_compile("yes", cpu, "fp32", 1)
+
+
+def test_fit_with_compile_trains_the_original_model(monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kwargs):  # dynamo tracing without inductor's C++ build (fast in tests)
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    vh.set_seed(0)
+    model = tiny_vit()
+    before = model.head.weight.detach().clone()
+    hist = vh.fit(model, loader(quadrant_data(64, 0), shuffle=True), loader(quadrant_data(32, 1)), epochs=2,
+                  compile=True, device="cpu", progress=False, verbose=False)
+    assert compiled == [model] and hist.compiled is True
+    assert not torch.equal(before, model.head.weight)  # the compiled wrapper shares the parameters
+    torch._dynamo.reset()
+
+
+def test_fit_records_its_choices(monkeypatch, capsys):
+    monkeypatch.setattr(vh, "cpu_has_native_bf16", lambda: False)
+    hist = vh.fit(tiny_vit(), loader(quadrant_data(32, 0)), epochs=1, device="cpu", progress=False)
+    assert (hist.precision, hist.attention, hist.compiled, hist.device) == ("fp32", "SDPA (auto)", False, "cpu")
+    out = capsys.readouterr().out
+    assert out.count("fit: cpu in fp32 (CPU without native bf16") == 1 and "attention SDPA (auto)" in out
+
+
+def test_fp16_with_gradient_scaler_trains_on_cpu(monkeypatch):
+    scalers = []
+    real = torch.amp.GradScaler
+
+    def recording(*args, **kwargs):
+        scalers.append(real(*args, **kwargs))
+        return scalers[-1]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", recording)
+    vh.set_seed(0)
+    model = tiny_vit()
+    train, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(64, 1))
+    hist = vh.fit(model, train, val, epochs=10, lr=3e-3, precision="fp16", grad_clip=1.0, device="cpu",
+                  progress=False, verbose=False)
+    assert hist.precision == "fp16" and hist.attention == "explicit (auto)"
+    assert len(scalers) == 1 and scalers[0].get_scale() > 0
+    assert len(hist.lr) == hist.total_steps == 80
+    assert vh.evaluate(model, val, precision="fp16")["acc"] >= 0.9
+
+
+def test_bf16_training_on_cpu_matches_fp32():
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        vh.set_seed(0)
+        model = tiny_vit()
+        train, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(128, 1))
+        hist = vh.fit(model, train, val, epochs=12, lr=3e-3, precision=precision, device="cpu", progress=False,
+                      verbose=False)
+        assert hist.precision == precision
+        accs[precision] = vh.evaluate(model, val, precision=precision)["acc"]
+    assert accs["fp32"] >= 0.95 and accs["bf16"] >= 0.95
+    assert abs(accs["fp32"] - accs["bf16"]) <= 0.03
