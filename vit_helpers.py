@@ -52,7 +52,8 @@ __all__ = [
     "load_cifar10", "load_mnist", "load_image_folder", "load_image", "default_data_root",
     "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD",
     # training
-    "History", "fit", "evaluate", "TrainingDivergedError", "set_seed", "get_device", "resolve_precision", "cpu_has_native_bf16", "RECIPES", "get_recipe", "FINETUNE_RECIPE", "top_k",
+    "History", "fit", "evaluate", "TrainingDivergedError", "set_seed", "get_device", "resolve_precision", "cpu_has_native_bf16", "RECIPES", "get_recipe", "FINETUNE_RECIPE",
+    "finetune_recipe", "top_k",
     # run records
     "hardware_info", "save_results",
     # plots
@@ -320,6 +321,12 @@ class VisionTransformer(nn.Module):
         if x.ndim != 4:
             hint = " Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else ""
             raise ValueError(f"expected a 4-D batch (B, C, H, W), got shape {tuple(x.shape)}.{hint}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected float images, got {x.dtype}: convert with x.float() / 255 and normalise "
+                            f"them as in training (the loaders of vit_helpers do both).")
+        if x.shape[1] != cfg.in_channels and x.shape[-1] == cfg.in_channels and x.shape[1] == cfg.image_size:
+            raise ValueError(f"got a channels-last batch {tuple(x.shape)} (B, H, W, C); the model expects "
+                             f"(B, C, H, W): use x.permute(0, 3, 1, 2).")
         if x.shape[1] != cfg.in_channels:
             raise ValueError(
                 f"expected {cfg.in_channels} channel(s), got {x.shape[1]} (shape {tuple(x.shape)}). Convert the "
@@ -414,7 +421,30 @@ def _check_attentions(attentions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if a.shape != first.shape:
             raise ValueError(f"attentions have inconsistent shapes: layer 0 is {tuple(first.shape)}, layer {i} "
                              f"is {tuple(a.shape)}; pass the attentions of one forward pass of one model.")
+    for i, a in enumerate(layers):
+        _check_probabilities(a, f"attentions[{i}]")
     return layers
+
+
+def _check_probabilities(a: torch.Tensor, name: str) -> None:
+    """ValueError unless every row of ``a`` is a probability distribution (finite, >= 0, sums to 1)."""
+    if not a.is_floating_point():
+        raise TypeError(f"{name} has dtype {a.dtype}; attention probabilities are floats.")
+    a = a.detach().float()
+    tol = 1e-2  # bf16/fp16 attention rows sum to 1 within about 1e-2
+    problem = None
+    if not torch.isfinite(a).all():
+        problem = "it holds NaN or inf values"
+    elif a.min() < -tol:
+        problem = f"it holds negative values (min {a.min().item():.3g})"
+    else:
+        sums = a.sum(-1)
+        if (sums - 1).abs().max() > tol:
+            problem = f"its rows sum to {sums.min().item():.4g}..{sums.max().item():.4g}, not 1"
+    if problem:
+        raise ValueError(f"{name} is not a set of attention probabilities: {problem}. Pass post-softmax attention "
+                         "weights from a model in eval mode (ours: model(x, return_attentions=True); HF: "
+                         "output_attentions=True with attn_implementation='eager'), not raw scores or log-probabilities.")
 
 
 def _fuse_heads(attn: torch.Tensor, head_fusion: str) -> torch.Tensor:
@@ -468,41 +498,61 @@ def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean"
     return result
 
 
-def _to_grid(values: torch.Tensor, grid_size: tuple[int, int] | None) -> torch.Tensor:
-    """Per-patch values ``(B, N)`` -> ``(B, h, w)``: square unless ``grid_size=(h, w)`` is given."""
-    B, N = values.shape
+def _prefix_hint(T: int) -> str:
+    """Suggests the smallest prefix-token count (2..17) that would leave a square grid of patches."""
+    k = next((k for k in range(2, 18) if T - k > 0 and math.isqrt(T - k) ** 2 == T - k), None)
+    if k is None:
+        return ""
+    side = math.isqrt(T - k)
+    return (f" If the model has more prefix tokens than CLS (DeiT's distillation token: 2; k register tokens: 1 + k),"
+            f" pass num_prefix_tokens: num_prefix_tokens={k} would leave a square {side}x{side} grid.")
+
+
+def _patch_values(values: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int] | None) -> torch.Tensor:
+    """Per-token values ``(B, T)`` -> per-patch map ``(B, h, w)``: drop the prefix tokens (CLS, distillation,
+    registers), then square unless ``grid_size=(h, w)`` is given."""
+    B, T = values.shape
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or not 0 <= num_prefix_tokens < T:
+        raise ValueError(f"num_prefix_tokens must be an int in [0, {T - 1}] (1 for CLS only), got {num_prefix_tokens!r}.")
+    patches = values[:, num_prefix_tokens:]
+    N = T - num_prefix_tokens
     if grid_size is None:
         side = math.isqrt(N)
         if side * side != N:
-            raise ValueError(f"{N} patch tokens do not form a square grid; pass grid_size=(h, w) with h*w={N}.")
+            raise ValueError(f"{N} patch tokens (T={T} minus {num_prefix_tokens} prefix token(s)) do not form a "
+                             f"square grid.{_prefix_hint(T)} For a non-square image pass grid_size=(h, w) with "
+                             f"h*w={N}.")
         grid_size = (side, side)
     h, w = grid_size
     if h * w != N:
         raise ValueError(f"grid_size={tuple(grid_size)} holds {h * w} patches but the attentions have {N} "
-                         f"patch tokens (T - 1); pass grid_size with h*w={N}.")
-    return values.reshape(B, h, w)
+                         f"patch tokens (T={T} minus {num_prefix_tokens} prefix token(s)); pass grid_size with "
+                         f"h*w={N}.{_prefix_hint(T)}")
+    return patches.reshape(B, h, w)
 
 
 def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
-                      discard_ratio: float = 0.0, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+                      discard_ratio: float = 0.0, grid_size: tuple[int, int] | None = None,
+                      num_prefix_tokens: int = 1) -> torch.Tensor:
     """Attention rollout map ``(B, grid_h, grid_w)``: the CLS row of :func:`rollout_matrix` over patches.
 
     Accepts the tuple from ``VisionTransformer(..., return_attentions=True)`` or HF's
     ``outputs.attentions``. Not rescaled: plotting scales each map to [0, 1]. The grid is square unless
-    ``grid_size=(h, w)`` is given.
+    ``grid_size=(h, w)`` is given. ``num_prefix_tokens``: tokens before the patches (1: CLS; DeiT with a
+    distillation token: 2; ViTs with k registers: 1 + k); the map is read from the first (CLS) row.
     """
     result = rollout_matrix(attentions, head_fusion, discard_ratio)  # (B, T, T)
-    return _to_grid(result[:, 0, 1:], grid_size)  # CLS row over the patch columns: (B, N) -> (B, h, w)
+    return _patch_values(result[:, 0], num_prefix_tokens, grid_size)  # CLS row -> (B, h, w)
 
 
 def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_fusion: str = "mean",
-                      grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+                      grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1) -> torch.Tensor:
     """Raw attention of the CLS token to the patches in one layer (no rollout): ``(B, grid_h, grid_w)``."""
     layers = _check_attentions(attentions)
-    if not -len(layers) <= layer < len(layers):
-        raise ValueError(f"layer={layer} is out of range for {len(layers)} layers.")
-    cls_row = layers[layer].detach().float()[:, :, 0, 1:]  # (B, heads, N): CLS row, patch columns
-    return _to_grid(_fuse_heads(cls_row, head_fusion), grid_size)  # (B, N) -> (B, h, w)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer={layer!r} is out of range for {len(layers)} layers (use -1 for the last).")
+    cls_row = layers[layer].detach().float()[:, :, 0]  # (B, heads, T): the CLS row
+    return _patch_values(_fuse_heads(cls_row, head_fusion), num_prefix_tokens, grid_size)  # (B, h, w)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -694,6 +744,14 @@ class Loaders(NamedTuple):
     test: torch.utils.data.DataLoader
 
 
+class InvertUint8(nn.Module):
+    """``255 - x`` on a uint8 image: dark digits on white. A module, not a lambda, so that DataLoader workers
+    started with spawn or forkserver (macOS, Windows, Python 3.14 on Linux) can pickle the transform."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 255 - x
+
+
 _AUGMENTS = {
     "cifar10": ("none", "crop_flip", "randaugment", "autoaugment"),
     "mnist": ("none", "crop", "affine"),
@@ -717,7 +775,7 @@ def _build_transform(train: bool, augment: str, mean, std, image_size: int, resi
     if train and augment == "affine":
         ops.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
     if invert:  # after augmentation, so padding and affine fills stay background-coloured
-        ops.append(v2.Lambda(lambda x: 255 - x))
+        ops.append(InvertUint8())
     ops.append(v2.ToDtype(torch.float32, scale=True))
     if resize is not None and resize != image_size:
         ops.append(v2.Resize((resize, resize), antialias=True))
@@ -770,7 +828,10 @@ def train_eval_loader(loaders: Loaders) -> torch.utils.data.DataLoader:
 
 
 def _class_folders(split_dir: Path) -> list[Path]:
-    return sorted(p for p in split_dir.iterdir() if p.is_dir()) if split_dir.is_dir() else []
+    """Class sub-folders, sorted; hidden ones (``.ipynb_checkpoints``, ``.DS_Store``...) and ``__*`` are not classes."""
+    if not split_dir.is_dir():
+        return []
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
 
 
 def _find_image_folder_root(root: Path) -> Path | None:
@@ -781,22 +842,41 @@ def _find_image_folder_root(root: Path) -> Path | None:
     return None
 
 
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
 def load_image_folder(split_dir: str | Path, classes: Sequence[str] | None = None) -> InMemoryImages:
-    """Decode every image of ``split_dir/<class>/*`` (JPEG/PNG) into one uint8 tensor, in sorted order."""
-    from PIL import Image
+    """Decode every image of ``split_dir/<class>/*`` (JPEG/PNG) into one uint8 tensor, in sorted order.
+
+    ``classes`` (e.g. the training split's) fixes the label order; a split whose class folders differ from
+    it raises a ValueError naming the extra and the missing folders, instead of shifting labels.
+    """
+    from PIL import Image, UnidentifiedImageError
 
     split_dir = Path(split_dir)
-    folders = _class_folders(split_dir)
-    classes = list(classes) if classes is not None else [f.name for f in folders]
+    folders = [f.name for f in _class_folders(split_dir)]
+    if not folders:
+        raise DataNotFoundError(f"no class folders under {split_dir.resolve()}: expected {split_dir}/<class>/*.jpg "
+                                "(one folder per class).")
+    if classes is not None and sorted(classes) != folders:
+        extra, missing = sorted(set(folders) - set(classes)), sorted(set(classes) - set(folders))
+        raise ValueError(f"the class folders of {split_dir} differ from the training split's: extra "
+                         f"{extra or 'none'}, missing {missing or 'none'}. Every split needs the same class "
+                         "folders; remove or add folders so that they match.")
+    classes = list(classes) if classes is not None else folders
     images, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(f for f in (split_dir / name).iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        files = sorted(f for f in (split_dir / name).iterdir()
+                       if f.suffix.lower() in _IMAGE_SUFFIXES and not f.name.startswith("."))
+        if not files:
+            raise DataNotFoundError(f"class folder {split_dir / name} holds no .jpg/.png images.")
         for f in files:
-            with Image.open(f) as im:
-                images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+            try:
+                with Image.open(f) as im:
+                    images.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+            except (UnidentifiedImageError, OSError) as e:
+                raise ValueError(f"cannot decode {f} ({e}); delete or replace the file.") from e
             labels.append(label)
-    if not images:
-        raise DataNotFoundError(f"no .jpg/.png images under {split_dir}/<class>/.")
     shapes = {tuple(im.shape) for im in images}
     if len(shapes) != 1:
         raise ValueError(f"images under {split_dir} differ in size ({sorted(shapes)[:3]}...); resize them first.")
@@ -804,11 +884,28 @@ def load_image_folder(split_dir: str | Path, classes: Sequence[str] | None = Non
                           source=f"image folders {split_dir.parent} (JPEG/PNG copy)")
 
 
-def load_cifar10(root: str | Path | None = None, download: bool = True) -> tuple[InMemoryImages, InMemoryImages]:
+class _socket_timeout:
+    """Within the block, network reads that stall for ``seconds`` raise instead of hanging (torchvision's
+    downloads open URLs without a timeout). Restores the previous default on exit."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self.previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(self.seconds)
+
+    def __exit__(self, *exc):
+        socket.setdefaulttimeout(self.previous)
+
+
+def load_cifar10(root: str | Path | None = None, download: bool = True, timeout_s: float = 60.0
+                 ) -> tuple[InMemoryImages, InMemoryImages]:
     """CIFAR-10 train and test splits as in-memory uint8 tensors.
 
     Looks for ``root/train/<class>/`` + ``root/test/<class>/`` image folders (also under
-    ``root/cifar10-jpeg/``); otherwise uses torchvision's ``CIFAR10(root, download=download)``.
+    ``root/cifar10-jpeg/``); otherwise uses torchvision's ``CIFAR10(root, download=download)``. A download
+    whose connection stalls for ``timeout_s`` seconds fails with :class:`DataNotFoundError` instead of hanging.
     """
     root = Path(root if root is not None else default_data_root())
     folder_root = _find_image_folder_root(root)
@@ -816,8 +913,9 @@ def load_cifar10(root: str | Path | None = None, download: bool = True) -> tuple
         train = load_image_folder(folder_root / "train")
         return train, load_image_folder(folder_root / "test", classes=train.classes)
     try:
-        splits = [torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
-    except Exception as e:  # offline, or download=False with nothing on disk
+        with _socket_timeout(timeout_s):
+            splits = [torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
+    except Exception as e:  # offline, stalled, or download=False with nothing on disk
         raise DataNotFoundError(
             f"CIFAR-10 not found under {root.resolve()} and it could not be downloaded ({type(e).__name__}: {e}). "
             f"Put either torchvision's cifar-10-batches-py/ folder there, or image folders "
@@ -831,19 +929,74 @@ def load_cifar10(root: str | Path | None = None, download: bool = True) -> tuple
     return out[0], out[1]
 
 
-def load_mnist(root: str | Path | None = None, download: bool = True) -> tuple[InMemoryImages, InMemoryImages]:
-    """MNIST train and test splits (torchvision layout ``root/MNIST/raw/``) as in-memory uint8 tensors."""
+_IDX_MAGIC = {"images": 2051, "labels": 2049}
+
+
+def _read_idx(path: Path, kind: str, count: int | None = None) -> torch.Tensor:
+    """An MNIST IDX file (or its .gz) as a uint8 tensor, checked against its header."""
+    import gzip
+
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    ndim = 3 if kind == "images" else 1
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError(f"{path} is truncated ({len(data)} bytes, not even an IDX header); delete it and copy "
+                         "or download it again.")
+    magic, *dims = (int.from_bytes(data[i:i + 4], "big") for i in range(0, header, 4))
+    if magic != _IDX_MAGIC[kind]:
+        raise ValueError(f"{path} is not an MNIST {kind} IDX file (magic number {magic}, expected "
+                         f"{_IDX_MAGIC[kind]}); check which file is which.")
+    expected = header + math.prod(dims)
+    if len(data) != expected:
+        raise ValueError(f"{path} is truncated or corrupt: {len(data):,} bytes, the header promises "
+                         f"{expected:,} ({' x '.join(map(str, dims))}); delete it and copy or download it again.")
+    if count is not None and dims[0] != count:
+        raise ValueError(f"{path} holds {dims[0]} {kind} but its partner file holds {count}; the images and "
+                         "labels files come from different splits.")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
+
+
+def _mnist_file(raw: Path, name: str) -> Path | None:
+    for candidate in (raw / name, raw / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_mnist(root: str | Path | None = None, download: bool = True, timeout_s: float = 60.0
+               ) -> tuple[InMemoryImages, InMemoryImages]:
+    """MNIST train and test splits (torchvision layout ``root/MNIST/raw/``) as in-memory uint8 tensors.
+
+    Reads the IDX files, or their ``.gz`` files, and checks their sizes against their headers; if any is
+    missing and ``download`` is set, torchvision downloads them first (a stall of ``timeout_s`` seconds fails
+    instead of hanging). Missing files raise :class:`DataNotFoundError` naming the files and the folder.
+    """
     root = Path(root if root is not None else default_data_root())
-    try:
-        splits = [torchvision.datasets.MNIST(str(root), train=t, download=download) for t in (True, False)]
-    except Exception as e:
+    raw = root / "MNIST" / "raw"
+    if any(_mnist_file(raw, n) is None for n in _MNIST_FILES) and download:
+        try:
+            with _socket_timeout(timeout_s):
+                torchvision.datasets.MNIST(str(root), train=True, download=True)
+        except Exception as e:  # offline or stalled: report below which files are still missing
+            download_error = f"{type(e).__name__}: {e}"
+        else:
+            download_error = ""
+    else:
+        download_error = "download=False"
+    missing = [n for n in _MNIST_FILES if _mnist_file(raw, n) is None]
+    if missing:
         raise DataNotFoundError(
-            f"MNIST not found under {root.resolve()} and it could not be downloaded ({type(e).__name__}: {e}). "
-            f"Put {', '.join(_MNIST_FILES)} (or their .gz files) in {(root / 'MNIST' / 'raw').resolve()}/, or "
-            f"point the notebook's DATA_ROOT parameter (env VIT_DATA_ROOT) at a folder holding MNIST/raw/.") from e
+            f"MNIST files missing in {raw.resolve()}: {', '.join(missing)} (or their .gz files), and they could "
+            f"not be downloaded ({download_error}). Put the four IDX files (or the .gz files) there, or point the "
+            f"notebook's DATA_ROOT parameter (env VIT_DATA_ROOT) at a folder holding MNIST/raw/.")
     classes = [str(i) for i in range(10)]
-    return tuple(InMemoryImages(ds.data.unsqueeze(1).contiguous(), ds.targets, classes,  # (N, 28, 28) -> (N, 1, 28, 28)
-                                source=f"torchvision MNIST IDX files at {root}/MNIST/raw") for ds in splits)
+    splits = []
+    for prefix in ("train", "t10k"):
+        labels = _read_idx(_mnist_file(raw, f"{prefix}-labels-idx1-ubyte"), "labels")
+        images = _read_idx(_mnist_file(raw, f"{prefix}-images-idx3-ubyte"), "images", count=len(labels))
+        splits.append(InMemoryImages(images.unsqueeze(1).contiguous(), labels, classes,  # (N, 28, 28) -> (N, 1, 28, 28)
+                                     source=f"MNIST IDX files at {raw}"))
+    return splits[0], splits[1]
 
 
 def load_image(source: str | Path, timeout_s: float = 30.0):
@@ -873,7 +1026,8 @@ def load_image(source: str | Path, timeout_s: float = 30.0):
 def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,
                     augment: str = "none", resize: int | None = None, mean: Sequence[float] = CIFAR10_MEAN,
                     std: Sequence[float] = CIFAR10_STD, seed: int = 0, train_limit: int | None = None,
-                    test_limit: int | None = None, num_workers: int | None = None, download: bool = True) -> Loaders:
+                    test_limit: int | None = None, num_workers: int | None = None, download: bool = True,
+                    download_timeout_s: float = 60.0) -> Loaders:
     """CIFAR-10 train/val/test loaders. ``val_size`` images of the official training split (seeded) form the
     validation split; the official test split is the test split.
 
@@ -882,7 +1036,7 @@ def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, va
     ``resize`` upsamples (e.g. to 224 for a pretrained ViT); ``mean``/``std`` normalise (use the image
     processor's for a pretrained model). ``train_limit``/``test_limit`` take seeded subsets (smoke runs).
     """
-    train, test = load_cifar10(root, download)
+    train, test = load_cifar10(root, download, download_timeout_s)
     return _make_loaders(train, test, name="cifar10", batch_size=batch_size, val_size=val_size, augment=augment,
                          mean=mean, std=std, resize=resize, invert=False, seed=seed, train_limit=train_limit,
                          test_limit=test_limit, num_workers=num_workers)
@@ -891,7 +1045,8 @@ def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, va
 def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,
                   invert: bool = False, augment: str = "none", mean: Sequence[float] | None = None,
                   std: Sequence[float] = MNIST_STD, seed: int = 0, train_limit: int | None = None,
-                  test_limit: int | None = None, num_workers: int | None = None, download: bool = True) -> Loaders:
+                  test_limit: int | None = None, num_workers: int | None = None, download: bool = True,
+                  download_timeout_s: float = 60.0) -> Loaders:
     """MNIST train/val/test loaders; ``invert=True`` gives dark digits on white (255 - pixel).
 
     augment: ``"none"``, ``"crop"`` (random crop with 3-px padding) or ``"affine"`` (rotation +-10 deg,
@@ -899,7 +1054,7 @@ def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_
     """
     if mean is None:
         mean = tuple(1 - m for m in MNIST_MEAN) if invert else MNIST_MEAN
-    train, test = load_mnist(root, download)
+    train, test = load_mnist(root, download, download_timeout_s)
     return _make_loaders(train, test, name="mnist", batch_size=batch_size, val_size=val_size, augment=augment,
                          mean=mean, std=std, resize=None, invert=invert, seed=seed, train_limit=train_limit,
                          test_limit=test_limit, num_workers=num_workers)
@@ -1282,23 +1437,28 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
               f"{hist.attention}, torch.compile {'on' if compiled else 'off'}, torch threads "
               f"{torch.get_num_threads()}, {total_steps} optimizer steps", flush=True)
     best_state, step, images, train_s = None, 0, 0, 0.0
+    # One bar over the whole run, so that its remaining time is the run's (validation not included).
+    bar = tqdm(total=min(epochs * batches_per_epoch, total_steps * accumulation_steps), unit="batch",
+               disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         runner.train()
         t0, seen = time.perf_counter(), 0
         loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no sync per step on GPUs
         correct = torch.zeros((), device=device, dtype=torch.long)
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False, disable=not progress)
-        for i, (x, y) in enumerate(bar):
+        bar.set_description(f"epoch {epoch}/{epochs}")
+        for i, (x, y) in enumerate(train_loader):
+            bar.update(1)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss, logits = _batch_loss(runner, x, y, device, precision, label_smoothing, mixup_alpha, cutmix_alpha)
             # A NaN/inf loss: checked every step on a CPU (free) and at the progress updates on a GPU.
             if (device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss):
                 restored = None
+                bar.close()
                 if best_state is not None:
                     model.load_state_dict(best_state)
                     restored = hist.best_epoch
-                raise _diverged(loss, x, epoch, i + 1, step, opt.param_groups[0]["lr"], precision, restored)
+                raise _diverged(loss, x, epoch, i + 1, step, lr, precision, restored)
             scaled = loss / accumulation_steps
             (scaler.scale(scaled) if scaler else scaled).backward()
             last_batch = i + 1 == batches_per_epoch
@@ -1329,7 +1489,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         hist.train_loss.append(loss_sum.item() / seen)
         hist.train_acc.append(correct.item() / seen)
         if not math.isfinite(hist.train_loss[-1]):  # a bad step the GPU check above did not sample
-            raise _diverged(loss_sum, x, epoch, i + 1, step, opt.param_groups[0]["lr"], precision, None)
+            raise _diverged(loss_sum, x, epoch, i + 1, step, lr, precision, None)
         if val_loader is not None:
             val = evaluate(model, val_loader, device, precision)  # eager: no recompiles for other batch sizes
             hist.val_loss.append(val["loss"])
@@ -1341,10 +1501,11 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         hist.epoch_time_s.append(time.perf_counter() - t0)
         if verbose:
             val_txt = "" if val_loader is None else f" | val loss {hist.val_loss[-1]:.4f} acc {hist.val_acc[-1]:.4f}"
-            print(f"epoch {epoch:3d} | train loss {hist.train_loss[-1]:.4f} acc {hist.train_acc[-1]:.4f}{val_txt}"
-                  f" | {hist.epoch_time_s[-1]:.1f}s", flush=True)
+            tqdm.write(f"epoch {epoch:3d} | train loss {hist.train_loss[-1]:.4f} acc {hist.train_acc[-1]:.4f}"
+                       f"{val_txt} | {hist.epoch_time_s[-1]:.1f}s")
         if step >= total_steps:
             break
+    bar.close()
     hist.wall_time_s = time.perf_counter() - start
     hist.train_images_per_s = images / max(1e-9, train_s)  # training only, validation excluded
     if restore_best and best_state is not None:
@@ -1410,11 +1571,19 @@ def get_recipe(name: str) -> dict[str, dict[str, Any]]:
 # momentum 0.9, no weight decay, gradient clipping at global norm 1, linear warmup then cosine decay,
 # batch 512 (here 64 x 8 accumulated), 224 x 224 inputs. The reference runs this mirrors: google-research's
 # vision_transformer reports 98.59 % (500 steps) and 99.02 % (10k steps) on CIFAR-10 with ViT-B/16 (i21k).
-FINETUNE_RECIPE: dict[str, dict[str, Any]] = {
-    "data": dict(batch_size=64, augment="crop_flip", resize=224),
-    "fit": dict(epochs=10_000, max_steps=10_000, warmup_steps=500, optimizer="sgd", lr=0.03, momentum=0.9,
-                weight_decay=0.0, grad_clip=1.0, accumulation_steps=8),
-}
+def finetune_recipe(steps: int = 500) -> dict[str, dict[str, Any]]:
+    """The fine-tuning recipe for ``steps`` optimizer steps of batch 512: 500 (the default, about 4 GPU-hours
+    less than 10k) or 10_000 (the paper's long schedule). Warmup: 500 steps for the long schedule, as in
+    google-research's config; 10 % of the steps for shorter ones (our choice)."""
+    _check_number("steps", steps, low=1, integer=True)
+    return {
+        "data": dict(batch_size=64, augment="crop_flip", resize=224),
+        "fit": dict(epochs=steps, max_steps=steps, warmup_steps=min(500, steps // 10), optimizer="sgd", lr=0.03,
+                    momentum=0.9, weight_decay=0.0, grad_clip=1.0, accumulation_steps=8),
+    }
+
+
+FINETUNE_RECIPE: dict[str, dict[str, Any]] = finetune_recipe(500)  # the 500-step default
 
 
 def top_k(logits: torch.Tensor, id2label: dict[int, str], k: int = 5) -> list[list[tuple[str, float]]]:
@@ -1441,21 +1610,53 @@ def hardware_info(device: torch.device | str | None = None) -> dict[str, Any]:
         pass
     info = {"hostname": socket.gethostname(), "device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version()}
+            "torchvision": torchvision.__version__, "python": platform.python_version(),
+            "cpu_native_bf16": cpu_has_native_bf16()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
 
 
+def _jsonable(value, where: str):
+    """Plain JSON for a run record: tensors and NumPy scalars become numbers or lists; NaN/inf and objects
+    JSON cannot hold raise, naming the key, instead of being written as strings or invalid JSON."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"save_results: {where} is {value}; a run record holds finite numbers only. If the run "
+                         "diverged, fix it (lower the learning rate); if the value is undefined, pass None.")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (Path, torch.device, torch.dtype)):
+        return str(value)
+    raise TypeError(f"save_results: {where} is a {type(value).__name__}, which a JSON record cannot hold; convert "
+                    "it to a number, string, list or dict first.")
+
+
 def save_results(path: str | Path, *, metrics: dict, config: dict, seed: int, dataset: str,
                  wall_time_s: float, device: torch.device | str | None = None, **extra) -> Path:
-    """Write one run's record as JSON: metrics, config, seed, hardware, wall time, dataset copy."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write one run's record as JSON: metrics, config, seed, hardware, wall time, dataset copy.
+
+    Tensors and NumPy numbers are written as numbers; NaN/inf or an object JSON cannot hold raise a
+    ValueError/TypeError naming the key, before anything is written."""
+    if not isinstance(metrics, dict) or not isinstance(config, dict):
+        raise TypeError("save_results: metrics and config must be dicts.")
     record = {"metrics": metrics, "config": config, "seed": seed, "dataset": dataset,
               "wall_time_s": round(float(wall_time_s), 1), "hardware": hardware_info(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
-    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    text = json.dumps(_jsonable(record, "record"), indent=2, allow_nan=False) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
     return path
 
 

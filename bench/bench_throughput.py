@@ -1,15 +1,26 @@
-"""Training throughput of our ViT (SDPA and explicit attention) vs HF's ViT, and attention-rollout time.
+"""Training throughput: our ViT as fit() runs it by default, in every configuration, against HF's and timm's
+ViT in every configuration, in one interleaved run; plus the machine's matmul peak and attention-rollout time.
 
-    python bench/bench_throughput.py            # CPU fp32/bf16, and CUDA fp32/bf16 when a GPU is present
-    python bench/bench_throughput.py --threads 1 --rounds 5
+    python bench/bench_throughput.py                  # CPU (and CUDA when present), torch's default threads
+    python bench/bench_throughput.py --quick          # a tiny config, no compilation: checks the script runs
 
-Variants are timed in interleaved rounds (A, B, C, A, B, C, ...) and summarised by their medians, so the
-ratios printed come from one run under the same conditions. Writes results/bench-<hostname>.json.
+Variants (same maths, same weights shape, same batch of random images):
+  ours (fit default)  precision, attention path and torch.compile exactly as fit(precision="auto",
+                      compile="auto") picks them on this device for a long run
+  ours sdpa / explicit, each eager and torch.compile'd, in every precision measured
+  hf sdpa / eager     transformers' ViTForImageClassification, each eager and compiled
+  timm fused / unfused  timm's VisionTransformer with fused_attn on/off, each eager and compiled
+Precisions: fp32 everywhere; bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX). On other
+CPUs bf16 matmuls are emulated (about 100x slower than fp32 here), so bf16 is skipped there unless --bf16.
+
+Each variant runs `--steps` training steps per round, in `--rounds` interleaved rounds (A, B, C, A, B, C,
+...); the median round gives images/s. GFLOP/s = images/s x FLOPs per training image (counted with
+torch.utils.flop_counter on one forward + backward). Ratios are against the fastest peer (HF or timm) in
+any configuration of the same run. Writes results/bench-<hostname>.json.
 """
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import time
@@ -23,33 +34,83 @@ sys.path.insert(0, str(ROOT))
 import vit_helpers as vh  # noqa: E402
 
 CONFIG = dict(image_size=32, patch_size=4, in_channels=3, num_classes=10, dim=128, depth=6, heads=4, mlp_dim=512)
+QUICK = dict(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=2, heads=2, mlp_dim=64)
 
 
-class ExplicitAttention(torch.nn.Module):
-    """Our model forced onto the explicit softmax(q k^T) path (as when attention maps are requested)."""
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best of ``repeats`` timed n x n matrix products: what the machine's GEMM reaches."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
 
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
 
-    def forward(self, x):
-        return self.model(x, return_attentions=True)[0]
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
-def make_variants(device, compile_model=False):
-    torch.manual_seed(0)
-    variants = {
-        "ours (sdpa)": vh.VisionTransformer(**CONFIG).to(device),
-        "ours (explicit)": ExplicitAttention(vh.VisionTransformer(**CONFIG)).to(device),
-        "hf (sdpa)": vh.to_hf(vh.VisionTransformer(**CONFIG), attn_implementation="sdpa").to(device),
+def flops_per_training_image(cfg: dict, batch: int) -> float:
+    """FLOPs of one forward + backward of our model (explicit attention path), per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = vh.VisionTransformer(**cfg, fused_attn=False)
+    x = torch.randn(batch, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), torch.zeros(batch, dtype=torch.long)).backward()
+    return counter.get_total_flops() / batch
+
+
+def timm_vit(cfg: dict, fused: bool):
+    import timm.models.vision_transformer as tvit
+
+    model = tvit.VisionTransformer(img_size=cfg["image_size"], patch_size=cfg["patch_size"],
+                                   in_chans=cfg["in_channels"], num_classes=cfg["num_classes"],
+                                   embed_dim=cfg["dim"], depth=cfg["depth"], num_heads=cfg["heads"],
+                                   mlp_ratio=cfg["mlp_dim"] / cfg["dim"], qkv_bias=True)
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
+    return model
+
+
+def make_variants(cfg: dict, device: torch.device, precision: str, fit_default: tuple[str, bool] | None,
+                  compile_models: bool, peers: bool) -> dict[str, torch.nn.Module]:
+    """name -> model. ``fit_default`` is (precision, compiled) of fit's choice, added when it is this precision."""
+    builders = {
+        "ours sdpa": lambda: vh.VisionTransformer(**cfg, fused_attn=True),
+        "ours explicit": lambda: vh.VisionTransformer(**cfg, fused_attn=False),
     }
-    if compile_model:
-        variants["ours (sdpa, torch.compile)"] = torch.compile(vh.VisionTransformer(**CONFIG).to(device))
+    if peers:
+        builders["hf sdpa"] = lambda: vh.to_hf(vh.VisionTransformer(**cfg), attn_implementation="sdpa")
+        builders["hf eager"] = lambda: vh.to_hf(vh.VisionTransformer(**cfg), attn_implementation="eager")
+        try:
+            import timm  # noqa: F401
+            builders["timm fused"] = lambda: timm_vit(cfg, fused=True)
+            builders["timm unfused"] = lambda: timm_vit(cfg, fused=False)
+        except ImportError:
+            print("timm is not installed (pip install -r requirements-dev.txt): timm rows skipped")
+    variants = {}
+    if fit_default is not None and fit_default[0] == precision:
+        model = vh.VisionTransformer(**cfg).to(device)  # fused_attn=None: fit's automatic choice
+        variants["ours (fit default)"] = torch.compile(model) if fit_default[1] else model
+    for name, build in builders.items():
+        torch.manual_seed(0)
+        variants[name] = build().to(device)
+        if compile_models:
+            torch.manual_seed(0)
+            variants[f"{name} compiled"] = torch.compile(build().to(device))
     return variants
 
 
-def time_steps(model, opt, x, y, steps, device, precision):
-    torch.cuda.synchronize() if device.type == "cuda" else None
+def time_steps(model, opt, x, y, steps, device, precision) -> float:
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         with vh._autocast(device, precision):
@@ -57,25 +118,25 @@ def time_steps(model, opt, x, y, steps, device, precision):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    torch.cuda.synchronize() if device.type == "cuda" else None
+    sync(device)
     return time.perf_counter() - t0
 
 
-def bench_training(device, precision, batch, steps, rounds, compile_model=False):
-    variants = make_variants(device, compile_model)
+def bench_precision(cfg, device, precision, batch, steps, rounds, fit_default, compile_models, peers):
+    variants = make_variants(cfg, device, precision, fit_default, compile_models, peers)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
             for k, m in variants.items()}
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    compile_s = {}
-    for k, m in variants.items():  # warm-up (and compilation)
-        compile_s[k] = time_steps(m.train(), opts[k], x, y, 3, device, precision)
+    x = torch.randn(batch, cfg["in_channels"], cfg["image_size"], cfg["image_size"], device=device)
+    y = torch.randint(0, cfg["num_classes"], (batch,), device=device)
+    warmup_s = {}
+    for k, m in variants.items():  # warm-up, and compilation for the compiled variants
+        warmup_s[k] = time_steps(m.train(), opts[k], x, y, 3, device, precision)
+        print(f"  warm-up {k:24s} {warmup_s[k]:6.1f} s", flush=True)
     times = {k: [] for k in variants}
     for _ in range(rounds):
         for k, m in variants.items():
             times[k].append(time_steps(m, opts[k], x, y, steps, device, precision))
-    ips = {k: batch * steps / statistics.median(v) for k, v in times.items()}  # images / s
-    return ips, compile_s
+    return {k: batch * steps / statistics.median(v) for k, v in times.items()}, warmup_s
 
 
 def bench_rollout(device, repeats=50):
@@ -87,10 +148,10 @@ def bench_rollout(device, repeats=50):
     for name, kwargs in (("mean", {}), ("max, discard 0.9", dict(head_fusion="max", discard_ratio=0.9))):
         ts = []
         for _ in range(repeats):
-            torch.cuda.synchronize() if device.type == "cuda" else None
+            sync(device)
             t0 = time.perf_counter()
             vh.attention_rollout(attentions, **kwargs)
-            torch.cuda.synchronize() if device.type == "cuda" else None
+            sync(device)
             ts.append(time.perf_counter() - t0)
         out[name] = 1000 * statistics.median(ts)  # ms
     return out
@@ -98,44 +159,87 @@ def bench_rollout(device, repeats=50):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's, one per core)")
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=5, help="training steps per timed round")
+    ap.add_argument("--steps", type=int, default=5, help="training steps per timed round (CPU; CUDA uses 50)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--compile", action="store_true", help="add a torch.compile variant (compiles per precision)")
-    ap.add_argument("--out", default=str(ROOT / "results" / f"bench-{socket.gethostname()}.json"))
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    ap.add_argument("--bf16", action="store_true", help="measure bf16 on the CPU even without native bf16")
+    ap.add_argument("--quick", action="store_true", help="tiny config, 1 round, no compilation (a smoke test)")
+    ap.add_argument("--out", default=None, help="default: results/bench-<device>.json (cpu-bf16, cpu-fp32 or the GPU)")
     args = ap.parse_args()
+    if args.out is None:
+        tag = (torch.cuda.get_device_name().lower().replace(" ", "-") if torch.cuda.is_available()
+               else "cpu-bf16" if vh.cpu_has_native_bf16() else "cpu-fp32")
+        args.out = str(ROOT / "results" / f"bench-{tag}.json")
     if args.threads:
         torch.set_num_threads(args.threads)
+    cfg = QUICK if args.quick else CONFIG
+    compile_models = not (args.no_compile or args.quick)
+    rounds, steps = (1, 2) if args.quick else (args.rounds, args.steps)
 
-    runs = [(torch.device("cpu"), "fp32"), (torch.device("cpu"), "bf16")]  # bf16 pays on CPUs with AVX512-BF16/AMX
-    if torch.cuda.is_available():
-        runs += [(torch.device("cuda"), "fp32"), (torch.device("cuda"), "bf16")]
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     start = time.perf_counter()
-    results = {"config": CONFIG, "batch": args.batch, "training_images_per_s": {}, "rollout_ms": {}}
-    print(f"ViT dim {CONFIG['dim']}, depth {CONFIG['depth']}, heads {CONFIG['heads']}, mlp {CONFIG['mlp_dim']}, "
-          f"patch {CONFIG['patch_size']}, batch {args.batch}; torch threads {torch.get_num_threads()}")
-    for device, precision in runs:
-        steps = args.steps if device.type == "cpu" else 50
-        ips, warmup_s = bench_training(device, precision, args.batch, steps, args.rounds, args.compile)
-        key = f"{device.type}-{precision}"
-        results["training_images_per_s"][key] = ips
-        results.setdefault("warmup_s", {})[key] = warmup_s  # 3 first steps: includes torch.compile's compile time
-        base = ips["hf (sdpa)"]
-        print(f"\n[{key}] training images/s (median of {args.rounds} interleaved rounds)")
-        for name, v in ips.items():
-            print(f"  {name:18s} {v:9.1f}   x{v / base:.2f} vs HF")
-        print(f"  SDPA / explicit: x{ips['ours (sdpa)'] / ips['ours (explicit)']:.2f}")
-        if args.compile:
-            print(f"  first 3 steps with torch.compile: {warmup_s['ours (sdpa, torch.compile)']:.0f} s "
-                  f"(eager: {warmup_s['ours (sdpa)']:.1f} s)")
-    for device in sorted({d for d, _ in runs}, key=str):
+    gflop_per_image = flops_per_training_image(cfg, args.batch) / 1e9
+    results = {"config": cfg, "batch": args.batch, "gflop_per_training_image": gflop_per_image,
+               "training_images_per_s": {}, "gflops": {}, "peak_gflops": {}, "fraction_of_peak": {},
+               "vs_fastest_peer": {}, "fit_default": {}, "warmup_s": {}, "rollout_ms": {}, "skipped": []}
+    print(f"ViT dim {cfg['dim']}, depth {cfg['depth']}, heads {cfg['heads']}, mlp {cfg['mlp_dim']}, patch "
+          f"{cfg['patch_size']}, {cfg['image_size']} px, batch {args.batch}; {gflop_per_image:.3f} GFLOP per "
+          f"training image; torch threads {torch.get_num_threads()}")
+    all_ips = {}
+    for device in devices:
+        auto = vh.resolve_precision(device)
+        long_run = 10_000  # fit's compile="auto" decides for a long run
+        fit_default = (auto, compile_models and vh._resolve_compile("auto", device, auto, long_run))
+        results["fit_default"][device.type] = {"precision": auto, "compiled": fit_default[1]}
+        precisions = ["fp32"]
+        if device.type == "cuda" or vh.cpu_has_native_bf16() or args.bf16:
+            precisions.append("bf16")
+        else:
+            results["skipped"].append("cpu-bf16: no native bf16 on this CPU (emulated bf16 matmuls are far "
+                                      "slower than fp32); pass --bf16 to measure anyway")
+            print(f"[cpu-bf16] skipped: {results['skipped'][-1]}")
+        for precision in precisions:
+            key = f"{device.type}-{precision}"
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            peak = results["peak_gflops"][key] = matmul_peak_gflops(device, dtype)
+            print(f"\n[{key}] matmul peak {peak:.0f} GFLOP/s (2048 x 2048)", flush=True)
+            steps_here = steps if device.type == "cpu" else 50
+            ips, warm = bench_precision(cfg, device, precision, args.batch, steps_here, rounds, fit_default,
+                                        compile_models, peers=True)
+            results["training_images_per_s"][key] = ips
+            results["warmup_s"][key] = warm
+            results["gflops"][key] = {k: v * gflop_per_image for k, v in ips.items()}
+            results["fraction_of_peak"][key] = {k: v * gflop_per_image / peak for k, v in ips.items()}
+            all_ips.update({(key, k): v for k, v in ips.items()})
+        peer = max(((k, v) for k, v in all_ips.items() if k[0].startswith(device.type)
+                    and not k[1].startswith("ours")), key=lambda kv: kv[1])
+        results["fastest_peer"] = results.get("fastest_peer", {}) | {device.type: {"config": f"{peer[0][0]} {peer[0][1]}",
+                                                                                "images_per_s": peer[1]}}
+        print(f"\n[{device.type}] training images/s, median of {rounds} interleaved rounds; "
+              f"fastest peer: {peer[0][1]} ({peer[0][0]}) {peer[1]:.1f} img/s")
+        print(f"  {'variant':32s} {'img/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'vs peer':>8s}")
+        for (key, name), v in all_ips.items():
+            if not key.startswith(device.type):
+                continue
+            ratio = v / peer[1]
+            results["vs_fastest_peer"].setdefault(key, {})[name] = ratio
+            print(f"  {key + ' ' + name:32s} {v:8.1f} {v * gflop_per_image:8.1f} "
+                  f"{100 * results['fraction_of_peak'][key][name]:6.1f}% {ratio:7.2f}x")
+        default_key = f"{device.type}-{fit_default[0]}"
+        if "ours (fit default)" in results["training_images_per_s"].get(default_key, {}):
+            d = results["training_images_per_s"][default_key]["ours (fit default)"]
+            print(f"  => ours as fit() runs it by default ({fit_default[0]}, compile "
+                  f"{'on' if fit_default[1] else 'off'}): {d / peer[1]:.2f}x the fastest peer, "
+                  f"{100 * results['fraction_of_peak'][default_key]['ours (fit default)']:.0f} % of the "
+                  f"{fit_default[0]} matmul peak")
         results["rollout_ms"][device.type] = bench_rollout(device)
         print(f"\n[{device.type}] attention_rollout, 12 layers x 12 heads x 197 tokens, batch 1: "
               + ", ".join(f"{k}: {v:.2f} ms" for k, v in results["rollout_ms"][device.type].items()))
-    vh.save_results(args.out, metrics=results, config={**CONFIG, "batch": args.batch, "steps": args.steps,
-                    "rounds": args.rounds}, seed=0, dataset="random tensors",
-                    wall_time_s=time.perf_counter() - start, device=runs[-1][0])
+    vh.save_results(args.out, metrics=results, config={**cfg, "batch": args.batch, "steps": steps,
+                    "rounds": rounds, "compile": compile_models, "threads": torch.get_num_threads()},
+                    seed=0, dataset="random tensors", wall_time_s=time.perf_counter() - start, device=devices[-1])
     print(f"\nwrote {args.out}")
 
 

@@ -79,32 +79,61 @@ def results_table(records) -> str:
     return "\n".join(rows)
 
 
+def _legacy_speed_lines(name: str, rec: dict) -> list[str]:
+    """Records of the first bench (ours/explicit/HF SDPA only), kept for the hardware they were measured on."""
+    m, cfg, hw = rec["metrics"], rec["config"], rec["hardware"]
+    lines = [f"Earlier record ([{name}](results/{name}), {hw['cpu']}, torch threads {hw['torch_threads']}"
+             f"{'; ' + rec['notes'] if rec.get('notes') else ''}): ViT dim {cfg['dim']}, depth {cfg['depth']}, "
+             f"MLP {cfg['mlp_dim']}, batch {cfg['batch']}.\n",
+             "| device, precision | ours (SDPA) | ours (explicit attention) | HF ViT (SDPA) |", "|---|---:|---:|---:|"]
+    for key, ips in m["training_images_per_s"].items():
+        lines.append(f"| {key} | {ips['ours (sdpa)']:.0f} img/s | {ips['ours (explicit)']:.0f} img/s | "
+                     f"{ips['hf (sdpa)']:.0f} img/s |")
+    return lines
+
+
+def _bench_lines(name: str, rec: dict) -> list[str]:
+    m, cfg, hw = rec["metrics"], rec["config"], rec["hardware"]
+    where = hw["cpu"] + (" (native bf16)" if hw.get("cpu_native_bf16") else " (no native bf16)" if
+                         "cpu_native_bf16" in hw else "")
+    lines = [f"Measured by `python bench/bench_throughput.py` on {where}, torch threads {cfg['threads']}"
+             f"{', ' + hw['gpu'] if 'gpu' in hw else ''}: ViT dim {cfg['dim']}, depth {cfg['depth']}, heads "
+             f"{cfg['heads']}, MLP {cfg['mlp_dim']}, patch {cfg['patch_size']}, batch {cfg['batch']} "
+             f"({m['gflop_per_training_image']:.2f} GFLOP per training image); median of {cfg['rounds']} "
+             f"interleaved rounds of {cfg['steps']} steps ([{name}](results/{name})). Matmul peak (2048 x 2048): "
+             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m["peak_gflops"].items()) + ".\n",
+             "| precision | variant | img/s | GFLOP/s | % of peak | vs fastest peer | first 3 steps |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, ips in m["training_images_per_s"].items():
+        for variant, v in sorted(ips.items(), key=lambda kv: -kv[1]):
+            bold = "**" if variant == "ours (fit default)" else ""
+            lines.append(f"| {key} | {bold}{variant}{bold} | {v:.0f} | {m['gflops'][key][variant]:.0f} | "
+                         f"{100 * m['fraction_of_peak'][key][variant]:.0f} % | "
+                         f"{m['vs_fastest_peer'][key][variant]:.2f}x | {m['warmup_s'][key][variant]:.1f} s |")
+    for dev, peer in m.get("fastest_peer", {}).items():
+        fd = m["fit_default"][dev]
+        key = f"{dev}-{fd['precision']}"
+        if "ours (fit default)" in m["training_images_per_s"].get(key, {}):
+            lines.append(f"\n**{dev}:** `fit` by default runs {fd['precision']}, torch.compile "
+                         f"{'on' if fd['compiled'] else 'off'}: "
+                         f"{m['vs_fastest_peer'][key]['ours (fit default)']:.2f}x the fastest peer configuration "
+                         f"({peer['config']}, {peer['images_per_s']:.0f} img/s) and "
+                         f"{100 * m['fraction_of_peak'][key]['ours (fit default)']:.0f} % of the "
+                         f"{fd['precision']} matmul peak.")
+    for skipped in m.get("skipped", []):
+        lines.append(f"\nSkipped: {skipped}.")
+    for dev, times in m["rollout_ms"].items():
+        lines.append(f"\n`attention_rollout` on ViT-B/16-sized attentions (12 layers, 12 heads, 197 tokens, "
+                     f"batch 1) on {dev}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()) + ".")
+    return lines
+
+
 def speed_table(records) -> str:
     lines = []
     for name, rec in records:
-        if not name.startswith("bench-"):
-            continue
-        m, cfg, hw = rec["metrics"], rec["config"], rec["hardware"]
-        lines.append(f"Measured by `python bench/bench_throughput.py` on {hw['cpu']} (torch threads: "
-                     f"{hw['torch_threads']}){', ' + hw['gpu'] if 'gpu' in hw else ''}: ViT dim {cfg['dim']}, depth {cfg['depth']}, "
-                     f"heads {cfg['heads']}, MLP {cfg['mlp_dim']}, patch {cfg['patch_size']}, batch {cfg['batch']}; "
-                     f"median of {cfg['rounds']} interleaved rounds ([{name}](results/{name})).\n")
-        compiled = "ours (sdpa, torch.compile)"
-        has_compiled = any(compiled in ips for ips in m["training_images_per_s"].values())
-        lines += ["| device, precision | ours (SDPA) | ours (explicit attention) | HF ViT (SDPA) | ours / HF | "
-                  "SDPA / explicit |" + (" ours compiled (first 3 steps) |" if has_compiled else ""),
-                  "|---|---:|---:|---:|---:|---:|" + ("---:|" if has_compiled else "")]
-        for key, ips in m["training_images_per_s"].items():
-            ours, explicit, hf = ips["ours (sdpa)"], ips["ours (explicit)"], ips["hf (sdpa)"]
-            row = (f"| {key} | {ours:.0f} img/s | {explicit:.0f} img/s | {hf:.0f} img/s | "
-                   f"x{ours / hf:.2f} | x{ours / explicit:.2f} |")
-            if has_compiled:
-                row += f" {ips[compiled]:.0f} img/s ({m['warmup_s'][key][compiled]:.0f} s) |"
-            lines.append(row)
-        for dev, times in m["rollout_ms"].items():
-            lines.append(f"\n`attention_rollout` on ViT-B/16-sized attentions (12 layers, 12 heads, 197 tokens, "
-                         f"batch 1) on {dev}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()) + ".")
-    return "\n".join(lines) if lines else "_No benchmark recorded yet._"
+        if name.startswith("bench-"):
+            lines += (_bench_lines if "peak_gflops" in rec["metrics"] else _legacy_speed_lines)(name, rec) + [""]
+    return "\n".join(lines).strip() if lines else "_No benchmark recorded yet._"
 
 
 def render(text: str, records) -> str:

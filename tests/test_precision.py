@@ -171,7 +171,7 @@ def test_bf16_training_on_cpu_matches_fp32():
         vh.set_seed(0)
         model = tiny_vit()
         train, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(128, 1))
-        hist = vh.fit(model, train, val, epochs=12, lr=3e-3, precision=precision, device="cpu", progress=False,
+        hist = vh.fit(model, train, val, epochs=15, lr=3e-3, precision=precision, device="cpu", progress=False,
                       verbose=False)
         assert hist.precision == precision
         accs[precision] = vh.evaluate(model, val, precision=precision)["acc"]

@@ -59,11 +59,9 @@ def test_rows_sum_to_one_before_cls_row_is_taken(fusion, discard):
 
 
 def discarded(fused, ratio):
-    """Which entries of a single-layer fused matrix the rollout zeroed: with one head and no zero entries,
-    (rollout * rowsum - I) is the kept matrix, so its zeros are the discarded entries."""
-    result = vh.rollout_matrix((fused[:, None],), discard_ratio=ratio)  # (B, T, T)
+    """(sample, flat index) of the entries the rollout's discard step zeroes in a fused (B, T, T) matrix."""
     T = fused.shape[-1]
-    kept = torch.where(torch.eye(T, dtype=torch.bool), fused, result)  # diagonal: compare separately
+    kept = vh._discard_lowest(fused, int(T * T * ratio))
     return (kept.reshape(len(fused), -1) == 0).nonzero()
 
 
@@ -75,16 +73,17 @@ def test_discard_zeroes_lowest_fraction_per_sample_and_protects_cls(ratio, n):
     fused[1] = fused[1].flip(-1)  # sample 1: another ranking, so selection must be per sample
     zeros = discarded(fused, ratio)
     per_sample = [sorted(zeros[zeros[:, 0] == b, 1].tolist()) for b in range(2)]
-    off_diag = {i for i in range(T * T) if i % (T + 1)}
     # sample 0 ranks by flat index (CLS->CLS protected): the n lowest off index 0 are 1..n
-    assert per_sample[0] == sorted(i for i in range(1, n + 1) if i in off_diag)
+    assert per_sample[0] == list(range(1, n + 1))
     # sample 1, row r holds (5r+5 ... 5r+1)/100: lowest are row 0 right to left, skipping protected index 0
     order1 = sorted(range(1, T * T), key=lambda i: fused[1].flatten()[i].item())[:n]
-    assert per_sample[1] == sorted(i for i in order1 if i in off_diag)
-    result = vh.rollout_matrix((fused[:, None],), discard_ratio=ratio)
-    row0 = fused[0, 0].clone()
-    row0[[i for i in range(1, n + 1) if i < T]] = 0
-    assert result[0, 0, 0].item() == pytest.approx((0.001 + 1) / (row0.sum().item() + 1))  # CLS->CLS kept
+    assert per_sample[1] == sorted(order1)
+    # rollout applies that step to probabilities, then adds the identity and renormalises the rows
+    probs = fused / fused.sum(-1, keepdim=True)
+    kept = vh._discard_lowest(probs, int(T * T * ratio))
+    assert kept[0, 0, 0] == probs[0, 0, 0] > 0  # CLS -> CLS, the smallest entry, survives
+    result = vh.rollout_matrix((probs[:, None],), discard_ratio=ratio)
+    assert result[0, 0, 0].item() == pytest.approx((kept[0, 0, 0].item() + 1) / (kept[0, 0].sum().item() + 1))
 
 
 def test_discard_changes_the_map():
@@ -116,12 +115,17 @@ def test_model_attentions_work_and_are_not_rescaled():
     ((), {}, ValueError, "empty"),
     ([], {}, ValueError, "empty"),
     ((torch.rand(1, 2, 5, 5), torch.rand(1, 2, 10, 10)), {}, ValueError, "inconsistent shapes"),
+    ((torch.randn(1, 2, 5, 5),), {}, ValueError, "not a set of attention probabilities: it holds negative"),
+    ((torch.rand(1, 2, 5, 5).softmax(-1).log(),), {}, ValueError, "not raw scores or log-probabilities"),
+    ((torch.rand(1, 2, 5, 5) + 1,), {}, ValueError, "rows sum to"),
+    ((torch.full((1, 2, 5, 5), float("nan")),), {}, ValueError, "NaN or inf"),
+    ((torch.ones(1, 2, 5, 5, dtype=torch.long),), {}, TypeError, "dtype torch.int64"),
     ((torch.rand(2, 5, 5),), {}, ValueError, r"\(B, heads, T, T\)"),
     (torch.rand(1, 2, 5, 5), {}, TypeError, "tuple/list"),
     ((None,), {}, TypeError, "eager"),
-    ((torch.rand(1, 2, 5, 5),), dict(head_fusion="median"), ValueError, "unknown head_fusion 'median'"),
-    ((torch.rand(1, 2, 5, 5),), dict(discard_ratio=1.0), ValueError, r"discard_ratio must be in \[0, 1\)"),
-    ((torch.rand(1, 2, 5, 5),), dict(discard_ratio=-0.1), ValueError, "discard_ratio"),
+    ((torch.rand(1, 2, 5, 5).softmax(-1),), dict(head_fusion="median"), ValueError, "unknown head_fusion 'median'"),
+    ((torch.rand(1, 2, 5, 5).softmax(-1),), dict(discard_ratio=1.0), ValueError, r"discard_ratio must be in \[0, 1\)"),
+    ((torch.rand(1, 2, 5, 5).softmax(-1),), dict(discard_ratio=-0.1), ValueError, "discard_ratio"),
 ])
 def test_bad_attentions_raise(attentions, kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -129,10 +133,10 @@ def test_bad_attentions_raise(attentions, kwargs, error, message):
 
 
 def test_cls_attention_map_is_the_raw_cls_row():
-    attn = torch.zeros(1, 2, 5, 5)
+    attn = torch.full((1, 2, 5, 5), 0.2)  # uniform rows, but for the CLS rows below
     attn[0, 0, 0] = torch.tensor([0.2, 0.1, 0.2, 0.3, 0.2])
     attn[0, 1, 0] = torch.tensor([0.6, 0.1, 0.1, 0.1, 0.1])
-    first = torch.rand(1, 2, 5, 5)
+    first = torch.rand(1, 2, 5, 5).softmax(-1)
     m = vh.cls_attention_map((first, attn))  # last layer by default
     torch.testing.assert_close(m, torch.tensor([[[0.1, 0.15], [0.2, 0.15]]]))
     torch.testing.assert_close(vh.cls_attention_map((first, attn), head_fusion="max"), torch.tensor([[[0.1, 0.2], [0.3, 0.2]]]))
