@@ -6,7 +6,8 @@ One self-contained file behind the notebooks of this repository. It holds
   the same function as HuggingFace ``transformers``' ``ViTForImageClassification``;
 * the linear-warmup + cosine learning-rate schedule;
 * attention rollout (Abnar & Zuidema 2020, "Quantifying Attention Flow in Transformers",
-  arXiv:2005.00928);
+  arXiv:2005.00928), gradient-weighted rollout (Chefer, Gur & Wolf 2021) and baselines, for our, HF's and
+  timm's ViTs, with a perturbation test of how faithful each map is;
 * weight conversion to and from HuggingFace (``from_hf`` / ``to_hf``);
 * CIFAR-10 and MNIST loaders, a training loop, run records and plotting helpers.
 
@@ -14,8 +15,8 @@ Only torch, torchvision, numpy and the standard library are imported at module l
 matplotlib, PIL and tqdm are imported inside the functions that use them. Copy this file into your own
 project or notebook freely (MIT licence, see the repository's README).
 
-Sections, in reading order: config, blocks, model, schedule, rollout, HF interop, data, training,
-run records, plots.
+Sections, in reading order: config, blocks, model, schedule, rollout, explanations (any ViT's attentions,
+class-specific maps, faithfulness), HF interop, data, training, run records, plots.
 """
 
 from __future__ import annotations
@@ -40,11 +41,15 @@ from torch import nn
 
 __all__ = [
     # config, model
-    "ViTConfig", "VisionTransformer", "count_parameters", "use_fused_attention",
+    "ViTConfig", "VisionTransformer", "count_parameters", "use_fused_attention", "save_model", "load_model",
     # schedule
     "warmup_cosine_schedule",
     # rollout
     "rollout_matrix", "attention_rollout", "cls_attention_map",
+    # explanations
+    "ModelAttentions", "forward_with_attentions", "explain_random", "explain_raw_attention", "explain_rollout",
+    "explain_gradient_rollout", "explain_input_x_gradient", "EXPLAINERS", "explain", "remove_patches", "perturbation_curve",
+    "mass_on_mask",
     # HF interop
     "from_hf", "to_hf",
     # data
@@ -362,6 +367,40 @@ class VisionTransformer(nn.Module):
         return (logits, attentions) if return_attentions else logits
 
 
+def save_model(model: VisionTransformer, path: str | Path, **metadata: str | int | float) -> Path:
+    """Write ``model``'s weights and config to one safetensors file (the config and ``metadata`` in its header)."""
+    from safetensors.torch import save_file
+
+    if not isinstance(model, VisionTransformer):
+        raise TypeError(f"save_model expects a VisionTransformer, got {type(model).__name__}.")
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"save to a .safetensors file, got {path.name!r}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"vit_config": json.dumps(asdict(model.config)), **{k: json.dumps(v) for k, v in metadata.items()}}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path), metadata=header)
+    return path
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[VisionTransformer, dict[str, Any]]:
+    """A :class:`VisionTransformer` from a file written by :func:`save_model`, in eval mode, and its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataNotFoundError(f"no weights file at {path.resolve()}; the shipped ones are under weights/ in the "
+                                "repository (or set the notebook's TRAIN = True to train instead).")
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+    if "vit_config" not in header:
+        raise ValueError(f"{path} was not written by vit_helpers.save_model (no vit_config in its header).")
+    model = VisionTransformer.from_config(ViTConfig(**json.loads(header.pop("vit_config"))))
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval(), {k: json.loads(v) for k, v in header.items()}
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -556,6 +595,238 @@ def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_
 
 
 # ----------------------------------------------------------------------------------------------------
+# Explanations: attentions from any ViT, class-specific maps, faithfulness
+# ----------------------------------------------------------------------------------------------------
+
+class ModelAttentions(NamedTuple):
+    """One forward pass: ``logits (B, K)``, ``attentions`` (depth x ``(B, heads, T, T)``, in the autograd graph
+    unless under no_grad), ``num_prefix_tokens`` (CLS, distillation, registers) and the patch ``grid_size``."""
+    logits: torch.Tensor
+    attentions: tuple[torch.Tensor, ...]
+    num_prefix_tokens: int
+    grid_size: tuple[int, int]
+
+
+def _is_timm_vit(model: nn.Module) -> bool:
+    return type(model).__module__.startswith("timm.") and hasattr(model, "patch_embed") and hasattr(model, "blocks")
+
+
+def _timm_explicit_attention(module: nn.Module, store: list, x: torch.Tensor, attn_mask=None, is_causal=False):
+    """timm's ``Attention.forward`` (timm 1.0) on the explicit path, storing the probabilities in ``store``."""
+    if attn_mask is not None or is_causal:
+        raise ValueError("attention maps of masked or causal timm attention are not supported.")
+    B, N, _ = x.shape
+    gate = module.gate(x).sigmoid() if getattr(module, "gate", None) is not None else None
+    qkv = module.qkv(x).reshape(B, N, 3, module.num_heads, module.head_dim)  # (B, N, 3, h, d)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, N, d)
+    q, k = module.q_norm(q), module.k_norm(k)
+    attn = ((q * module.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
+    store.append(attn)
+    out = (module.attn_drop(attn) @ v).transpose(1, 2).reshape(B, N, -1)  # (B, N, h * d)
+    out = module.norm(out) if hasattr(module, "norm") else out
+    out = out * gate if gate is not None else out
+    return module.proj_drop(module.proj(out))
+
+
+def _timm_attentions(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run a timm ViT with every attention module temporarily on the explicit path (fused or not), recording
+    the maps. Instance ``forward`` attributes are set for the call and deleted afterwards: no hook is left."""
+    modules = [m for blk in model.blocks for m in [getattr(blk, "attn", None)]
+               if m is not None and all(hasattr(m, a) for a in ("qkv", "num_heads", "head_dim", "scale", "proj"))]
+    if len(modules) != len(model.blocks):
+        raise TypeError(f"{type(model).__name__}: not every block has a timm Attention module (qkv, num_heads, "
+                        "head_dim, scale, proj); attention maps of this timm model are not supported.")
+    store: list[torch.Tensor] = []
+    try:
+        for m in modules:
+            m.forward = (lambda m: lambda *a, **k: _timm_explicit_attention(m, store, *a, **k))(m)
+        logits = model(x)
+    finally:
+        for m in modules:
+            m.__dict__.pop("forward", None)
+    return logits, store
+
+
+def forward_with_attentions(model: nn.Module, x: torch.Tensor) -> ModelAttentions:
+    """Logits and attention probabilities of ours, a HF ViT/DeiT (loaded with ``attn_implementation="eager"``)
+    or a timm ViT/DeiT (fused attention or not), with the model's prefix-token count and patch grid."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        raise ValueError(f"x must be an image batch (B, C, H, W), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.")
+    H, W = x.shape[-2:]
+    if isinstance(model, VisionTransformer):
+        logits, attentions = model(x, return_attentions=True)
+        p = model.config.patch_size
+        return ModelAttentions(logits, tuple(attentions), 1, (H // p, W // p))
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "model_type", None) in ("vit", "deit"):
+        implementation = getattr(config, "_attn_implementation", "eager")
+        if implementation != "eager":
+            raise ValueError(f"this HF model runs attn_implementation={implementation!r}, which returns no attention "
+                             "maps; load it with from_pretrained(..., attn_implementation='eager').")
+        out = model(pixel_values=x, output_attentions=True)
+        p = _square(config.patch_size, "patch_size")
+        prefix = 2 if config.model_type == "deit" else 1  # DeiT: CLS + distillation token
+        return ModelAttentions(out.logits, tuple(out.attentions), prefix, (H // p, W // p))
+    if _is_timm_vit(model):
+        logits, attentions = _timm_attentions(model, x)
+        ph, pw = model.patch_embed.patch_size
+        return ModelAttentions(logits, tuple(attentions), int(model.num_prefix_tokens), (H // ph, W // pw))
+    raise TypeError(f"forward_with_attentions supports vit_helpers.VisionTransformer, HF ViT/DeiT image classifiers "
+                    f"and timm ViT/DeiT models; got {type(model).__name__}.")
+
+
+def _targets(logits: torch.Tensor, target) -> torch.Tensor:
+    """``target`` as a (B,) class-index tensor: None -> each image's predicted class."""
+    B, K = logits.shape
+    if target is None:
+        return logits.argmax(-1)
+    target = torch.as_tensor(target, device=logits.device).long().reshape(-1)
+    if target.numel() == 1:
+        target = target.expand(B)
+    if target.shape != (B,) or target.min() < 0 or target.max() >= K:
+        raise ValueError(f"target must be None, a class index in [0, {K - 1}] or one index per image ({B}), got "
+                         f"{target.tolist()}.")
+    return target
+
+
+def _explain_setup(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    model.eval()  # explanations of the deployed function: no dropout, BatchNorm statistics fixed
+    return x.to(next(model.parameters()).device)
+
+
+def explain_random(model: nn.Module, x: torch.Tensor, target=None, seed: int = 0) -> torch.Tensor:
+    """Uniform random relevance per patch: the baseline every other map must beat."""
+    x = _explain_setup(model, x)
+    with torch.no_grad():
+        grid = forward_with_attentions(model, x[:1]).grid_size
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(len(x), *grid, generator=g)
+
+
+def explain_raw_attention(model: nn.Module, x: torch.Tensor, target=None) -> torch.Tensor:
+    """The last layer's CLS attention to the patches, heads averaged (class-agnostic: ``target`` is ignored)."""
+    x = _explain_setup(model, x)
+    with torch.no_grad():
+        out = forward_with_attentions(model, x)
+    return cls_attention_map(out.attentions, grid_size=out.grid_size, num_prefix_tokens=out.num_prefix_tokens).cpu()
+
+
+def explain_rollout(model: nn.Module, x: torch.Tensor, target=None, head_fusion: str = "mean",
+                    discard_ratio: float = 0.0) -> torch.Tensor:
+    """Attention rollout (Abnar & Zuidema 2020), class-agnostic: ``target`` is ignored."""
+    x = _explain_setup(model, x)
+    with torch.no_grad():
+        out = forward_with_attentions(model, x)
+    return attention_rollout(out.attentions, head_fusion, discard_ratio, grid_size=out.grid_size,
+                             num_prefix_tokens=out.num_prefix_tokens).cpu()
+
+
+def explain_gradient_rollout(model: nn.Module, x: torch.Tensor, target=None) -> torch.Tensor:
+    """Class-specific gradient-weighted rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model
+    Explainability"): per layer ``A_bar = mean_heads((dy_t/dA * A).clamp(min=0))``, accumulated from the identity
+    as ``R <- R + A_bar @ R``; the map is the CLS row of ``R`` over the patches. ``target``: the class to explain
+    (None: each image's prediction)."""
+    x = _explain_setup(model, x)
+    with torch.enable_grad():
+        out = forward_with_attentions(model, x)
+        t = _targets(out.logits, target)
+        score = out.logits.gather(1, t[:, None]).sum()  # images do not interact: one backward for the batch
+        grads = torch.autograd.grad(score, out.attentions)
+    B, _, T, _ = out.attentions[0].shape
+    R = torch.eye(T, device=x.device).expand(B, T, T)
+    for attn, grad in zip(out.attentions, grads):
+        a_bar = (grad.float() * attn.detach().float()).clamp(min=0).mean(dim=1)  # (B, T, T)
+        R = R + a_bar @ R
+    return _patch_values(R[:, 0], out.num_prefix_tokens, out.grid_size).cpu()
+
+
+def explain_input_x_gradient(model: nn.Module, x: torch.Tensor, target=None) -> torch.Tensor:
+    """Input x gradient of the target logit, summed over channels and over each patch's pixels (signed)."""
+    x = _explain_setup(model, x).detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = forward_with_attentions(model, x)
+        t = _targets(out.logits, target)
+        (grad,) = torch.autograd.grad(out.logits.gather(1, t[:, None]).sum(), x)
+    pixel = (grad * x).detach().sum(1, keepdim=True)  # (B, 1, H, W)
+    h, w = out.grid_size
+    return F.adaptive_avg_pool2d(pixel, (h, w))[:, 0].cpu() * (x.shape[-2] // h) * (x.shape[-1] // w)
+
+
+EXPLAINERS = {
+    "random": explain_random,
+    "raw attention": explain_raw_attention,
+    "rollout": explain_rollout,
+    "gradient rollout": explain_gradient_rollout,
+    "input x gradient": explain_input_x_gradient,
+}
+
+
+def explain(method: str, model: nn.Module, x: torch.Tensor, target=None, batch_size: int = 256) -> torch.Tensor:
+    """``EXPLAINERS[method](model, x, target)`` over ``x`` in batches (gradients of big batches need memory)."""
+    if method not in EXPLAINERS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, EXPLAINERS))}.")
+    targets = None if target is None else torch.as_tensor(target).reshape(-1).expand(len(x))
+    extra = (lambda i: {"seed": i}) if method == "random" else (lambda i: {})  # new random maps per batch
+    return torch.cat([EXPLAINERS[method](model, x[i:i + batch_size],
+                                         None if targets is None else targets[i:i + batch_size], **extra(i))
+                      for i in range(0, len(x), batch_size)])
+
+
+def remove_patches(x: torch.Tensor, maps: torch.Tensor, fraction: float, most_relevant_first: bool = True,
+                   fill: float = 0.0) -> torch.Tensor:
+    """``x`` with the ``fraction`` of patches ranked highest (or lowest) by ``maps (B, h, w)`` set to ``fill``
+    (0 is the data set's mean colour for normalised inputs). Ties keep the patch order (stable sort)."""
+    B, _, H, W = x.shape
+    h, w = maps.shape[-2:]
+    if H % h or W % w:
+        raise ValueError(f"maps of {h}x{w} patches do not tile {H}x{W} images.")
+    k = int(round(fraction * h * w))
+    order = maps.reshape(B, -1).float().argsort(dim=1, descending=most_relevant_first, stable=True)[:, :k]
+    keep = torch.ones(B, h * w, device=x.device)
+    keep.scatter_(1, order.to(x.device), 0.0)
+    keep = keep.reshape(B, 1, h, w).repeat_interleave(H // h, 2).repeat_interleave(W // w, 3)  # -> (B, 1, H, W)
+    return x * keep + fill * (1 - keep)
+
+
+def perturbation_curve(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, maps: torch.Tensor, *,
+                       most_relevant_first: bool = True, fractions: Sequence[float] = tuple(i / 10 for i in range(10)),
+                       fill: float = 0.0, batch_size: int = 256) -> dict[str, Any]:
+    """Positive (``most_relevant_first=True``) or negative perturbation test (Chefer et al. 2021): remove the
+    patches a map ranks highest (lowest) first, in steps of ``fractions`` of the patches, and re-classify.
+    Returns ``{"fractions", "accuracy", "auc"}``; ``auc`` is the area under accuracy (in %) over the removed
+    fraction (trapezoid). Positive perturbation: lower is more faithful; negative: higher is."""
+    if maps.shape[0] != x.shape[0] or labels.shape[0] != x.shape[0]:
+        raise ValueError(f"x, labels and maps need the same batch size, got {x.shape[0]}, {labels.shape[0]} and "
+                         f"{maps.shape[0]}.")
+    x = _explain_setup(model, x)
+    accuracy = []
+    with torch.no_grad():
+        for f in fractions:
+            correct = 0
+            for i in range(0, len(x), batch_size):
+                xb = remove_patches(x[i:i + batch_size], maps[i:i + batch_size], f, most_relevant_first, fill)
+                logits = _logits(model, xb)
+                correct += (logits.argmax(-1).cpu() == labels[i:i + batch_size].cpu()).sum().item()
+            accuracy.append(correct / len(x))
+    fr = list(fractions)
+    auc = sum(50 * (accuracy[i] + accuracy[i + 1]) * (fr[i + 1] - fr[i]) for i in range(len(fr) - 1))  # trapezoid, %
+    return {"fractions": list(fractions), "accuracy": accuracy, "auc": auc}
+
+
+def mass_on_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per image, the share of a map's positive mass that falls on ``masks`` (B, H, W) of 0/1 (e.g. a digit's
+    strokes), with the map upsampled to pixels (nearest). Uniform maps score the mask's area fraction."""
+    B, H, W = masks.shape
+    m = maps.float().clamp(min=0)
+    up = F.interpolate(m[:, None], size=(H, W), mode="nearest")[:, 0]  # (B, H, W)
+    total = up.sum(dim=(1, 2)).clamp(min=1e-12)
+    return (up * masks.float()).sum(dim=(1, 2)) / total
+
+
+# ----------------------------------------------------------------------------------------------------
 # HuggingFace interop
 # ----------------------------------------------------------------------------------------------------
 # Our parameter -> HF 5.x parameter ("{i}" is the layer index). HF 4.x names are translated below.
@@ -657,7 +928,13 @@ def to_hf(model: VisionTransformer, attn_implementation: str = "eager", id2label
 
     if not isinstance(model, VisionTransformer):
         raise TypeError(f"to_hf expects a VisionTransformer, got {type(model).__name__}.")
+    if attn_implementation not in ("eager", "sdpa"):
+        raise ValueError(f"attn_implementation must be 'eager' (returns attention maps) or 'sdpa' (faster), got "
+                         f"{attn_implementation!r}.")
     cfg = model.config
+    if id2label is not None and sorted(id2label) != list(range(cfg.num_classes)):
+        raise ValueError(f"id2label must map each class index 0..{cfg.num_classes - 1} to a name, got keys "
+                         f"{sorted(id2label)[:5]}{'...' if len(id2label) > 5 else ''}.")
     if cfg.stem != "patch":
         raise ValueError(f"to_hf: HF's ViTForImageClassification has only the linear patch embedding, so a model "
                          f"with stem={cfg.stem!r} cannot be converted; build it with stem='patch' to use HF.")
@@ -786,10 +1063,6 @@ def _build_transform(train: bool, augment: str, mean, std, image_size: int, resi
 def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, name: str, batch_size: int,
                   val_size: int, augment: str, mean, std, resize: int | None, invert: bool, seed: int,
                   train_limit: int | None, test_limit: int | None, num_workers: int | None) -> Loaders:
-    if augment not in _AUGMENTS[name]:
-        raise ValueError(f"unknown augment {augment!r} for {name}; use one of {', '.join(_AUGMENTS[name])}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     n = len(train_full)
     if not 0 < val_size < n:
         raise ValueError(f"val_size must be between 1 and {n - 1} (the training split has {n} images), got {val_size}.")
@@ -817,6 +1090,27 @@ def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, name: str
                                     generator=torch.Generator().manual_seed(seed), **common),
         torch.utils.data.DataLoader(splits[1], batch_size=2 * batch_size, **common),
         torch.utils.data.DataLoader(splits[2], batch_size=2 * batch_size, **common))
+
+
+def _check_loader_args(name: str, *, batch_size, val_size, augment, resize, mean, std, channels: int, seed,
+                       train_limit, test_limit, num_workers) -> None:
+    """The loaders' arguments, checked before any file is read."""
+    if augment not in _AUGMENTS[name]:
+        raise ValueError(f"unknown augment {augment!r} for {name}; use one of {', '.join(_AUGMENTS[name])}.")
+    _check_number("batch_size", batch_size, low=1, integer=True)
+    _check_number("val_size", val_size, low=1, integer=True)
+    _check_number("seed", seed, low=0, integer=True)
+    for key, value in (("resize", resize), ("train_limit", train_limit), ("test_limit", test_limit)):
+        if value is not None:
+            _check_number(key, value, low=1, integer=True)
+    if num_workers is not None:
+        _check_number("num_workers", num_workers, low=0, integer=True)
+    for key, value in (("mean", mean), ("std", std)):
+        if len(value) != channels:
+            raise ValueError(f"{key} has {len(value)} value(s) but {name} images have {channels} channel(s); pass "
+                             f"one value per channel.")
+    if any(v <= 0 for v in std):
+        raise ValueError(f"std must be > 0 per channel, got {tuple(std)}.")
 
 
 def train_eval_loader(loaders: Loaders) -> torch.utils.data.DataLoader:
@@ -1015,12 +1309,18 @@ def load_image(source: str | Path, timeout_s: float = 30.0):
         except OSError as e:
             raise DataNotFoundError(f"could not download {source} ({e}); pass local image paths instead "
                                     "(the notebook's PHOTOS parameter).") from e
-        return Image.open(io.BytesIO(data)).convert("RGB")
+        try:
+            return Image.open(io.BytesIO(data)).convert("RGB")
+        except OSError as e:
+            raise ValueError(f"{source} did not return an image ({e}); check the URL.") from e
     path = Path(source)
     if not path.is_file():
         raise DataNotFoundError(f"no image file at {path.resolve()}; check the path (the notebook's PHOTOS parameter).")
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{path} is not an image PIL can read ({e}); pass a JPEG or PNG file.") from e
 
 
 def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,
@@ -1036,6 +1336,9 @@ def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, va
     ``resize`` upsamples (e.g. to 224 for a pretrained ViT); ``mean``/``std`` normalise (use the image
     processor's for a pretrained model). ``train_limit``/``test_limit`` take seeded subsets (smoke runs).
     """
+    _check_loader_args("cifar10", batch_size=batch_size, val_size=val_size, augment=augment, resize=resize, mean=mean,
+                       std=std, channels=3, seed=seed, train_limit=train_limit, test_limit=test_limit,
+                       num_workers=num_workers)
     train, test = load_cifar10(root, download, download_timeout_s)
     return _make_loaders(train, test, name="cifar10", batch_size=batch_size, val_size=val_size, augment=augment,
                          mean=mean, std=std, resize=resize, invert=False, seed=seed, train_limit=train_limit,
@@ -1054,6 +1357,9 @@ def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_
     """
     if mean is None:
         mean = tuple(1 - m for m in MNIST_MEAN) if invert else MNIST_MEAN
+    _check_loader_args("mnist", batch_size=batch_size, val_size=val_size, augment=augment, resize=None, mean=mean,
+                       std=std, channels=1, seed=seed, train_limit=train_limit, test_limit=test_limit,
+                       num_workers=num_workers)
     train, test = load_mnist(root, download, download_timeout_s)
     return _make_loaders(train, test, name="mnist", batch_size=batch_size, val_size=val_size, augment=augment,
                          mean=mean, std=std, resize=None, invert=invert, seed=seed, train_limit=train_limit,
@@ -1066,16 +1372,32 @@ def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
+    _check_number("seed", seed, low=0, high=2 ** 32 - 1, integer=True)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
 
 
-def get_device(preferred: str | None = None) -> torch.device:
-    """``preferred`` if given (e.g. ``"cpu"``), else CUDA, then Apple MPS, then CPU."""
+def get_device(preferred: str | torch.device | None = None) -> torch.device:
+    """``preferred`` if given (e.g. ``"cpu"``, ``"cuda:1"``), else CUDA, then Apple MPS, then CPU.
+
+    A device that is not there raises a ValueError saying which ones are, before any work is done."""
     if preferred:
-        return torch.device(preferred)
+        try:
+            device = torch.device(preferred)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"unknown device {preferred!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps' (or None to pick "
+                             "the best one available).") from e
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available here (no GPU, or a CPU-only "
+                             "torch build); use 'cpu', or leave the device unset (None) to pick what is available.")
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} requested but only {torch.cuda.device_count()} GPU(s) are "
+                             "visible; use 'cuda:0'..")
+        if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' requested but Apple's MPS backend is not available here; use 'cpu'.")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -1409,7 +1731,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     if batches_per_epoch == 0:
         raise ValueError("train_loader yields no batches: the training set is empty (or smaller than the batch "
                          "size with drop_last=True).")
-    device = torch.device(device) if device is not None else get_device()
+    device = get_device(device)
     precision = resolve_precision(device, precision)
     model.to(device)
     make_opt = lambda m: _make_optimizer(m, optimizer, lr, weight_decay, momentum, device)  # noqa: E731
@@ -1588,6 +1910,14 @@ FINETUNE_RECIPE: dict[str, dict[str, Any]] = finetune_recipe(500)  # the 500-ste
 
 def top_k(logits: torch.Tensor, id2label: dict[int, str], k: int = 5) -> list[list[tuple[str, float]]]:
     """Per image, the ``k`` most probable ``(label, probability)`` pairs."""
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+        raise ValueError(f"logits must be a (B, num_classes) tensor, got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}.")
+    _check_number("k", k, low=1, integer=True)
+    missing = [i for i in range(logits.shape[-1]) if i not in id2label]
+    if missing:
+        raise ValueError(f"id2label has no name for class(es) {missing[:5]} of {logits.shape[-1]}; pass the "
+                         "model's config.id2label.")
     probs = logits.detach().float().softmax(-1)
     values, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
     return [[(id2label[int(i)], float(v)) for v, i in zip(vs, idx)] for vs, idx in zip(values, indices)]

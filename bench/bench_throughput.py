@@ -37,18 +37,21 @@ CONFIG = dict(image_size=32, patch_size=4, in_channels=3, num_classes=10, dim=12
 QUICK = dict(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=2, heads=2, mlp_dim=64)
 
 
-def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best of ``repeats`` timed n x n matrix products: what the machine's GEMM reaches."""
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype, sizes=(1024, 2048, 4096), seconds: float = 2.0) -> float:
+    """What the machine's GEMM reaches: the best rate of square matrix products of a few sizes, each timed
+    over about ``seconds`` after a warm-up."""
+    best = 0.0
+    for n in sizes:
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
         a @ b
         sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / len(sizes) or reps < 2:
+            a @ b
+            reps += 1
+        sync(device)
+        best = max(best, 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 def sync(device: torch.device) -> None:
@@ -204,7 +207,7 @@ def main():
             key = f"{device.type}-{precision}"
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
             peak = results["peak_gflops"][key] = matmul_peak_gflops(device, dtype)
-            print(f"\n[{key}] matmul peak {peak:.0f} GFLOP/s (2048 x 2048)", flush=True)
+            print(f"\n[{key}] matmul peak {peak:.0f} GFLOP/s (best of 1024, 2048, 4096 square products)", flush=True)
             steps_here = steps if device.type == "cpu" else 50
             ips, warm = bench_precision(cfg, device, precision, args.batch, steps_here, rounds, fit_default,
                                         compile_models, peers=True)

@@ -47,6 +47,8 @@ def budget(rec: dict) -> str:
     m, cfg = rec["metrics"], rec.get("config", {})
     if cfg.get("checkpoint"):
         return f"evaluates the weights in `{cfg['checkpoint']}`"
+    if cfg.get("weights"):
+        return f"evaluates the shipped weights `{cfg['weights']}`"
     parts = [f"{rec['wall_time_s'] / 60:.0f} min wall"]
     if m.get("epochs_run") is not None:
         planned = cfg.get("fit", {}).get("epochs")
@@ -100,7 +102,7 @@ def _bench_lines(name: str, rec: dict) -> list[str]:
              f"{', ' + hw['gpu'] if 'gpu' in hw else ''}: ViT dim {cfg['dim']}, depth {cfg['depth']}, heads "
              f"{cfg['heads']}, MLP {cfg['mlp_dim']}, patch {cfg['patch_size']}, batch {cfg['batch']} "
              f"({m['gflop_per_training_image']:.2f} GFLOP per training image); median of {cfg['rounds']} "
-             f"interleaved rounds of {cfg['steps']} steps ([{name}](results/{name})). Matmul peak (2048 x 2048): "
+             f"interleaved rounds of {cfg['steps']} steps ([{name}](results/{name})). Matmul peak: "
              + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in m["peak_gflops"].items()) + ".\n",
              "| precision | variant | img/s | GFLOP/s | % of peak | vs fastest peer | first 3 steps |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -136,8 +138,28 @@ def speed_table(records) -> str:
     return "\n".join(lines).strip() if lines else "_No benchmark recorded yet._"
 
 
+def faithfulness_table(records) -> str:
+    """The perturbation test of the explanation methods, from notebook records that hold one."""
+    lines = []
+    for name, rec in records:
+        faith = rec["metrics"].get("faithfulness")
+        if not faith or name.endswith("-smoke.json"):
+            continue
+        cfg = rec["config"]
+        lines += [f"Measured by `VisualizeAttentionMap.ipynb` on {cfg.get('n_faithful', '?')} MNIST test digits, model "
+                  f"{cfg.get('weights') or cfg.get('recipe')} (test accuracy {pct(rec['metrics']['test_acc'])}; "
+                  f"[{name}](results/{name})).\n",
+                  "| method | positive perturbation AUC (lower is better) | negative perturbation AUC (higher is "
+                  "better) | map mass on the strokes |", "|---|---:|---:|---:|"]
+        for method, f in sorted(faith.items(), key=lambda kv: kv[1]["positive_auc"]):
+            lines.append(f"| {method} | {f['positive_auc']:.2f} | {f['negative_auc']:.2f} | "
+                         f"{100 * f['stroke_mass']:.1f} % |")
+    return "\n".join(lines) if lines else "_No faithfulness record yet._"
+
+
 def render(text: str, records) -> str:
-    for marker, body in (("results", results_table(records)), ("speed", speed_table(records))):
+    for marker, body in (("results", results_table(records)), ("speed", speed_table(records)),
+                         ("faithfulness", faithfulness_table(records))):
         start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
         if start not in text or end not in text:
             raise SystemExit(f"README.md lacks the {start} ... {end} markers")

@@ -3,7 +3,8 @@
     python scripts/train_recipe.py mnist-strong --data-root ../shared/data --threads 1 --budget-min 45
 
 Writes results/<recipe>-<tag>.json (metrics, config, seed, hardware, wall time, dataset copy), the
-training curves to images/<recipe>-<tag>-curves.png and, for MNIST, a rollout figure.
+training curves to images/<recipe>-<tag>-curves.png, for MNIST a rollout figure, and the weights with their
+config to checkpoints/<recipe>-<tag>.safetensors (vh.load_model reads them).
 """
 from __future__ import annotations
 
@@ -82,8 +83,9 @@ def main() -> None:
                                std=loaders.test.dataset.std, titles=titles,
                                suptitle=f"Attention rollout, {args.recipe} (test digits)",
                                save_path=out / "images" / f"{name}-rollout.png")
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)  # git-ignored; figures can be redrawn from it
-    torch.save(model.state_dict(), out / "checkpoints" / f"{name}.pt")
+    # git-ignored; copy it to weights/ to ship it (the notebooks load weights/*.safetensors with vh.load_model)
+    vh.save_model(model, out / "checkpoints" / f"{name}.safetensors", recipe=args.recipe, test_acc=test["acc"],
+                  record=f"results/{name}.json")
     print(f"{name}: test acc {test['acc']:.4f} (best val {hist.best_val_acc:.4f} at epoch {hist.best_epoch}), "
           f"{len(hist.epoch)} epochs, {wall / 60:.1f} min -> {path}")
 

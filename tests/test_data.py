@@ -203,5 +203,24 @@ def test_train_recipe_script_records_a_run(fake_mnist, tmp_path):
     record = json.loads((out / "results" / "mnist-strong-t.json").read_text())
     assert record["metrics"]["epochs_run"] == 1 and record["metrics"]["test_n"] == 20
     assert record["config"]["recipe"] == "mnist-strong" and record["config"]["threads"] == 1
-    for f in ("images/mnist-strong-t-curves.png", "images/mnist-strong-t-rollout.png", "checkpoints/mnist-strong-t.pt"):
+    for f in ("images/mnist-strong-t-curves.png", "images/mnist-strong-t-rollout.png", "checkpoints/mnist-strong-t.safetensors"):
         assert (out / f).is_file(), f
+    model, meta = vh.load_model(out / "checkpoints" / "mnist-strong-t.safetensors")
+    assert meta == {"recipe": "mnist-strong", "test_acc": record["metrics"]["test_acc"],
+                    "record": "results/mnist-strong-t.json"}
+    assert model.config == vh.VisionTransformer(**vh.get_recipe("mnist-strong")["model"]).config
+
+
+def test_shipped_mnist_weights_score_as_recorded(shared_data):
+    import json
+
+    from conftest import ROOT
+
+    model, meta = vh.load_model(ROOT / "weights" / "mnist-fast.safetensors")
+    record = json.loads((ROOT / meta["record"]).read_text())
+    assert meta["test_acc"] == record["metrics"]["test_acc"] and meta["recipe"] == record["config"]["recipe"]
+    loaders = vh.mnist_loaders(shared_data, download=False, **{k: v for k, v in record["config"]["data"].items()
+                                                                 if k in ("batch_size", "invert")})
+    test = vh.evaluate(model, loaders.test, "cpu")
+    assert test["n"] == 10_000
+    assert abs(test["acc"] - meta["test_acc"]) <= 1e-4  # at most one digit apart (fp32 summation order)

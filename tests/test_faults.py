@@ -271,3 +271,52 @@ def test_records_refuse_what_json_cannot_hold(tmp_path, metrics, error, message)
     with pytest.raises(error, match=message):
         vh.save_results(tmp_path / "r.json", metrics=metrics, config={}, seed=0, dataset="x", wall_time_s=1.0)
     assert not (tmp_path / "r.json").exists()  # nothing half-written
+
+
+# --- devices, seeds, loaders' arguments, HF interop, images ---------------------------------------------------
+
+def test_devices_that_are_not_there(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        vh.get_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        vh.get_device("gpu")
+    with pytest.raises(ValueError, match="CUDA is not available here"):
+        vh.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, device="cuda", progress=False, verbose=False)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        vh.set_seed("0")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(batch_size=64.0), TypeError, "batch_size must be an int"),
+    (dict(train_limit=0), ValueError, "train_limit must be a positive int"),
+    (dict(num_workers=-1), ValueError, "num_workers must be >= 0"),
+    (dict(mean=(0.5, 0.5, 0.5)), ValueError, "mean has 3 value"),
+    (dict(std=(0.0,)), ValueError, "std must be > 0"),
+])
+def test_loader_arguments_are_checked_before_reading(tmp_path, kwargs, error, message):
+    with pytest.raises(error, match=message):  # tmp_path holds no data: the check comes first
+        vh.mnist_loaders(tmp_path, download=False, **kwargs)
+
+
+def test_hf_interop_arguments():
+    model = vh.VisionTransformer(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=8, depth=1, heads=2,
+                                 mlp_dim=8)
+    with pytest.raises(ValueError, match="attn_implementation must be 'eager'"):
+        vh.to_hf(model, attn_implementation="flash")
+    with pytest.raises(ValueError, match="id2label must map each class index 0..2"):
+        vh.to_hf(model, id2label={0: "a", 1: "b"})
+    conv = vh.VisionTransformer(image_size=8, patch_size=4, in_channels=1, num_classes=3, dim=8, depth=1, heads=2,
+                                mlp_dim=8, stem="conv")
+    with pytest.raises(ValueError, match="stem='conv' cannot be converted"):
+        vh.to_hf(conv)
+
+
+def test_top_k_and_images(tmp_path):
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        vh.top_k(torch.zeros(1, 3), {0: "a", 1: "b", 2: "c"}, k=0)
+    with pytest.raises(ValueError, match=r"no name for class\(es\) \[2\]"):
+        vh.top_k(torch.zeros(1, 3), {0: "a", 1: "b"})
+    (tmp_path / "notes.jpg").write_text("not a picture")
+    with pytest.raises(ValueError, match="is not an image PIL can read"):
+        vh.load_image(tmp_path / "notes.jpg")

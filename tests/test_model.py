@@ -96,3 +96,32 @@ def test_keyword_only_constructor():
 def test_bad_input_raises_clear_errors(x, error, message):
     with pytest.raises(error, match=message):
         make()(x)
+
+
+def test_save_and_load_model_round_trip(tmp_path):
+    model = make(stem="conv", fused_attn=False)
+    path = vh.save_model(model, tmp_path / "w" / "m.safetensors", recipe="x", test_acc=0.5)
+    loaded, meta = vh.load_model(path)
+    assert meta == {"recipe": "x", "test_acc": 0.5} and loaded.config == model.config and not loaded.training
+    for (k, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+    with pytest.raises(ValueError, match=r"save to a .safetensors file"):
+        vh.save_model(model, tmp_path / "m.pt")
+    with pytest.raises(FileNotFoundError, match="TRAIN = True"):
+        vh.load_model(tmp_path / "missing.safetensors")
+
+
+def test_conv_stem_keeps_the_token_grid_and_checks_the_patch_size():
+    model = make(stem="conv")
+    x = torch.randn(2, 3, 32, 32)
+    logits, attentions = model(x, return_attentions=True)
+    assert logits.shape == (2, 10) and attentions[0].shape == (2, 4, 65, 65)  # 8x8 patches + CLS, as with "patch"
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2), (1, 1)]  # log2(4) stride-2 3x3 convs, then 1x1
+    with pytest.raises(ValueError, match="patch_size must be a power of 2"):
+        vh.VisionTransformer(image_size=30, patch_size=6, in_channels=3, num_classes=2, dim=8, depth=1, heads=2,
+                             mlp_dim=8, stem="conv")
+    with pytest.raises(ValueError, match="stem must be 'patch'"):
+        make(stem="cnn")

@@ -63,7 +63,11 @@ def test_visualize_attention_notebook(env):
     _run("VisualizeAttentionMap.ipynb", env)
     record = _record(env, "VisualizeAttentionMap")
     assert record["config"]["data"]["invert"] is True
-    for fig in ("mnist-rollout", "mnist-rollout-by-layer", "mnist-rollout-fusion", "mnist-raw-vs-rollout"):
+    faith = record["metrics"]["faithfulness"]
+    assert set(faith) == set(vh.EXPLAINERS) and record["config"]["weights"] == "weights/mnist-fast.safetensors"
+    assert all(len(f["positive_accuracy"]) == 10 and 0 <= f["stroke_mass"] <= 1 for f in faith.values())
+    for fig in ("mnist-rollout", "mnist-rollout-by-layer", "mnist-rollout-fusion", "mnist-raw-vs-rollout",
+                "mnist-explanations", "mnist-faithfulness"):
         assert (env["out"] / "images" / "smoke" / f"{fig}.png").stat().st_size > 1000
 
 
@@ -75,3 +79,5 @@ def test_imported_vision_transformer_notebook(env):
     assert metrics["finetune"]["optimizer_steps"] == 2 and 0.0 <= metrics["finetune"]["test_acc"] <= 1.0
     assert len(metrics["imagenet_top5"]) == len(env["photos"])
     assert all(len(top5) == 5 for top5 in metrics["imagenet_top5"].values())
+    assert len(metrics["explain_top2"]) == 2
+    assert (env["out"] / "images" / "smoke" / "imagenet-top2-explained.png").stat().st_size > 1000
