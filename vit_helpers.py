@@ -2026,6 +2026,24 @@ def upsample_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (m - lo) / (hi - lo).clamp_min(1e-12)
 
 
+def _check_images(images, mean, std, titles=None, name: str = "titles") -> torch.Tensor:
+    """The plots' shared input checks; returns the images in [0, 1] (denormalised when mean/std are given)."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError(f"images must be a batch (B, C, H, W), got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}; "
+                         "add a batch dimension with x.unsqueeze(0) for one image.")
+    if (mean is None) != (std is None):
+        raise ValueError("pass both mean and std (the loaders' normalisation, e.g. loader.dataset.mean/.std) or "
+                         "neither (images already in [0, 1]).")
+    if mean is not None and (len(mean) != images.shape[1] or len(std) != images.shape[1]):
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values but the images have {images.shape[1]} "
+                         "channel(s).")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(titles)} {name} for {len(images)} images; pass one per image.")
+    images = images.detach().float().cpu()
+    return denormalize(images, mean, std) if mean is not None else images
+
+
 def _overlay(img: np.ndarray, mask: torch.Tensor, colormap, alpha: float) -> np.ndarray:
     """Blend an (H, W, 3) image with a colour-mapped (H, W) mask in [0, 1]."""
     return (1 - alpha) * img + alpha * colormap(mask.numpy())[..., :3]
@@ -2044,8 +2062,7 @@ def plot_attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequ
     if images.ndim != 4 or masks.ndim != 3 or len(images) != len(masks):
         raise ValueError(f"expected images (B, C, H, W) and masks (B, h, w) with the same B, got "
                          f"{tuple(images.shape)} and {tuple(masks.shape)}.")
-    if mean is not None and std is not None:
-        images = denormalize(images.detach().float().cpu(), mean, std)
+    images = _check_images(images, mean, std, titles)
     n = len(images)
     per_row = per_row or (1 if n <= 3 else min(4, n))
     rows = math.ceil(n / per_row)
@@ -2075,8 +2092,7 @@ def plot_mask_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], *, me
     e.g. the rollout after each layer, or mean/max/min head fusion, side by side."""
     import matplotlib.pyplot as plt
 
-    if mean is not None and std is not None:
-        images = denormalize(images.detach().float().cpu(), mean, std)
+    images = _check_images(images, mean, std, row_titles, "row_titles")
     n, k = len(images), len(columns)
     for name, m in columns.items():
         if m.ndim != 3 or len(m) != n:
@@ -2128,8 +2144,8 @@ def plot_images(images: torch.Tensor, titles: Sequence[str] | None = None, *, me
     """A grid of images (normalised with ``mean``/``std``, or in [0, 1]) with a title each."""
     import matplotlib.pyplot as plt
 
-    if mean is not None and std is not None:
-        images = denormalize(images.detach().float().cpu(), mean, std)
+    images = _check_images(images, mean, std, titles)
+    _check_number("ncols", ncols, low=1, integer=True)
     n = len(images)
     ncols = min(ncols, n)
     rows = math.ceil(n / ncols)

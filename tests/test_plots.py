@@ -58,3 +58,17 @@ def test_mask_grid_rows_and_columns():
     assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "layer 1", "layer 2"]
     with pytest.raises(ValueError, match="expected \\(3, h, w\\)"):
         vh.plot_mask_grid(torch.rand(3, 3, 16, 16), {"bad": torch.rand(2, 4, 4)})
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: vh.plot_images(torch.rand(3, 8, 8)), r"images must be a batch \(B, C, H, W\)"),
+    (lambda: vh.plot_images(torch.rand(2, 3, 8, 8), mean=(0.5, 0.5, 0.5)), "pass both mean and std"),
+    (lambda: vh.plot_images(torch.rand(2, 3, 8, 8), mean=(0.5,), std=(0.5,)), "the images have 3 channel"),
+    (lambda: vh.plot_images(torch.rand(2, 3, 8, 8), ["only one"]), "1 titles for 2 images"),
+    (lambda: vh.plot_attention_maps(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), titles=["a"]), "1 titles for 2"),
+    (lambda: vh.plot_mask_grid(torch.rand(2, 1, 8, 8), {"m": torch.rand(2, 2, 2)}, row_titles=["a", "b", "c"]),
+     "3 row_titles for 2 images"),
+])
+def test_plots_check_their_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
