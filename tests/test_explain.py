@@ -53,6 +53,19 @@ def test_every_explainer_has_one_calling_convention():
         vh.explain_gradient_rollout(model, x, target=7)
 
 
+def test_explainers_use_eval_mode_and_restore_training_mode():
+    model = tiny(dropout=0.5)
+    x = torch.randn(2, 3, 16, 16)
+    model.train()
+    for name, explain in vh.EXPLAINERS.items():
+        maps = explain(model, x, target=1)
+        assert model.training, f"{name} left the model in eval mode"
+        torch.testing.assert_close(maps, explain(model, x, target=1))  # no dropout inside: deterministic
+    model.eval()
+    vh.explain_rollout(model, x)
+    assert not model.training
+
+
 def test_input_x_gradient_sums_each_patch():
     model = tiny()
     x = torch.randn(1, 3, 16, 16, requires_grad=True)

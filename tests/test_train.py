@@ -101,6 +101,42 @@ def test_time_budget_shortens_the_schedule():
     assert len(hist.lr) == hist.total_steps
 
 
+class SlowsDownLoader:
+    """Batches of quadrant data; after the first 12 batches it ever yields (the budget's timing probe takes 10),
+    each batch costs 20 ms more: the pace the first plan measured is too optimistic, as when compilation,
+    clipping or a busy machine slow the real run."""
+
+    def __init__(self, batches=32):
+        ds = quadrant_data(8 * batches, 0)
+        self.batches = [(torch.stack([ds[i][0] for i in range(b, b + 8)]), ds.labels[b:b + 8])
+                        for b in range(0, 8 * batches, 8)]
+        self.served = 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        import time
+
+        for batch in self.batches:
+            self.served += 1
+            if self.served > 12:
+                time.sleep(0.02)
+            yield batch
+
+
+def test_time_budget_is_replanned_at_the_measured_pace():
+    vh.set_seed(0)
+    budget = 3.0
+    hist = vh.fit(tiny_vit(), SlowsDownLoader(), epochs=1000, time_budget_s=budget, device="cpu", compile=False,
+                  progress=False, verbose=False)
+    # The probe saw ~1 ms batches and planned far more steps than 20 ms batches allow; after epoch 1 the rest
+    # of the schedule is fitted to the measured pace, so the run ends near the budget instead of ~20x over it.
+    assert hist.wall_time_s < 1.5 * budget
+    assert len(hist.lr) == hist.total_steps and hist.total_steps >= 32
+    assert hist.lr[-1] < 0.05 * max(hist.lr)  # the cosine still decays to (near) zero at the new end
+
+
 def test_fit_trains_hf_models():
     transformers = pytest.importorskip("transformers")
     hf = vh.to_hf(tiny_vit(), attn_implementation="sdpa")
