@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["VisionTransformer.ipynb", "VisualizeAttentionMap.ipynb", "ImportedVisionTransformer.ipynb"]
+NOTEBOOKS = ["VisionTransformer.ipynb", "VisualizeAttentionMap.ipynb", "ImportedVisionTransformer.ipynb",
+             "InductiveBias.ipynb"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
