@@ -224,3 +224,19 @@ def test_shipped_mnist_weights_score_as_recorded(shared_data):
     test = vh.evaluate(model, loaders.test, "cpu")
     assert test["n"] == 10_000
     assert abs(test["acc"] - meta["test_acc"]) <= 1e-4  # at most one digit apart (fp32 summation order)
+
+
+def test_shipped_cifar10_weights_score_as_recorded(shared_data):
+    import json
+
+    from conftest import ROOT
+
+    path = ROOT / "weights" / "cifar10-cpu.safetensors"
+    model, meta = vh.load_model(path)
+    record = json.loads((ROOT / meta["record"]).read_text())
+    assert meta["test_acc"] == record["metrics"]["test_acc"] and meta["recipe"] == record["config"]["recipe"]
+    assert "JPEG" in record["dataset"]  # scored on the same copy as the shared one
+    loaders = vh.cifar10_loaders(shared_data, download=False, batch_size=256)
+    test = vh.evaluate(model, loaders.test, "cpu")
+    assert test["n"] == 10_000
+    assert abs(test["acc"] - meta["test_acc"]) <= 2e-4  # at most two images apart (fp32 summation order)
