@@ -139,27 +139,63 @@ def speed_table(records) -> str:
 
 
 def faithfulness_table(records) -> str:
-    """The perturbation test of the explanation methods, from notebook records that hold one."""
+    """The perturbation test of the explanation methods, from notebook records that hold one (MNIST, and
+    CIFAR-10 where the record has it)."""
     lines = []
     for name, rec in records:
-        faith = rec["metrics"].get("faithfulness")
-        if not faith or name.endswith("-smoke.json"):
-            continue
-        cfg = rec["config"]
-        lines += [f"Measured by `VisualizeAttentionMap.ipynb` on {cfg.get('n_faithful', '?')} MNIST test digits, model "
-                  f"{cfg.get('weights') or cfg.get('recipe')} (test accuracy {pct(rec['metrics']['test_acc'])}; "
-                  f"[{name}](results/{name})).\n",
-                  "| method | positive perturbation AUC (lower is better) | negative perturbation AUC (higher is "
-                  "better) | map mass on the strokes |", "|---|---:|---:|---:|"]
-        for method, f in sorted(faith.items(), key=lambda kv: kv[1]["positive_auc"]):
-            lines.append(f"| {method} | {f['positive_auc']:.2f} | {f['negative_auc']:.2f} | "
-                         f"{100 * f['stroke_mass']:.1f} % |")
+        cfg, m = rec["config"], rec["metrics"]
+        for key, what, n_key, weights_key, extra in (
+                ("faithfulness", "MNIST test digits", "n_faithful", "weights", True),
+                ("faithfulness_cifar10", "CIFAR-10 test images", "n_faithful_cifar10", "cifar10_weights", False)):
+            faith = m.get(key)
+            if not faith or name.endswith("-smoke.json"):
+                continue
+            model = cfg.get(weights_key) or cfg.get("recipe")
+            acc = f" (test accuracy {pct(m['test_acc'])})" if key == "faithfulness" else ""
+            lines += ([""] if lines else []) + [
+                f"Measured by `VisualizeAttentionMap.ipynb` on {cfg.get(n_key, '?')} {what}, model {model}{acc}; "
+                f"[{name}](results/{name}).\n",
+                "| method | positive perturbation AUC (lower is better) | negative perturbation AUC (higher is "
+                "better) |" + (" map mass on the strokes |" if extra else ""),
+                "|---|---:|---:|" + ("---:|" if extra else "")]
+            for method, f in sorted(faith.items(), key=lambda kv: kv[1]["positive_auc"]):
+                lines.append(f"| {method} | {f['positive_auc']:.2f} | {f['negative_auc']:.2f} |"
+                             + (f" {100 * f['stroke_mass']:.1f} % |" if extra else ""))
     return "\n".join(lines) if lines else "_No faithfulness record yet._"
+
+
+def inductive_bias_table(records) -> str:
+    """Each variant of InductiveBias.ipynb's same-budget comparison, from its record."""
+    lines = []
+    for name, rec in records:
+        variants = rec["metrics"].get("variants")
+        if not variants:
+            continue
+        cfg, hw = rec["config"], rec["hardware"]
+        where = hw.get("gpu") or f"{hw['cpu']}, {cfg.get('threads', hw.get('torch_threads'))} of {hw['cpu_count']} CPU threads"
+        model = cfg["model"]
+        lines += [f"Measured by `InductiveBias.ipynb` ([{name}](results/{name})): each variant trained from scratch "
+                  f"on the {dataset(rec)} for **{cfg['budget_min']:g} minutes** of wall-clock time on {where}, "
+                  f"recipe `{cfg['recipe']}`'s training settings, ViT dim {model['dim']}, depth {model['depth']}, "
+                  f"heads {model['heads']}, MLP {model['mlp_dim']}, patch {model['patch_size']}; seed {rec['seed']}.\n",
+                  "| variant | prior | test acc | best val acc | epochs (the last one partial) | training img/s | params |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for variant, v in variants.items():
+            prior = _PRIORS.get(variant, "")
+            lines.append(f"| `{variant}` | {prior} | **{pct(v['test_acc'])}** | {pct(v['best_val_acc'])} | "
+                         f"{v['epochs_run']} | {v['train_images_per_s']:.0f} | {v['parameters'] / 1e6:.2f} M |")
+    return "\n".join(lines) if lines else "_No inductive-bias record yet._"
+
+
+_PRIORS = {"vit": "none (linear patch embedding, learned positions)", "conv-stem": "convolutional stem",
+           "spt-lsa": "shifted patch tokenization + locality self-attention", "sincos": "fixed 2-D sin-cos positions",
+           "cnn": "a small CNN instead of a ViT"}
 
 
 def render(text: str, records) -> str:
     for marker, body in (("results", results_table(records)), ("speed", speed_table(records)),
-                         ("faithfulness", faithfulness_table(records))):
+                         ("faithfulness", faithfulness_table(records)),
+                         ("inductive-bias", inductive_bias_table(records))):
         start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
         if start not in text or end not in text:
             raise SystemExit(f"README.md lacks the {start} ... {end} markers")
