@@ -64,7 +64,7 @@ __all__ = [
     "hardware_info", "save_results",
     # plots
     "denormalize", "upsample_masks", "plot_attention_maps", "plot_mask_grid", "plot_history", "plot_images",
-    "plot_patch_grid", "plot_position_similarity", "confusion_matrix", "plot_confusion_matrix",
+    "plot_patch_grid", "position_similarity", "plot_position_similarity", "confusion_matrix", "plot_confusion_matrix",
 ]
 
 
@@ -94,8 +94,10 @@ class ViTConfig:
     fused_attn: bool | None = None
     # Priors for small data sets (the defaults are the paper's ViT, which is what HF computes). stem: "patch"
     # (linear patch embedding), "conv" (Xiao et al. 2021, "Early Convolutions Help Transformers See Better":
-    # stacked stride-2 3x3 convolutions, same token grid) or "spt" (Lee et al. 2021, Shifted Patch
-    # Tokenization: the image and four copies shifted diagonally by half a patch, patchified together).
+    # stacked stride-2 3x3 convolutions, same token grid), "cct" (Hassani et al. 2021, Compact Convolutional
+    # Transformers: stride-1 3x3 convolutions, each followed by a stride-2 max-pool, same token grid) or "spt"
+    # (Lee et al. 2021, Shifted Patch Tokenization: the image and four copies shifted diagonally by half a
+    # patch, patchified together).
     stem: str = "patch"
     # Locality Self-Attention (Lee et al. 2021): a learned softmax temperature and no attention to oneself.
     lsa: bool = False
@@ -123,9 +125,9 @@ class ViTConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {p}.")
         if self.layer_norm_eps <= 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}.")
-        if self.stem not in ("patch", "conv", "spt"):
-            raise ValueError(f"stem must be 'patch' (linear patch embedding), 'conv' (convolutional stem) or 'spt' "
-                             f"(shifted patch tokenization), got {self.stem!r}.")
+        if self.stem not in ("patch", "conv", "cct", "spt"):
+            raise ValueError(f"stem must be 'patch' (linear patch embedding), 'conv' (convolutional stem), 'cct' "
+                             f"(convolutional tokenizer) or 'spt' (shifted patch tokenization), got {self.stem!r}.")
         if self.pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}.")
         if self.pos_embed == "sincos" and self.dim % 4:
@@ -135,9 +137,9 @@ class ViTConfig:
             raise TypeError(f"lsa must be True or False, got {self.lsa!r}.")
         if self.stem == "spt" and self.patch_size < 2:
             raise ValueError("stem='spt' shifts by half a patch, so patch_size must be >= 2.")
-        if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
-            raise ValueError(f"stem='conv' downsamples by 2 per convolution, so patch_size must be a power of 2 "
-                             f">= 2, got {self.patch_size}; use patch_size 2, 4, 8 or 16, or stem='patch'.")
+        if self.stem in ("conv", "cct") and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ValueError(f"stem={self.stem!r} downsamples by 2 per convolution, so patch_size must be a power "
+                             f"of 2 >= 2, got {self.patch_size}; use patch_size 2, 4, 8 or 16, or stem='patch'.")
         if self.fused_attn not in (None, True, False):
             raise TypeError(f"fused_attn must be None (pick per device and dtype), True (SDPA) or False (explicit), "
                             f"got {self.fused_attn!r}.")
@@ -189,20 +191,30 @@ def use_fused_attention(fused_attn: bool | None, q: torch.Tensor) -> bool:
 
 
 class ConvStem(nn.Module):
-    """Convolutional stem (Xiao et al. 2021): log2(P) stride-2 3x3 convolutions with BatchNorm and ReLU, widths
-    doubling up to ``dim``, then a 1x1 convolution to ``dim``. It yields the same (H/P) x (W/P) token grid as
-    :class:`PatchEmbedding`, but with overlapping receptive fields: a locality prior that a linear patch
-    embedding lacks, which helps a ViT most on small data sets.
+    """Convolutional stem: log2(P) 3x3 convolutions with BatchNorm and ReLU, widths doubling up to ``dim``, then
+    a 1x1 convolution to ``dim``. It yields the same (H/P) x (W/P) token grid as :class:`PatchEmbedding`, but
+    with overlapping receptive fields: a locality prior that a linear patch embedding lacks, which helps a ViT
+    most on small data sets. Two ways to halve the resolution per convolution:
+
+    - ``stem="conv"`` (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"): stride-2
+      convolutions, cheap (each runs at the output resolution);
+    - ``stem="cct"`` (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact Transformers"):
+      stride-1 convolutions, each followed by a 3x3 stride-2 max-pool, as in CCT's tokenizer. Each convolution
+      sees every pixel at its input resolution (4x the multiply-adds), and the pooling adds a little
+      translation invariance: closer to a small CNN.
     """
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        n = cfg.patch_size.bit_length() - 1  # stride-2 convolutions: 2**n = patch_size
+        n = cfg.patch_size.bit_length() - 1  # halvings: 2**n = patch_size
         widths = [max(16, cfg.dim // 2 ** (n - 1 - i)) for i in range(n)]
+        pool = cfg.stem == "cct"
         layers, c_in = [], cfg.in_channels
         for c_out in widths:
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                       nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if pool else 2, padding=1, bias=False),
+                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            if pool:
+                layers.append(nn.MaxPool2d(3, stride=2, padding=1))
             c_in = c_out
         layers.append(nn.Conv2d(c_in, cfg.dim, kernel_size=1))
         self.proj = nn.Sequential(*layers)
@@ -268,6 +280,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         # LSA: the softmax temperature is learned (as a log, starting at the usual 1/sqrt(d)).
         self.log_scale = nn.Parameter(torch.tensor(math.log(self.scale))) if cfg.lsa else None
+        # LSA's diagonal mask, built once (True = may attend); not saved: it follows from the config.
+        self.register_buffer("lsa_mask", ~torch.eye(cfg.num_tokens, dtype=torch.bool) if cfg.lsa else None,
+                             persistent=False)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -278,7 +293,7 @@ class Attention(nn.Module):
         attn, mask = None, None
         if self.log_scale is not None:  # LSA: learned temperature; a token may not attend to itself
             q = q * (self.log_scale.exp() / self.scale)  # so that the usual scaling gives exp(log_scale)
-            mask = ~torch.eye(T, dtype=torch.bool, device=x.device)  # (T, T), True = may attend
+            mask = self.lsa_mask if self.lsa_mask.shape[0] == T else ~torch.eye(T, dtype=torch.bool, device=x.device)
         if not return_attention and use_fused_attention(self.fused_attn, q):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, h, T, d)
         else:
@@ -351,7 +366,7 @@ class VisionTransformer(nn.Module):
                         layer_norm_eps=layer_norm_eps, fused_attn=fused_attn, stem=stem, lsa=lsa,
                         pos_embed=pos_embed)
         self.config = cfg
-        stems = {"patch": PatchEmbedding, "conv": ConvStem, "spt": ShiftedPatchTokenizer}
+        stems = {"patch": PatchEmbedding, "conv": ConvStem, "cct": ConvStem, "spt": ShiftedPatchTokenizer}
         self.patch_embed = stems[cfg.stem](cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         # A parameter either way (same state dict, HF-convertible); fixed sin-cos ones are not trained.
@@ -1847,8 +1862,14 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     runner = torch.compile(model) if compiled else model  # shares the parameters with model
     opt = make_opt(model)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # fp16 gradients underflow
-    n_warmup = warmup_steps if warmup_steps is not None else int(warmup_fraction * total_steps)
-    sched = warmup_cosine_schedule(opt, min(n_warmup, total_steps), total_steps)
+    # The schedule and the progress bar follow the planned number of steps (re-planned once on a budget).
+    def warmup_for(total: int) -> int:
+        return min(total, warmup_steps if warmup_steps is not None else int(warmup_fraction * total))
+
+    def bar_total(total: int, n_epochs: int) -> int:  # batches, counting accumulated ones
+        return min(n_epochs * batches_per_epoch, total * accumulation_steps)
+
+    sched = warmup_cosine_schedule(opt, warmup_for(total_steps), total_steps)
     hist = History(total_steps=total_steps, precision=precision, attention=_attention_path(model, device, precision, compiled),
                    compiled=compiled, device=str(device))
     if verbose:
@@ -1858,8 +1879,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     best_state, step, images, train_s = None, 0, 0, 0.0
     replan_from = min(20, batches_per_epoch // 2)  # steps after compilation and warm-up, timed to re-plan the budget
     # One bar over the whole run, so that its remaining time is the run's (validation not included).
-    bar = tqdm(total=min(epochs * batches_per_epoch, total_steps * accumulation_steps), unit="batch",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=bar_total(total_steps, epochs), unit="batch", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         runner.train()
@@ -1932,10 +1952,11 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
             if abs(new_total - total_steps) > 0.02 * total_steps:
                 total_steps = new_total
                 epochs = math.ceil(total_steps / steps_per_epoch)
-                n_warmup = warmup_steps if warmup_steps is not None else int(warmup_fraction * total_steps)
-                sched.lr_lambdas = [_warmup_cosine_factor(min(n_warmup, total_steps), total_steps)] * len(opt.param_groups)
+                sched.lr_lambdas = [_warmup_cosine_factor(warmup_for(total_steps), total_steps)] * len(opt.param_groups)
+                for group, base_lr, factor in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                    group["lr"] = base_lr * factor(sched.last_epoch)  # the next step already follows the new plan
                 hist.total_steps = total_steps
-                bar.total = min(epochs * batches_per_epoch, total_steps * accumulation_steps)
+                bar.total = bar_total(total_steps, epochs)
                 bar.refresh()
                 if verbose:
                     tqdm.write(f"fit: re-planned to {total_steps} optimizer steps ({epochs} epochs) to fit the "
@@ -2322,13 +2343,20 @@ def plot_patch_grid(image: torch.Tensor, patch_size: int, *, mean: Sequence[floa
     return _finish(fig, save_path, tight=False)  # the patch panel has its own grid spec
 
 
+def position_similarity(model: VisionTransformer) -> torch.Tensor:
+    """Cosine similarity of every patch's position embedding with every other's, ``(g, g, g, g)``:
+    ``[r, c]`` is the ``(g, g)`` map of patch (r, c)'s similarity to each patch (ViT paper, Fig. 7)."""
+    g = model.config.grid_size
+    pos = F.normalize(model.pos_embed.detach().float().cpu()[0, 1:], dim=-1)  # (N, D), CLS dropped
+    return (pos @ pos.T).reshape(g, g, g, g)  # (N, N) -> [row, col] of the query patch, then its map
+
+
 def plot_position_similarity(model: VisionTransformer, save_path: str | Path | None = None):
-    """Cosine similarity of each patch's learned position embedding with all others (ViT paper, Fig. 7)."""
+    """Cosine similarity of each patch's position embedding with all others (ViT paper, Fig. 7)."""
     import matplotlib.pyplot as plt
 
     g = model.config.grid_size
-    pos = F.normalize(model.pos_embed.detach().float().cpu()[0, 1:], dim=-1)  # (N, D), CLS dropped
-    sim = (pos @ pos.T).reshape(g, g, g, g)  # [row, col] -> similarity map (g, g)
+    sim = position_similarity(model)
     fig, axes = plt.subplots(g, g, figsize=(min(12, 1.0 * g + 2), min(12, 1.0 * g + 2)), squeeze=False)
     for r in range(g):
         for c in range(g):

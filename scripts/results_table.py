@@ -187,7 +187,8 @@ def inductive_bias_table(records) -> str:
     return "\n".join(lines) if lines else "_No inductive-bias record yet._"
 
 
-_PRIORS = {"vit": "none (linear patch embedding, learned positions)", "conv-stem": "convolutional stem",
+_PRIORS = {"vit": "none (linear patch embedding, learned positions)", "conv-stem": "convolutional stem (stride-2 convolutions)",
+           "cct-stem": "CCT tokenizer (convolutions + max-pool)",
            "spt-lsa": "shifted patch tokenization + locality self-attention", "sincos": "fixed 2-D sin-cos positions",
            "cnn": "a small CNN instead of a ViT"}
 

@@ -1,5 +1,5 @@
-"""The inductive-bias options of ViTConfig: shifted patch tokenization, locality self-attention, sin-cos position
-embeddings (and the convolutional stem in test_model.py). Defaults stay the paper's ViT (tests/test_hf.py)."""
+"""The inductive-bias options of ViTConfig: shifted patch tokenization, the CCT tokenizer, locality self-attention,
+sin-cos position embeddings (and the stride-2 convolutional stem in test_model.py). Defaults stay the paper's ViT (tests/test_hf.py)."""
 import math
 
 import pytest
@@ -39,6 +39,27 @@ def test_shifted_patch_tokens_see_half_a_patch_around_their_patch():
     assert (plain(y) - plain(x)).abs().amax(-1)[0].nonzero().flatten().tolist() == [1]
 
 
+def test_cct_tokenizer_pools_to_the_patch_grid_and_sees_13_pixels_around():
+    model = make(stem="cct", image_size=32)
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    pools = [m for m in model.patch_embed.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert [c.stride for c in convs] == [(1, 1), (1, 1), (1, 1)] and len(pools) == 2  # log2(4) conv+pool, 1x1
+    x = torch.randn(1, 3, 32, 32, requires_grad=True)
+    tokens = model.patch_embed(x)
+    assert tokens.shape == (1, 64, 32)  # the 8x8 grid of a patch-4 ViT
+    # Token (3, 4) sees pixels 4i-6 .. 4i+6 per axis (conv 3 -> pool 3/2 -> conv 3 -> pool 3/2): 13 x 13.
+    tokens[0, 3 * 8 + 4].sum().backward()
+    rows, cols = x.grad[0].abs().sum(0).nonzero().unbind(1)
+    assert rows.min() >= 6 and rows.max() <= 18 and cols.min() >= 10 and cols.max() <= 22
+    assert rows.min() < 12 and rows.max() > 15  # reaches beyond its own 4x4 patch (rows 12..15)
+    # Same token grid, so rollout and the HF-free parts work unchanged; HF cannot express it.
+    _, attentions = model(torch.randn(2, 3, 32, 32), return_attentions=True)
+    assert attentions[0].shape == (2, 4, 65, 65)
+    pytest.importorskip("transformers")
+    with pytest.raises(ValueError, match="stem='cct' cannot be converted"):
+        vh.to_hf(model)
+
+
 def test_locality_self_attention_masks_the_diagonal_and_learns_its_temperature():
     model = make(lsa=True)
     attn = model.blocks[0].attn
@@ -49,6 +70,7 @@ def test_locality_self_attention_masks_the_diagonal_and_learns_its_temperature()
         assert torch.all(a.diagonal(dim1=-2, dim2=-1) == 0)  # no token attends to itself
         torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]))
     assert (model(x) - logits).abs().max().item() < 1e-5  # the SDPA path (boolean mask) agrees
+    assert "lsa_mask" not in model.state_dict()  # built from the config, not saved
     logits.sum().backward()
     assert attn.log_scale.grad is not None and attn.log_scale.grad.abs().item() > 0
 
@@ -75,9 +97,14 @@ def test_sincos_position_embeddings_are_fixed_and_follow_the_formula():
     assert not model.pos_embed.requires_grad
     torch.testing.assert_close(model.pos_embed, vh.sincos_position_embedding(4, 32))
     assert vh.count_parameters(model) == vh.count_parameters(make()) - 17 * 32
-    # Neighbouring positions are more alike than distant ones.
-    pos = torch.nn.functional.normalize(model.pos_embed[0, 1:], dim=-1)
-    assert pos[0] @ pos[1] > pos[0] @ pos[3] and pos[0] @ pos[4] > pos[0] @ pos[12]
+    # Neighbouring positions are more alike than distant ones; position_similarity is the cosine per pair.
+    sim = vh.position_similarity(model)
+    assert sim.shape == (4, 4, 4, 4)
+    torch.testing.assert_close(sim[1, 2, 1, 2], torch.tensor(1.0))  # each patch with itself
+    torch.testing.assert_close(sim, sim.permute(2, 3, 0, 1))  # symmetric
+    pos = torch.nn.functional.normalize(model.pos_embed[0, 1:].detach(), dim=-1)
+    torch.testing.assert_close(sim[0, 1, 3, 2], pos[1] @ pos[14])  # patch (0, 1) is token 1, (3, 2) is 14
+    assert sim[0, 0, 0, 1] > sim[0, 0, 0, 3] and sim[0, 0, 1, 0] > sim[0, 0, 3, 0]
 
 
 def test_fit_leaves_fixed_position_embeddings_unchanged():
@@ -89,7 +116,7 @@ def test_fit_leaves_fixed_position_embeddings_unchanged():
     assert not torch.equal(model.cls_token.detach(), torch.zeros_like(model.cls_token))
 
 
-@pytest.mark.parametrize("overrides", [dict(stem="spt"), dict(lsa=True), dict(pos_embed="sincos"),
+@pytest.mark.parametrize("overrides", [dict(stem="spt"), dict(stem="cct"), dict(lsa=True), dict(pos_embed="sincos"),
                                        dict(stem="spt", lsa=True, pos_embed="sincos")])
 def test_sdpa_and_explicit_paths_agree_with_every_prior(overrides):
     fused = make(**overrides, fused_attn=True)
@@ -102,13 +129,15 @@ def test_sdpa_and_explicit_paths_agree_with_every_prior(overrides):
 def test_save_and_load_keep_the_priors(tmp_path):
     model = make(stem="spt", lsa=True, pos_embed="sincos")
     loaded, _ = vh.load_model(vh.save_model(model, tmp_path / "m.safetensors"))
+    assert torch.equal(loaded.blocks[0].attn.lsa_mask, model.blocks[0].attn.lsa_mask)
     assert loaded.config == model.config and not loaded.pos_embed.requires_grad
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(loaded(x), model(x))
 
 
 @pytest.mark.parametrize("overrides, error, message", [
-    (dict(stem="shifted"), ValueError, "stem must be 'patch'.*'spt'"),
+    (dict(stem="shifted"), ValueError, "stem must be 'patch'.*'cct'.*'spt'"),
+    (dict(stem="cct", patch_size=3, image_size=15), ValueError, "stem='cct' downsamples by 2"),
     (dict(pos_embed="rope"), ValueError, "pos_embed must be 'learned' or 'sincos'"),
     (dict(pos_embed="sincos", dim=30, heads=3), ValueError, "multiple of 4, got 30"),
     (dict(lsa=1), TypeError, "lsa must be True or False"),

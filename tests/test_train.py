@@ -135,6 +135,10 @@ def test_time_budget_is_replanned_at_the_measured_pace():
     assert hist.wall_time_s < 1.5 * budget
     assert len(hist.lr) == hist.total_steps and hist.total_steps >= 32
     assert hist.lr[-1] < 0.05 * max(hist.lr)  # the cosine still decays to (near) zero at the new end
+    # From epoch 2 on, the LR is the warmup-cosine of the new plan (warmup 20 % of the new total, default lr).
+    T = hist.total_steps
+    factor = vh._warmup_cosine_factor(int(0.2 * T), T)
+    torch.testing.assert_close(torch.tensor(hist.lr[32:]), torch.tensor([1e-3 * factor(i) for i in range(32, T)]))
 
 
 def test_fit_trains_hf_models():
