@@ -1881,7 +1881,9 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     # One bar over the whole run, so that its remaining time is the run's (validation not included).
     bar = tqdm(total=bar_total(total_steps, epochs), unit="batch", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    epoch = 0
+    while epoch < epochs:  # not a range: the re-plan after epoch 1 may add epochs
+        epoch += 1
         runner.train()
         t0, seen = time.perf_counter(), 0
         loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no sync per step on GPUs

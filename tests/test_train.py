@@ -141,6 +141,30 @@ def test_time_budget_is_replanned_at_the_measured_pace():
     torch.testing.assert_close(torch.tensor(hist.lr[32:]), torch.tensor([1e-3 * factor(i) for i in range(32, T)]))
 
 
+class SpeedsUpLoader(SlowsDownLoader):
+    """The opposite: the first 12 batches (the timing probe's) cost 20 ms each, later ones nothing extra, so the
+    first plan is far too short and the re-plan must add epochs."""
+
+    def __iter__(self):
+        import time
+
+        for batch in self.batches:
+            self.served += 1
+            if self.served <= 12:
+                time.sleep(0.02)
+            yield batch
+
+
+def test_replanning_to_more_steps_runs_them_all():
+    vh.set_seed(0)
+    hist = vh.fit(tiny_vit(), SpeedsUpLoader(), epochs=1000, time_budget_s=1.5, device="cpu", compile=False,
+                  progress=False, verbose=False)
+    assert len(hist.epoch) > 3  # the probe's pace (~20 ms/batch) planned ~2 epochs of 32 batches
+    # Every planned step ran and the cosine reached its end (an earlier fit kept the first plan's epoch count,
+    # so a longer re-plan stopped with the learning rate still high).
+    assert len(hist.lr) == hist.total_steps and hist.lr[-1] < 0.01 * max(hist.lr)
+
+
 def test_fit_trains_hf_models():
     transformers = pytest.importorskip("transformers")
     hf = vh.to_hf(tiny_vit(), attn_implementation="sdpa")
