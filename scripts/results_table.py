@@ -57,6 +57,8 @@ def budget(rec: dict) -> str:
         parts.append(f"{m['optimizer_steps']:,} steps")
     if cfg.get("budget_min"):
         parts.append(f"budget {cfg['budget_min']:g} min")
+    if cfg.get("init_from"):
+        parts.append(f"started from `{cfg['init_from']}` (LR {cfg['fit']['lr']:g}, no warmup)")
     return ", ".join(parts)
 
 
@@ -152,6 +154,10 @@ def faithfulness_table(records) -> str:
                 continue
             model = cfg.get(weights_key) or cfg.get("recipe")
             acc = f" (test accuracy {pct(m['test_acc'])})" if key == "faithfulness" else ""
+            if key == "faithfulness" and "seconds_to_first_maps" in m:
+                hw = rec["hardware"]
+                where = hw.get("gpu") or f"{hw['cpu']}, {hw.get('torch_threads', '?')} CPU threads"
+                acc += f"; its first heat maps appeared {m['seconds_to_first_maps']:.0f} s after the set-up cell ({where})"
             lines += ([""] if lines else []) + [
                 f"Measured by `VisualizeAttentionMap.ipynb` on {cfg.get(n_key, '?')} {what}, model {model}{acc}; "
                 f"[{name}](results/{name}).\n",

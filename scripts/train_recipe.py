@@ -30,6 +30,12 @@ def main() -> None:
     ap.add_argument("--notes", default="", help="written to the record (e.g. what else ran on the machine)")
     ap.add_argument("--budget-min", type=float, default=None, help="wall-clock budget; the schedule is fitted to it")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
+    ap.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
+    ap.add_argument("--warmup-fraction", type=float, default=None, help="override the recipe's warmup fraction")
+    ap.add_argument("--init-from", default=None,
+                    help="start from the weights of a checkpoint written by this script (same model config), "
+                         "e.g. to finish a schedule cut short: --init-from checkpoints/X.safetensors --lr <LR where "
+                         "it stopped> --warmup-fraction 0 --epochs <epochs left>")
     ap.add_argument("--val-size", type=int, default=5000, help="images held out of the training split")
     ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset (smoke runs)")
     ap.add_argument("--tag", default="cpu", help="suffix of the output files")
@@ -44,12 +50,22 @@ def main() -> None:
     recipe = vh.get_recipe(args.recipe)
     if args.epochs:
         recipe["fit"]["epochs"] = args.epochs
+    if args.lr is not None:
+        recipe["fit"]["lr"] = args.lr
+    if args.warmup_fraction is not None:
+        recipe["fit"]["warmup_fraction"] = args.warmup_fraction
     device = vh.get_device(args.device)
     dataset_name = args.recipe.split("-")[0]
     loader_fn = vh.mnist_loaders if dataset_name == "mnist" else vh.cifar10_loaders
     loaders = loader_fn(args.data_root, seed=args.seed, val_size=args.val_size, train_limit=args.train_limit,
                         **recipe["data"])
     model = vh.VisionTransformer(**recipe["model"])
+    if args.init_from:
+        start_model, _ = vh.load_model(args.init_from)
+        if start_model.config != model.config:
+            raise SystemExit(f"--init-from {args.init_from} holds a model with config {start_model.config}, but recipe "
+                             f"{args.recipe} builds {model.config}; pass a checkpoint of the same recipe.")
+        model.load_state_dict(start_model.state_dict())
     budget_s = args.budget_min * 60 if args.budget_min else None
     start = time.perf_counter()
     hist = vh.fit(model, loaders.train, loaders.val, device=device, time_budget_s=budget_s,
@@ -64,7 +80,8 @@ def main() -> None:
                "parameters": vh.count_parameters(model)}
     chosen = {"precision": hist.precision, "attention": hist.attention, "compiled": hist.compiled}
     config = {"recipe": args.recipe, **recipe, "budget_min": args.budget_min, "threads": torch.get_num_threads(),
-              "train_limit": args.train_limit, "val_size": len(loaders.val.dataset), **chosen}
+              "train_limit": args.train_limit, "val_size": len(loaders.val.dataset), "init_from": args.init_from,
+              **chosen}
     path = vh.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
                            dataset=loaders.train.dataset.source, wall_time_s=wall, device=device,
                            history=hist.to_dict() | {"lr": hist.lr[:: max(1, len(hist.lr) // 200)]},
