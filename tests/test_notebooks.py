@@ -92,6 +92,7 @@ def test_visualize_attention_notebook(env):
     faith = record["metrics"]["faithfulness"]
     assert set(faith) == set(vh.EXPLAINERS) and record["config"]["weights"] == "weights/mnist-fast.safetensors"
     assert all(len(f["positive_accuracy"]) == 10 and 0 <= f["stroke_mass"] <= 1 for f in faith.values())
+    assert 0 < record["metrics"]["seconds_to_first_maps"] < record["wall_time_s"]
     if (ROOT / "weights" / "cifar10-cpu.safetensors").is_file():  # the same test on the shipped CIFAR-10 model
         cifar = record["metrics"]["faithfulness_cifar10"]
         assert set(cifar) == set(vh.EXPLAINERS) and record["config"]["n_faithful_cifar10"] == 100
