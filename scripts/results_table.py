@@ -58,7 +58,9 @@ def budget(rec: dict) -> str:
     if cfg.get("budget_min"):
         parts.append(f"budget {cfg['budget_min']:g} min")
     if cfg.get("init_from"):
-        parts.append(f"started from `{cfg['init_from']}` (LR {cfg['fit']['lr']:g}, no warmup)")
+        warmup = cfg["fit"].get("warmup_fraction", 0)
+        parts.append(f"started from `{cfg['init_from']}` (LR {cfg['fit']['lr']:g}, "
+                     + (f"warmup {warmup:.0%})" if warmup else "no warmup)"))
     return ", ".join(parts)
 
 
@@ -155,9 +157,8 @@ def faithfulness_table(records) -> str:
             model = cfg.get(weights_key) or cfg.get("recipe")
             acc = f" (test accuracy {pct(m['test_acc'])})" if key == "faithfulness" else ""
             if key == "faithfulness" and "seconds_to_first_maps" in m:
-                hw = rec["hardware"]
-                where = hw.get("gpu") or f"{hw['cpu']}, {hw.get('torch_threads', '?')} CPU threads"
-                acc += f"; its first heat maps appeared {m['seconds_to_first_maps']:.0f} s after the set-up cell ({where})"
+                acc += (f"; its first heat maps appeared {m['seconds_to_first_maps']:.0f} s after the set-up cell "
+                        f"({hardware(rec)})")
             lines += ([""] if lines else []) + [
                 f"Measured by `VisualizeAttentionMap.ipynb` on {cfg.get(n_key, '?')} {what}, model {model}{acc}; "
                 f"[{name}](results/{name}).\n",
@@ -177,8 +178,7 @@ def inductive_bias_table(records) -> str:
         variants = rec["metrics"].get("variants")
         if not variants:
             continue
-        cfg, hw = rec["config"], rec["hardware"]
-        where = hw.get("gpu") or f"{hw['cpu']}, {cfg.get('threads', hw.get('torch_threads'))} of {hw['cpu_count']} CPU threads"
+        cfg, where = rec["config"], hardware(rec)
         model = cfg["model"]
         lines += [f"Measured by `InductiveBias.ipynb` ([{name}](results/{name})): each variant trained from scratch "
                   f"on the {dataset(rec)} for **{cfg['budget_min']:g} minutes** of wall-clock time on {where}, "
