@@ -32,6 +32,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import vit_helpers as vh  # noqa: E402
+from vitkit import runtime, train, records  # noqa: E402
 
 CONFIG = dict(image_size=32, patch_size=4, in_channels=3, num_classes=10, dim=128, depth=6, heads=4, mlp_dim=512)
 QUICK = dict(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=2, heads=2, mlp_dim=64)
@@ -116,8 +117,8 @@ def time_steps(model, opt, x, y, steps, device, precision) -> float:
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        with vh._autocast(device, precision):
-            loss = F.cross_entropy(vh._logits(model, x).float(), y)
+        with runtime.autocast(device, precision):
+            loss = F.cross_entropy(train.model_logits(model, x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -142,21 +143,41 @@ def bench_precision(cfg, device, precision, batch, steps, rounds, fit_default, c
     return {k: batch * steps / statistics.median(v) for k, v in times.items()}, warmup_s
 
 
+def rollout_unchecked(attentions):
+    """The maths of vh.attention_rollout (mean fusion) as a plain loop without any input check: the floor that the
+    checked version's overhead is measured against."""
+    B, _, T, _ = attentions[0].shape
+    eye = torch.eye(T, device=attentions[0].device)
+    result = eye.expand(B, T, T)
+    for attn in attentions:
+        a = attn.mean(dim=1) + eye
+        result = (a / a.sum(dim=-1, keepdim=True)) @ result
+    side = int((T - 1) ** 0.5)
+    return result[:, 0, 1:].reshape(B, side, side)
+
+
 def bench_rollout(device, repeats=50):
+    """Milliseconds per call (median), ViT-B/16-sized maps: checked rollout (mean; max + discard 0.9) and the
+    unchecked loop, interleaved; plus the checks' overhead in %."""
     torch.manual_seed(0)
     attentions = tuple(torch.rand(1, 12, 197, 197, device=device).softmax(-1) for _ in range(12))  # ViT-B/16
+    torch.testing.assert_close(vh.attention_rollout(attentions), rollout_unchecked(attentions))
+    calls = {"mean": lambda: vh.attention_rollout(attentions),
+             "max, discard 0.9": lambda: vh.attention_rollout(attentions, head_fusion="max", discard_ratio=0.9),
+             "mean, no checks": lambda: rollout_unchecked(attentions)}
+    times = {name: [] for name in calls}
     for _ in range(3):
-        vh.attention_rollout(attentions)
-    out = {}
-    for name, kwargs in (("mean", {}), ("max, discard 0.9", dict(head_fusion="max", discard_ratio=0.9))):
-        ts = []
-        for _ in range(repeats):
+        for call in calls.values():
+            call()
+    for _ in range(repeats):
+        for name, call in calls.items():
             sync(device)
             t0 = time.perf_counter()
-            vh.attention_rollout(attentions, **kwargs)
+            call()
             sync(device)
-            ts.append(time.perf_counter() - t0)
-        out[name] = 1000 * statistics.median(ts)  # ms
+            times[name].append(time.perf_counter() - t0)
+    out = {name: 1000 * statistics.median(ts) for name, ts in times.items()}  # ms
+    out["check_overhead_pct"] = 100 * (out["mean"] / out["mean, no checks"] - 1)
     return out
 
 
@@ -173,7 +194,7 @@ def main():
     args = ap.parse_args()
     if args.out is None:
         tag = (torch.cuda.get_device_name().lower().replace(" ", "-") if torch.cuda.is_available()
-               else "cpu-bf16" if vh.cpu_has_native_bf16() else "cpu-fp32")
+               else "cpu-bf16" if runtime.cpu_has_native_bf16() else "cpu-fp32")
         args.out = str(ROOT / "results" / f"bench-{tag}.json")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,12 +213,12 @@ def main():
           f"training image; torch threads {torch.get_num_threads()}")
     all_ips = {}
     for device in devices:
-        auto = vh.resolve_precision(device)
+        auto = runtime.resolve_precision(device)
         long_run = 10_000  # fit's compile="auto" decides for a long run
-        fit_default = (auto, compile_models and vh._resolve_compile("auto", device, auto, long_run))
+        fit_default = (auto, compile_models and runtime.resolve_compile("auto", device, auto, long_run))
         results["fit_default"][device.type] = {"precision": auto, "compiled": fit_default[1]}
         precisions = ["fp32"]
-        if device.type == "cuda" or vh.cpu_has_native_bf16() or args.bf16:
+        if device.type == "cuda" or runtime.cpu_has_native_bf16() or args.bf16:
             precisions.append("bf16")
         else:
             results["skipped"].append("cpu-bf16: no native bf16 on this CPU (emulated bf16 matmuls are far "
@@ -219,7 +240,7 @@ def main():
         peer = max(((k, v) for k, v in all_ips.items() if k[0].startswith(device.type)
                     and not k[1].startswith("ours")), key=lambda kv: kv[1])
         results["fastest_peer"] = results.get("fastest_peer", {}) | {device.type: {"config": f"{peer[0][0]} {peer[0][1]}",
-                                                                                "images_per_s": peer[1]}}
+                                                                                   "images_per_s": peer[1]}}
         print(f"\n[{device.type}] training images/s, median of {rounds} interleaved rounds; "
               f"fastest peer: {peer[0][1]} ({peer[0][0]}) {peer[1]:.1f} img/s")
         print(f"  {'variant':32s} {'img/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'vs peer':>8s}")
@@ -239,10 +260,13 @@ def main():
                   f"{fit_default[0]} matmul peak")
         results["rollout_ms"][device.type] = bench_rollout(device)
         print(f"\n[{device.type}] attention_rollout, 12 layers x 12 heads x 197 tokens, batch 1: "
-              + ", ".join(f"{k}: {v:.2f} ms" for k, v in results["rollout_ms"][device.type].items()))
-    vh.save_results(args.out, metrics=results, config={**cfg, "batch": args.batch, "steps": steps,
-                    "rounds": rounds, "compile": compile_models, "threads": torch.get_num_threads()},
-                    seed=0, dataset="random tensors", wall_time_s=time.perf_counter() - start, device=devices[-1])
+              + ", ".join(f"{k}: {v:.2f} ms" for k, v in results["rollout_ms"][device.type].items()
+                          if k != "check_overhead_pct")
+              + f"; input checks add {results['rollout_ms'][device.type]['check_overhead_pct']:.0f} %")
+    config = {**cfg, "batch": args.batch, "steps": steps, "rounds": rounds, "compile": compile_models,
+              "threads": torch.get_num_threads()}
+    records.save_results(args.out, metrics=results, config=config, seed=0, dataset="random tensors",
+                         wall_time_s=time.perf_counter() - start, device=devices[-1])
     print(f"\nwrote {args.out}")
 
 

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 import vit_helpers as vh  # noqa: E402
+from vitkit import data, runtime, train, recipes, records  # noqa: E402
 
 PARTS = ("bench", "strong", "finetune", "loader", "notebooks")
 
@@ -46,16 +47,16 @@ def part_bench(args, device) -> dict:
 
 
 def part_strong(args, device) -> dict:
-    recipe = vh.get_recipe("cifar10-strong")
+    recipe = recipes.get_recipe("cifar10-strong")
     epochs = 1 if args.small else args.strong_epochs
     limit = 512 if args.small else None
-    loaders = vh.cifar10_loaders(args.data_root, val_size=256 if args.small else 5000, train_limit=limit,
-                                 **recipe["data"])
-    vh.set_seed(0)
+    loaders = data.cifar10_loaders(args.data_root, val_size=256 if args.small else 5000, train_limit=limit,
+                                   **recipe["data"])
+    runtime.set_seed(0)
     model = vh.VisionTransformer(**recipe["model"])
     # The full recipe's schedule, cut after `epochs`: the curve is comparable with the full run's start.
     fit_args = recipe["fit"] | {"max_steps": epochs * len(loaders.train)}
-    hist = vh.fit(model, loaders.train, loaders.val, device=device, progress=False, **fit_args)
+    hist = train.fit(model, loaders.train, loaders.val, device=device, progress=False, **fit_args)
     return {"epochs": epochs, "planned_epochs": recipe["fit"]["epochs"], "val_acc": hist.val_acc,
             "train_loss": hist.train_loss, "train_images_per_s": hist.train_images_per_s,
             "precision": hist.precision, "compiled": hist.compiled, "wall_time_s": hist.wall_time_s}
@@ -63,12 +64,12 @@ def part_strong(args, device) -> dict:
 
 def part_finetune(args, device) -> dict:
     """The fine-tuning recipe's training step (SGD, accumulation 8, clipping) on a random ViT-B/16 at 224 px."""
-    ft = vh.finetune_recipe(500)
+    ft = recipes.finetune_recipe(500)
     size, patch, width = (64, 16, 64) if args.small else (224, 16, 768)
     depth, heads = (2, 2) if args.small else (12, 12)
-    loaders = vh.cifar10_loaders(args.data_root, batch_size=8 if args.small else ft["data"]["batch_size"],
-                                 val_size=64, augment="crop_flip", resize=size,
-                                 train_limit=128 if args.small else 8 * 64 * args.finetune_steps)
+    loaders = data.cifar10_loaders(args.data_root, batch_size=8 if args.small else ft["data"]["batch_size"],
+                                   val_size=64, augment="crop_flip", resize=size,
+                                   train_limit=128 if args.small else 8 * 64 * args.finetune_steps)
     model = vh.to_hf(vh.VisionTransformer(image_size=size, patch_size=patch, in_channels=3, num_classes=10,
                                           dim=width, depth=depth, heads=heads, mlp_dim=4 * width),
                      attn_implementation="sdpa")
@@ -77,7 +78,7 @@ def part_finetune(args, device) -> dict:
                             "accumulation_steps": 2 if args.small else 8}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    hist = vh.fit(model, loaders.train, None, device=device, progress=False, verbose=False, **fit_args)
+    hist = train.fit(model, loaders.train, None, device=device, progress=False, verbose=False, **fit_args)
     out = {"image_size": size, "width": width, "depth": depth, "parameters": vh.count_parameters(model),
            "optimizer_steps": hist.total_steps, "batch": fit_args["accumulation_steps"] * loaders.train.batch_size,
            "optimizer_steps_per_s": hist.total_steps / hist.wall_time_s, "images_per_s": hist.train_images_per_s,
@@ -88,8 +89,8 @@ def part_finetune(args, device) -> dict:
 
 
 def part_loader(args, device, train_images_per_s: float | None) -> dict:
-    recipe = vh.get_recipe("cifar10-strong")
-    loaders = vh.cifar10_loaders(args.data_root, val_size=256 if args.small else 5000, **recipe["data"])
+    recipe = recipes.get_recipe("cifar10-strong")
+    loaders = data.cifar10_loaders(args.data_root, val_size=256 if args.small else 5000, **recipe["data"])
     batches = 5 if args.small else 200
     it = iter(loaders.train)
     next(it)  # worker start-up
@@ -117,7 +118,7 @@ def part_notebooks(args, device) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-root", default=vh.default_data_root())
+    ap.add_argument("--data-root", default=data.default_data_root())
     ap.add_argument("--small", action="store_true", help="scaled down (CPU, CI): seconds, not minutes")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     ap.add_argument("--strong-epochs", type=int, default=15)
@@ -130,7 +131,7 @@ def main() -> int:
     unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
-    device = vh.get_device(args.device)
+    device = runtime.get_device(args.device)
     name = torch.cuda.get_device_name(device).lower().replace(" ", "-") if device.type == "cuda" else device.type
     out = Path(args.out or ROOT / "results" / f"gpu-check-{name}{'-small' if args.small else ''}.json")
     report, failed, start = {}, [], time.perf_counter()
@@ -153,9 +154,9 @@ def main() -> int:
                 report[part] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
                 print(f"!! {part} failed: {type(e).__name__}: {e}", flush=True)
     report["failed"] = failed
-    vh.save_results(out, metrics=report, config={"small": args.small, "parts": parts,
+    records.save_results(out, metrics=report, config={"small": args.small, "parts": parts,
                     "strong_epochs": args.strong_epochs, "finetune_steps": args.finetune_steps},
-                    seed=0, dataset=args.data_root, wall_time_s=time.perf_counter() - start, device=device)
+                         seed=0, dataset=args.data_root, wall_time_s=time.perf_counter() - start, device=device)
     print(f"wrote {out} ({time.perf_counter() - start:.0f} s); failed parts: {failed or 'none'}")
     return 1 if failed else 0
 

@@ -1,7 +1,10 @@
-"""Render the README's results and speed tables from results/*.json, so they cannot drift from the runs.
+"""Render the tables of README.md and docs/*.md from results/*.json, so they cannot drift from the runs.
 
-    python scripts/results_table.py          # rewrite the marked sections of README.md
-    python scripts/results_table.py --check  # exit 1 if README.md is out of date (the tests run this)
+    python scripts/results_table.py          # rewrite the marked sections (<!-- name:start --> ... <!-- name:end -->)
+    python scripts/results_table.py --check  # exit 1 if a page is out of date (the tests run this)
+
+README.md holds the headline table (the best recorded run of each recipe); docs/results.md the full table,
+docs/speed.md the benchmarks, docs/explaining.md the faithfulness tests, docs/inductive-bias.md the comparison.
 """
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
 
 
 def load_records(results_dir: Path) -> list[tuple[str, dict]]:
@@ -68,12 +70,30 @@ def pct(x) -> str:
     return "" if x is None else f"{100 * x:.2f} %"
 
 
+def _accuracy_records(records):
+    return [(name, rec) for name, rec in records if not name.startswith("bench-") and "test_acc" in rec["metrics"]]
+
+
+def headline_table(records) -> str:
+    """The README's table: the best recorded test accuracy of each training recipe, linked to its record."""
+    best: dict[str, tuple[str, dict]] = {}
+    for name, rec in _accuracy_records(records):
+        recipe = rec.get("config", {}).get("recipe")
+        if name[0].isupper() or recipe is None:  # notebook records: in docs/results.md
+            continue
+        if recipe not in best or rec["metrics"]["test_acc"] > best[recipe][1]["metrics"]["test_acc"]:
+            best[recipe] = (name, rec)
+    rows = ["| recipe | test acc | budget | hardware | record |", "|---|---:|---|---|---|"]
+    for recipe, (name, rec) in sorted(best.items()):
+        rows.append(f"| `{recipe}` | **{pct(rec['metrics']['test_acc'])}** | {budget(rec)} | {hardware(rec)} | "
+                    f"[{name}](results/{name}) |")
+    return "\n".join(rows)
+
+
 def results_table(records) -> str:
     rows = ["| run | test acc | best val acc | params | budget | hardware | data | seed | record |",
             "|---|---:|---:|---:|---|---|---|---:|---|"]
-    for name, rec in records:
-        if name.startswith("bench-") or "test_acc" not in rec["metrics"]:
-            continue
+    for name, rec in _accuracy_records(records):
         m = rec["metrics"]
         run = f"`{rec.get('config', {}).get('recipe', name.removesuffix('.json'))}`"
         if name[0].isupper():  # a notebook's record, e.g. VisualizeAttentionMap-full-strong.json
@@ -88,7 +108,7 @@ def results_table(records) -> str:
 def _legacy_speed_lines(name: str, rec: dict) -> list[str]:
     """Records of the first bench (ours/explicit/HF SDPA only), kept for the hardware they were measured on."""
     m, cfg, hw = rec["metrics"], rec["config"], rec["hardware"]
-    lines = [f"Earlier record ([{name}](results/{name}), {hw['cpu']}, torch threads {hw['torch_threads']}"
+    lines = [f"Record of the first bench script ([{name}](results/{name}), {hw['cpu']}, torch threads {hw['torch_threads']}"
              f"{'; ' + rec['notes'] if rec.get('notes') else ''}): ViT dim {cfg['dim']}, depth {cfg['depth']}, "
              f"MLP {cfg['mlp_dim']}, batch {cfg['batch']}.\n",
              "| device, precision | ours (SDPA) | ours (explicit attention) | HF ViT (SDPA) |", "|---|---:|---:|---:|"]
@@ -129,8 +149,11 @@ def _bench_lines(name: str, rec: dict) -> list[str]:
     for skipped in m.get("skipped", []):
         lines.append(f"\nSkipped: {skipped}.")
     for dev, times in m["rollout_ms"].items():
+        overhead = times.get("check_overhead_pct")
         lines.append(f"\n`attention_rollout` on ViT-B/16-sized attentions (12 layers, 12 heads, 197 tokens, "
-                     f"batch 1) on {dev}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()) + ".")
+                     f"batch 1) on {dev}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in times.items()
+                                                       if k != "check_overhead_pct")
+                     + (f"; its input checks add {overhead:.0f} %" if overhead is not None else "") + ".")
     return lines
 
 
@@ -199,13 +222,24 @@ _PRIORS = {"vit": "none (linear patch embedding, learned positions)", "conv-stem
            "cnn": "a small CNN instead of a ViT"}
 
 
-def render(text: str, records) -> str:
-    for marker, body in (("results", results_table(records)), ("speed", speed_table(records)),
-                         ("faithfulness", faithfulness_table(records)),
-                         ("inductive-bias", inductive_bias_table(records))):
+# page -> the marked sections it holds, each rendered by one function
+PAGES = {
+    "README.md": {"headline": headline_table},
+    "docs/results.md": {"results": results_table},
+    "docs/speed.md": {"speed": speed_table},
+    "docs/explaining.md": {"faithfulness": faithfulness_table},
+    "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},
+}
+
+
+def render(text: str, records, sections: dict, page: str = "README.md") -> str:
+    """``text`` with each marked section replaced by its table; links to results/ made relative to ``page``."""
+    up = "../" * page.count("/")
+    for marker, make in sections.items():
         start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
         if start not in text or end not in text:
-            raise SystemExit(f"README.md lacks the {start} ... {end} markers")
+            raise SystemExit(f"{page} lacks the {start} ... {end} markers")
+        body = make(records).replace("](results/", f"]({up}results/")
         head, rest = text.split(start, 1)
         _, tail = rest.split(end, 1)
         text = f"{head}{start}\n{body}\n{end}{tail}"
@@ -215,18 +249,22 @@ def render(text: str, records) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--check", action="store_true")
-    ap.add_argument("--readme", default=str(README))
+    ap.add_argument("--root", default=str(ROOT), help="folder holding README.md and docs/")
     ap.add_argument("--results", default=str(ROOT / "results"))
     args = ap.parse_args()
-    readme = Path(args.readme)
-    text = readme.read_text()
-    new = render(text, load_records(Path(args.results)))
-    if args.check:
+    records = load_records(Path(args.results))
+    stale = []
+    for page, sections in PAGES.items():
+        path = Path(args.root) / page
+        text = path.read_text()
+        new = render(text, records, sections, page)
         if new != text:
-            print("README.md results/speed tables are out of date: run python scripts/results_table.py")
-            return 1
-        return 0
-    readme.write_text(new)
+            stale.append(page)
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"out of date: {', '.join(stale)}: run python scripts/results_table.py")
+        return 1
     return 0
 
 

@@ -18,12 +18,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import vit_helpers as vh  # noqa: E402
+from vitkit import data, runtime, train, recipes, records, plots  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("recipe", choices=sorted(vh.RECIPES))
-    ap.add_argument("--data-root", default=vh.default_data_root())
+    ap.add_argument("recipe", choices=sorted(recipes.RECIPES))
+    ap.add_argument("--data-root", default=data.default_data_root())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice, one per core)")
@@ -34,8 +35,8 @@ def main() -> None:
     ap.add_argument("--warmup-fraction", type=float, default=None, help="override the recipe's warmup fraction")
     ap.add_argument("--init-from", default=None,
                     help="start from the weights of a checkpoint written by this script (same model config), "
-                         "e.g. to finish a schedule cut short: --init-from checkpoints/X.safetensors --lr <LR where "
-                         "it stopped> --warmup-fraction 0 --epochs <epochs left>")
+                    "e.g. to finish a schedule cut short: --init-from checkpoints/X.safetensors --lr <LR where "
+                    "it stopped> --warmup-fraction 0 --epochs <epochs left>")
     ap.add_argument("--val-size", type=int, default=5000, help="images held out of the training split")
     ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset (smoke runs)")
     ap.add_argument("--tag", default="cpu", help="suffix of the output files")
@@ -46,17 +47,17 @@ def main() -> None:
     out = Path(args.out_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
-    vh.set_seed(args.seed)
-    recipe = vh.get_recipe(args.recipe)
+    runtime.set_seed(args.seed)
+    recipe = recipes.get_recipe(args.recipe)
     if args.epochs:
         recipe["fit"]["epochs"] = args.epochs
     if args.lr is not None:
         recipe["fit"]["lr"] = args.lr
     if args.warmup_fraction is not None:
         recipe["fit"]["warmup_fraction"] = args.warmup_fraction
-    device = vh.get_device(args.device)
+    device = runtime.get_device(args.device)
     dataset_name = args.recipe.split("-")[0]
-    loader_fn = vh.mnist_loaders if dataset_name == "mnist" else vh.cifar10_loaders
+    loader_fn = data.mnist_loaders if dataset_name == "mnist" else data.cifar10_loaders
     loaders = loader_fn(args.data_root, seed=args.seed, val_size=args.val_size, train_limit=args.train_limit,
                         **recipe["data"])
     model = vh.VisionTransformer(**recipe["model"])
@@ -68,9 +69,9 @@ def main() -> None:
         model.load_state_dict(start_model.state_dict())
     budget_s = args.budget_min * 60 if args.budget_min else None
     start = time.perf_counter()
-    hist = vh.fit(model, loaders.train, loaders.val, device=device, time_budget_s=budget_s,
-                  progress=sys.stderr.isatty(), **recipe["fit"])
-    test = vh.evaluate(model, loaders.test, device)
+    hist = train.fit(model, loaders.train, loaders.val, device=device, time_budget_s=budget_s,
+                     progress=sys.stderr.isatty(), **recipe["fit"])
+    test = train.evaluate(model, loaders.test, device)
     wall = time.perf_counter() - start
     name = f"{args.recipe}-{args.tag}"
     metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "best_val_acc": hist.best_val_acc,
@@ -82,12 +83,12 @@ def main() -> None:
     config = {"recipe": args.recipe, **recipe, "budget_min": args.budget_min, "threads": torch.get_num_threads(),
               "train_limit": args.train_limit, "val_size": len(loaders.val.dataset), "init_from": args.init_from,
               **chosen}
-    path = vh.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
-                           dataset=loaders.train.dataset.source, wall_time_s=wall, device=device,
-                           history=hist.to_dict() | {"lr": hist.lr[:: max(1, len(hist.lr) // 200)]},
-                           **({"notes": args.notes} if args.notes else {}))
-    vh.plot_history(hist, title=f"{args.recipe} ({device.type}, {wall / 60:.0f} min)",
-                    save_path=out / "images" / f"{name}-curves.png")
+    path = records.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
+                                dataset=loaders.train.dataset.source, wall_time_s=wall, device=device,
+                                history=hist.to_dict() | {"lr": hist.lr[:: max(1, len(hist.lr) // 200)]},
+                                **({"notes": args.notes} if args.notes else {}))
+    plots.training_curves(hist, title=f"{args.recipe} ({device.type}, {wall / 60:.0f} min)",
+                          save_path=out / "images" / f"{name}-curves.png")
     if dataset_name == "mnist":
         x, y = next(iter(loaders.test))
         x = x[:12].to(device)
@@ -96,10 +97,10 @@ def main() -> None:
             logits, attentions = model(x, return_attentions=True)
         masks = vh.attention_rollout(attentions)
         titles = [f"label {int(t)} / pred {int(p)}" for t, p in zip(y[:12], logits.argmax(-1))]
-        vh.plot_attention_maps(x.cpu(), masks.cpu(), mean=loaders.test.dataset.mean,
-                               std=loaders.test.dataset.std, titles=titles,
-                               suptitle=f"Attention rollout, {args.recipe} (test digits)",
-                               save_path=out / "images" / f"{name}-rollout.png")
+        plots.attention_maps(x.cpu(), masks.cpu(), mean=loaders.test.dataset.mean,
+                             std=loaders.test.dataset.std, titles=titles,
+                             suptitle=f"Attention rollout, {args.recipe} (test digits)",
+                             save_path=out / "images" / f"{name}-rollout.png")
     # git-ignored; copy it to weights/ to ship it (the notebooks load weights/*.safetensors with vh.load_model)
     vh.save_model(model, out / "checkpoints" / f"{name}.safetensors", recipe=args.recipe, test_acc=test["acc"],
                   record=f"results/{name}.json")

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 import vit_helpers as vh
+from vitkit import data, train, recipes, plots
 
 
 def write_idx(folder, prefix, images, labels):
@@ -46,7 +47,7 @@ def fake_cifar_folders(tmp_path):
 
 def test_mnist_idx_files_load_with_split_sizes(fake_mnist):
     root, train, test = fake_mnist
-    loaders = vh.mnist_loaders(root, batch_size=16, val_size=10, download=False)
+    loaders = data.mnist_loaders(root, batch_size=16, val_size=10, download=False)
     assert [len(l.dataset) for l in loaders] == [50, 10, 20]
     x, y = next(iter(loaders.train))
     assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
@@ -56,9 +57,9 @@ def test_mnist_idx_files_load_with_split_sizes(fake_mnist):
 
 def test_mnist_split_is_seeded_and_disjoint(fake_mnist):
     root, train, _ = fake_mnist
-    a = vh.mnist_loaders(root, val_size=10, seed=1, download=False)
-    b = vh.mnist_loaders(root, val_size=10, seed=1, download=False)
-    c = vh.mnist_loaders(root, val_size=10, seed=2, download=False)
+    a = data.mnist_loaders(root, val_size=10, seed=1, download=False)
+    b = data.mnist_loaders(root, val_size=10, seed=1, download=False)
+    c = data.mnist_loaders(root, val_size=10, seed=2, download=False)
     assert torch.equal(a.val.dataset.images, b.val.dataset.images)
     assert not torch.equal(a.val.dataset.images, c.val.dataset.images)
     flat = lambda ds: {bytes(im.numpy().tobytes()) for im in ds.images}  # noqa: E731
@@ -68,30 +69,30 @@ def test_mnist_split_is_seeded_and_disjoint(fake_mnist):
 
 def test_mnist_invert_gives_255_minus_pixel(fake_mnist):
     root, _, test = fake_mnist
-    loaders = vh.mnist_loaders(root, val_size=10, invert=True, download=False)
+    loaders = data.mnist_loaders(root, val_size=10, invert=True, download=False)
     ds = loaders.test.dataset
     x, _ = ds[3]
-    recovered = vh.denormalize(x, ds.mean, ds.std)
+    recovered = plots.denormalize(x, ds.mean, ds.std)
     torch.testing.assert_close(recovered[0], (255 - test[3].float()) / 255, atol=1e-6, rtol=0)
     assert ds.mean == pytest.approx((1 - 0.1307,))
 
 
 def test_limits_take_subsets(fake_mnist):
     root, _, _ = fake_mnist
-    loaders = vh.mnist_loaders(root, val_size=10, train_limit=7, test_limit=5, download=False)
+    loaders = data.mnist_loaders(root, val_size=10, train_limit=7, test_limit=5, download=False)
     assert [len(l.dataset) for l in loaders] == [7, 10, 5]
 
 
 @pytest.mark.parametrize("augment", ["crop", "affine"])
 def test_mnist_augmentations_keep_shape(fake_mnist, augment):
     root, _, _ = fake_mnist
-    x, _ = next(iter(vh.mnist_loaders(root, batch_size=8, val_size=10, augment=augment, download=False).train))
+    x, _ = next(iter(data.mnist_loaders(root, batch_size=8, val_size=10, augment=augment, download=False).train))
     assert x.shape == (8, 1, 28, 28)
 
 
 def test_image_folders_load_exactly(fake_cifar_folders):
     root, images = fake_cifar_folders
-    train, test = vh.load_cifar10(root, download=False)
+    train, test = data.load_cifar10(root, download=False)
     assert train.classes == ["cat", "dog", "ship"] and len(train) == 36 and len(test) == 12
     assert train.images.shape == (36, 3, 32, 32) and train.images.dtype == torch.uint8
     # PNGs are lossless: file 0002.png of class dog is the 3rd dog image in sorted order
@@ -103,7 +104,7 @@ def test_image_folders_load_exactly(fake_cifar_folders):
 @pytest.mark.parametrize("augment", ["none", "crop_flip", "randaugment", "autoaugment"])
 def test_cifar_loaders_on_folders(fake_cifar_folders, augment):
     root, _ = fake_cifar_folders
-    loaders = vh.cifar10_loaders(root, batch_size=4, val_size=6, augment=augment, download=False)
+    loaders = data.cifar10_loaders(root, batch_size=4, val_size=6, augment=augment, download=False)
     assert [len(l.dataset) for l in loaders] == [30, 6, 12]
     x, y = next(iter(loaders.train))
     assert x.shape == (4, 3, 32, 32)
@@ -111,8 +112,8 @@ def test_cifar_loaders_on_folders(fake_cifar_folders, augment):
 
 def test_cifar_resize_for_pretrained_models(fake_cifar_folders):
     root, _ = fake_cifar_folders
-    loaders = vh.cifar10_loaders(root, batch_size=2, val_size=6, resize=64, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                 download=False)
+    loaders = data.cifar10_loaders(root, batch_size=2, val_size=6, resize=64, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                   download=False)
     x, _ = next(iter(loaders.test))
     assert x.shape == (4, 3, 64, 64)  # eval batches are 2 x batch_size
     assert x.min() >= -1 - 1e-6 and x.max() <= 1 + 1e-6
@@ -120,7 +121,7 @@ def test_cifar_resize_for_pretrained_models(fake_cifar_folders):
 
 def test_missing_mnist_names_root_files_and_env_var(tmp_path):
     with pytest.raises(vh.DataNotFoundError) as info:
-        vh.mnist_loaders(tmp_path / "nowhere", download=False)
+        data.mnist_loaders(tmp_path / "nowhere", download=False)
     msg = str(info.value)
     assert str((tmp_path / "nowhere" / "MNIST" / "raw").resolve()) in msg
     assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg
@@ -129,7 +130,7 @@ def test_missing_mnist_names_root_files_and_env_var(tmp_path):
 
 def test_missing_cifar_names_both_layouts_and_env_var(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
-        vh.cifar10_loaders(tmp_path, download=False)
+        data.cifar10_loaders(tmp_path, download=False)
     msg = str(info.value)
     assert str(tmp_path.resolve()) in msg
     assert "cifar-10-batches-py" in msg and "train/<class>/*.jpg" in msg and "VIT_DATA_ROOT" in msg
@@ -138,8 +139,8 @@ def test_missing_cifar_names_both_layouts_and_env_var(tmp_path):
 def test_data_root_defaults_to_env(monkeypatch, fake_mnist):
     root, _, _ = fake_mnist
     monkeypatch.setenv("VIT_DATA_ROOT", str(root))
-    assert vh.default_data_root() == str(root)
-    assert len(vh.mnist_loaders(val_size=10, download=False).test.dataset) == 20
+    assert data.default_data_root() == str(root)
+    assert len(data.mnist_loaders(val_size=10, download=False).test.dataset) == 20
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -150,35 +151,36 @@ def test_data_root_defaults_to_env(monkeypatch, fake_mnist):
 def test_bad_loader_arguments(fake_mnist, kwargs, message):
     root, _, _ = fake_mnist
     with pytest.raises(ValueError, match=message):
-        vh.mnist_loaders(root, download=False, **{"val_size": 10, **kwargs})
+        data.mnist_loaders(root, download=False, **{"val_size": 10, **kwargs})
 
 
 # --- the real copies in ../shared/data ---------------------------------------------------------------
 
 def test_real_mnist(shared_data):
-    loaders = vh.mnist_loaders(shared_data, val_size=5000, download=False)
+    loaders = data.mnist_loaders(shared_data, val_size=5000, download=False)
     assert [len(l.dataset) for l in loaders] == [55000, 5000, 10000]
     test = loaders.test.dataset
     assert test.labels[:5].tolist() == [7, 2, 1, 0, 4]  # the well-known first test digits
     assert torch.bincount(test.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
+@pytest.mark.slow
 def test_real_cifar10_jpeg_copy(shared_data):
     if not (shared_data / "cifar10-jpeg").is_dir():
         pytest.skip(f"no cifar10-jpeg under {shared_data}")
-    loaders = vh.cifar10_loaders(shared_data, val_size=5000, download=False)
+    loaders = data.cifar10_loaders(shared_data, val_size=5000, download=False)
     assert [len(l.dataset) for l in loaders] == [45000, 5000, 10000]
     assert loaders.test.dataset.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                                             "ship", "truck"]
     assert torch.bincount(loaders.test.dataset.labels).tolist() == [1000] * 10
     mean = loaders.train.dataset.images.float().mean(dim=(0, 2, 3)) / 255
-    torch.testing.assert_close(mean, torch.tensor(vh.CIFAR10_MEAN), atol=0.01, rtol=0)  # JPEG copy ~ original stats
+    torch.testing.assert_close(mean, torch.tensor(data.CIFAR10_MEAN), atol=0.01, rtol=0)  # JPEG copy ~ original stats
 
 
 def test_train_eval_loader_is_unaugmented_and_whole(fake_mnist):
     root, _, _ = fake_mnist
-    loaders = vh.mnist_loaders(root, val_size=10, augment="affine", download=False)
-    ev = vh.train_eval_loader(loaders)
+    loaders = data.mnist_loaders(root, val_size=10, augment="affine", download=False)
+    ev = data.train_eval_loader(loaders)
     assert len(ev.dataset) == 50 and ev.dataset.images.data_ptr() == loaders.train.dataset.images.data_ptr()
     x1, _ = ev.dataset[0]
     x2, _ = ev.dataset[0]
@@ -186,6 +188,7 @@ def test_train_eval_loader_is_unaugmented_and_whole(fake_mnist):
     assert torch.equal(x1, loaders.val.dataset.transform(loaders.train.dataset.images[0]))
 
 
+@pytest.mark.slow
 def test_train_recipe_script_records_a_run(fake_mnist, tmp_path):
     import json
     import subprocess
@@ -198,7 +201,7 @@ def test_train_recipe_script_records_a_run(fake_mnist, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_recipe.py"), "mnist-strong", "--data-root",
                            str(root), "--epochs", "1", "--threads", "1", "--val-size", "10", "--out-dir", str(out), "--tag", "t"],
                           capture_output=True, text=True, timeout=300, env={**__import__("os").environ,
-                                                                             "MPLBACKEND": "Agg"})
+                                                                            "MPLBACKEND": "Agg"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads((out / "results" / "mnist-strong-t.json").read_text())
     assert record["metrics"]["epochs_run"] == 1 and record["metrics"]["test_n"] == 20
@@ -208,9 +211,10 @@ def test_train_recipe_script_records_a_run(fake_mnist, tmp_path):
     model, meta = vh.load_model(out / "checkpoints" / "mnist-strong-t.safetensors")
     assert meta == {"recipe": "mnist-strong", "test_acc": record["metrics"]["test_acc"],
                     "record": "results/mnist-strong-t.json"}
-    assert model.config == vh.VisionTransformer(**vh.get_recipe("mnist-strong")["model"]).config
+    assert model.config == vh.VisionTransformer(**recipes.get_recipe("mnist-strong")["model"]).config
 
 
+@pytest.mark.slow
 def test_shipped_mnist_weights_score_as_recorded(shared_data):
     import json
 
@@ -219,13 +223,14 @@ def test_shipped_mnist_weights_score_as_recorded(shared_data):
     model, meta = vh.load_model(ROOT / "weights" / "mnist-fast.safetensors")
     record = json.loads((ROOT / meta["record"]).read_text())
     assert meta["test_acc"] == record["metrics"]["test_acc"] and meta["recipe"] == record["config"]["recipe"]
-    loaders = vh.mnist_loaders(shared_data, download=False, **{k: v for k, v in record["config"]["data"].items()
+    loaders = data.mnist_loaders(shared_data, download=False, **{k: v for k, v in record["config"]["data"].items()
                                                                  if k in ("batch_size", "invert")})
-    test = vh.evaluate(model, loaders.test, "cpu")
+    test = train.evaluate(model, loaders.test, "cpu")
     assert test["n"] == 10_000
     assert abs(test["acc"] - meta["test_acc"]) <= 1e-4  # at most one digit apart (fp32 summation order)
 
 
+@pytest.mark.slow
 def test_shipped_cifar10_weights_score_as_recorded(shared_data):
     import json
 
@@ -236,7 +241,7 @@ def test_shipped_cifar10_weights_score_as_recorded(shared_data):
     record = json.loads((ROOT / meta["record"]).read_text())
     assert meta["test_acc"] == record["metrics"]["test_acc"] and meta["recipe"] == record["config"]["recipe"]
     assert "JPEG" in record["dataset"]  # scored on the same copy as the shared one
-    loaders = vh.cifar10_loaders(shared_data, download=False, batch_size=256)
-    test = vh.evaluate(model, loaders.test, "cpu")
+    loaders = data.cifar10_loaders(shared_data, download=False, batch_size=256)
+    test = train.evaluate(model, loaders.test, "cpu")
     assert test["n"] == 10_000
     assert abs(test["acc"] - meta["test_acc"]) <= 2e-4  # at most two images apart (fp32 summation order)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import vit_helpers as vh
+from vitkit import explain
 
 
 def tiny(**kw):
@@ -32,37 +33,37 @@ def test_gradient_rollout_matches_the_papers_formula_and_is_batch_aware():
     model = tiny()
     x = torch.randn(3, 3, 16, 16)
     targets = torch.tensor([0, 3, 4])
-    maps = vh.explain_gradient_rollout(model, x, target=targets)
+    maps = explain.explain_gradient_rollout(model, x, target=targets)
     assert maps.shape == (3, 4, 4)
     for i in range(3):
         torch.testing.assert_close(maps[i], chefer_direct(model, x[i], int(targets[i])), rtol=1e-4, atol=1e-6)
-    assert not torch.allclose(vh.explain_gradient_rollout(model, x, target=1), maps)  # class-specific
+    assert not torch.allclose(explain.explain_gradient_rollout(model, x, target=1), maps)  # class-specific
     predicted = model(x).argmax(-1)
-    torch.testing.assert_close(vh.explain_gradient_rollout(model, x), vh.explain_gradient_rollout(model, x, predicted))
+    torch.testing.assert_close(explain.explain_gradient_rollout(model, x), explain.explain_gradient_rollout(model, x, predicted))
 
 
 def test_every_explainer_has_one_calling_convention():
     model = tiny()
     x = torch.randn(2, 3, 16, 16)
-    for name, explain in vh.EXPLAINERS.items():
-        maps = explain(model, x, target=1)
+    for name, explainer in explain.EXPLAINERS.items():
+        maps = explainer(model, x, target=1)
         assert maps.shape == (2, 4, 4) and maps.dtype == torch.float32 and torch.isfinite(maps).all(), name
-    torch.testing.assert_close(vh.explain_rollout(model, x), vh.attention_rollout(model(x, return_attentions=True)[1]))
-    torch.testing.assert_close(vh.explain_random(model, x), vh.explain_random(model, x))  # seeded
+    torch.testing.assert_close(explain.explain_rollout(model, x), vh.attention_rollout(model(x, return_attentions=True)[1]))
+    torch.testing.assert_close(explain.explain_random(model, x), explain.explain_random(model, x))  # seeded
     with pytest.raises(ValueError, match=r"target must be None, a class index in \[0, 4\]"):
-        vh.explain_gradient_rollout(model, x, target=7)
+        explain.explain_gradient_rollout(model, x, target=7)
 
 
 def test_explainers_use_eval_mode_and_restore_training_mode():
     model = tiny(dropout=0.5)
     x = torch.randn(2, 3, 16, 16)
     model.train()
-    for name, explain in vh.EXPLAINERS.items():
-        maps = explain(model, x, target=1)
+    for name, explainer in explain.EXPLAINERS.items():
+        maps = explainer(model, x, target=1)
         assert model.training, f"{name} left the model in eval mode"
-        torch.testing.assert_close(maps, explain(model, x, target=1))  # no dropout inside: deterministic
+        torch.testing.assert_close(maps, explainer(model, x, target=1))  # no dropout inside: deterministic
     model.eval()
-    vh.explain_rollout(model, x)
+    explain.explain_rollout(model, x)
     assert not model.training
 
 
@@ -72,7 +73,7 @@ def test_input_x_gradient_sums_each_patch():
     logit = model(x)[0, 2]
     (grad,) = torch.autograd.grad(logit, x)
     expected = (grad * x).detach().sum(1)[0].reshape(4, 4, 4, 4).sum(dim=(1, 3))  # (h, p, w, p) -> (h, w)
-    torch.testing.assert_close(vh.explain_input_x_gradient(model, x.detach(), target=2)[0], expected,
+    torch.testing.assert_close(explain.explain_input_x_gradient(model, x.detach(), target=2)[0], expected,
                                rtol=1e-4, atol=1e-6)
 
 
@@ -95,24 +96,24 @@ def test_perturbation_curve_on_a_model_whose_answer_is_known():
     right = torch.tensor([[1.0, 0.3], [0.2, 0.1]]).expand(6, 2, 2)  # the top-left patch ranks first
     wrong = torch.tensor([[0.0, 0.3], [0.2, 0.1]]).expand(6, 2, 2)  # ... and last
     fractions = (0.0, 0.25, 0.5, 0.75)
-    pos_right = vh.perturbation_curve(TopLeftPatch(), x, labels, right, fractions=fractions)
+    pos_right = explain.perturbation_curve(TopLeftPatch(), x, labels, right, fractions=fractions)
     assert pos_right["accuracy"] == [1.0, 0.0, 0.0, 0.0]
     assert pos_right["auc"] == pytest.approx(12.5)  # 100 % x 0.25 / 2
-    pos_wrong = vh.perturbation_curve(TopLeftPatch(), x, labels, wrong, fractions=fractions)
+    pos_wrong = explain.perturbation_curve(TopLeftPatch(), x, labels, wrong, fractions=fractions)
     assert pos_wrong["accuracy"] == [1.0, 1.0, 1.0, 1.0] and pos_wrong["auc"] == pytest.approx(75.0)
-    neg_right = vh.perturbation_curve(TopLeftPatch(), x, labels, right, fractions=fractions, most_relevant_first=False)
+    neg_right = explain.perturbation_curve(TopLeftPatch(), x, labels, right, fractions=fractions, most_relevant_first=False)
     assert neg_right["accuracy"] == [1.0, 1.0, 1.0, 1.0]
 
 
 def test_remove_patches_and_mass_on_mask_exactly():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     maps = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])
-    out = vh.remove_patches(x, maps, 0.5, fill=-1.0)
+    out = explain.remove_patches(x, maps, 0.5, fill=-1.0)
     assert out[0, 0].tolist() == [[-1, -1, -1, -1], [-1, -1, -1, -1], [8, 9, 10, 11], [12, 13, 14, 15]]
     mask = torch.zeros(1, 4, 4)
     mask[0, :2, :2] = 1  # the top-left patch
-    assert vh.mass_on_mask(maps, mask).item() == pytest.approx(0.4)  # 4 / (4 + 3 + 2 + 1)
-    assert vh.mass_on_mask(torch.ones(1, 2, 2), mask).item() == pytest.approx(0.25)  # uniform: the area
+    assert explain.mass_on_mask(maps, mask).item() == pytest.approx(0.4)  # 4 / (4 + 3 + 2 + 1)
+    assert explain.mass_on_mask(torch.ones(1, 2, 2), mask).item() == pytest.approx(0.25)  # uniform: the area
 
 
 # --- any ViT: HF and timm, prefix tokens, non-square grids, no hooks ----------------------------------------------
@@ -123,19 +124,19 @@ def test_hf_vit_and_deit_attentions():
                intermediate_size=32, num_labels=5)
     torch.manual_seed(0)
     deit = transformers.DeiTForImageClassificationWithTeacher._from_config(transformers.DeiTConfig(**cfg),
-                                                                          attn_implementation="eager").eval()
+                                                                           attn_implementation="eager").eval()
     x = torch.randn(2, 3, 16, 16)
-    out = vh.forward_with_attentions(deit, x)
+    out = explain.forward_with_attentions(deit, x)
     assert out.num_prefix_tokens == 2 and out.attentions[0].shape == (2, 2, 18, 18) and out.grid_size == (4, 4)
-    rollout = vh.explain_rollout(deit, x)
+    rollout = explain.explain_rollout(deit, x)
     torch.testing.assert_close(rollout, vh.rollout_matrix(out.attentions)[:, 0, 2:].reshape(2, 4, 4))
-    assert vh.explain_gradient_rollout(deit, x, target=1).shape == (2, 4, 4)
+    assert explain.explain_gradient_rollout(deit, x, target=1).shape == (2, 4, 4)
     ours = tiny(depth=2, dim=16)
     hf = vh.to_hf(ours)
-    torch.testing.assert_close(vh.explain_gradient_rollout(hf, x, 3), vh.explain_gradient_rollout(ours, x, 3),
+    torch.testing.assert_close(explain.explain_gradient_rollout(hf, x, 3), explain.explain_gradient_rollout(ours, x, 3),
                                rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        vh.explain_rollout(vh.to_hf(ours, attn_implementation="sdpa"), x)
+        explain.explain_rollout(vh.to_hf(ours, attn_implementation="sdpa"), x)
 
 
 @pytest.mark.parametrize("fused", [True, False])
@@ -157,13 +158,13 @@ def test_timm_models_with_prefix_tokens_and_no_hook_left(fused):
         x = torch.randn(2, 3, 16, grid[1] * 4)
         with torch.no_grad():
             reference = model(x)
-            out = vh.forward_with_attentions(model, x)
+            out = explain.forward_with_attentions(model, x)
         torch.testing.assert_close(out.logits, reference, rtol=1e-4, atol=1e-5)  # same function
         assert out.num_prefix_tokens == prefix and out.grid_size == grid, name
         T = prefix + grid[0] * grid[1]
         assert all(a.shape == (2, 2, T, T) for a in out.attentions)
-        assert vh.explain_gradient_rollout(model, x).shape == (2, *grid)
-        assert vh.explain_rollout(model, x).shape == (2, *grid)
+        assert explain.explain_gradient_rollout(model, x).shape == (2, *grid)
+        assert explain.explain_rollout(model, x).shape == (2, *grid)
         for m in model.modules():
             assert "forward" not in m.__dict__  # nothing left patched
             assert not m._forward_hooks and not m._forward_pre_hooks  # and no hook registered

@@ -12,18 +12,20 @@ import pytest
 import torch
 
 import vit_helpers as vh
+from vitkit import data, runtime, train, explain, records
 from test_data import fake_cifar_folders, fake_mnist, write_idx  # noqa: F401 (fixtures)
 from test_train import loader, quadrant_data, tiny_vit
 
 
 # --- DataLoader workers under spawn and forkserver (macOS, Windows, Python 3.14 on Linux) -----------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_inverted_mnist_loads_in_spawned_workers(fake_mnist, method):  # noqa: F811
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"{method} is not available on this platform")
     root, _, _ = fake_mnist
-    loaders = vh.mnist_loaders(root, batch_size=8, val_size=10, invert=True, augment="affine", download=False)
+    loaders = data.mnist_loaders(root, batch_size=8, val_size=10, invert=True, augment="affine", download=False)
     workers = torch.utils.data.DataLoader(loaders.test.dataset, batch_size=8, num_workers=1,
                                           multiprocessing_context=method)
     serial = torch.utils.data.DataLoader(loaders.test.dataset, batch_size=8)
@@ -34,24 +36,24 @@ def test_inverted_mnist_loads_in_spawned_workers(fake_mnist, method):  # noqa: F
 # --- divergence ---------------------------------------------------------------------------------------------
 
 def test_nan_loss_from_a_huge_learning_rate_stops_the_run():
-    vh.set_seed(0)
+    runtime.set_seed(0)
     model = tiny_vit()
-    with pytest.raises(vh.TrainingDivergedError, match=r"lr=1e\+06.*try lr/10"):
-        vh.fit(model, loader(quadrant_data(64, 0)), epochs=3, lr=1e6, optimizer="sgd", momentum=0.0,
-               device="cpu", progress=False, verbose=False)
+    with pytest.raises(train.TrainingDivergedError, match=r"lr=1e\+06.*try lr/10"):
+        train.fit(model, loader(quadrant_data(64, 0)), epochs=3, lr=1e6, optimizer="sgd", momentum=0.0,
+                  device="cpu", precision="fp32", progress=False, verbose=False)
 
 
 def test_nan_pixel_is_named_as_the_cause():
     images, labels = torch.rand(16, 1, 16, 16), torch.arange(16) % 4
     images[5, 0, 3, 3] = float("nan")
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size=8)
-    with pytest.raises(vh.TrainingDivergedError, match="batch 1 .*NaN/inf inputs"):
-        vh.fit(tiny_vit(), data, epochs=1, device="cpu", progress=False, verbose=False)
+    with pytest.raises(train.TrainingDivergedError, match="batch 1 .*NaN/inf inputs"):
+        train.fit(tiny_vit(), data, epochs=1, device="cpu", precision="fp32", progress=False, verbose=False)
 
 
 def test_divergence_never_restores_non_finite_weights():
     """Epoch 1 is finite; the data turn NaN in epoch 2: the model is left with epoch 1's finite weights."""
-    vh.set_seed(0)
+    runtime.set_seed(0)
     good = quadrant_data(32, 0)
     x = (good.images.float() / 255)
     y = good.labels
@@ -69,9 +71,9 @@ def test_divergence_never_restores_non_finite_weights():
 
     model = tiny_vit()
     val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
-    with pytest.raises(vh.TrainingDivergedError, match="weights of epoch 1"):
-        vh.fit(model, torch.utils.data.DataLoader(TurnsBad(), batch_size=16), val, epochs=3, device="cpu",
-               progress=False, verbose=False)
+    with pytest.raises(train.TrainingDivergedError, match="weights of epoch 1"):
+        train.fit(model, torch.utils.data.DataLoader(TurnsBad(), batch_size=16), val, epochs=3, device="cpu",
+                  precision="fp32", progress=False, verbose=False)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -92,18 +94,18 @@ def test_divergence_never_restores_non_finite_weights():
 def test_bad_training_settings_fail_before_training(kwargs, error, message):
     kwargs = {"epochs": 1, **kwargs}
     with pytest.raises(error, match=message):
-        vh.fit(tiny_vit(), loader(quadrant_data(8, 0)), device="cpu", progress=False, verbose=False, **kwargs)
+        train.fit(tiny_vit(), loader(quadrant_data(8, 0)), device="cpu", progress=False, verbose=False, **kwargs)
 
 
 def test_empty_or_unsized_training_data():
     empty = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 1, 16, 16),
                                                                        torch.zeros(0, dtype=torch.long)))
     with pytest.raises(ValueError, match="train_loader yields no batches"):
-        vh.fit(tiny_vit(), empty, epochs=1, device="cpu", progress=False, verbose=False)
+        train.fit(tiny_vit(), empty, epochs=1, device="cpu", progress=False, verbose=False)
     with pytest.raises(TypeError, match="train_loader must have a length"):
-        vh.fit(tiny_vit(), iter([]), epochs=1, device="cpu", progress=False, verbose=False)
+        train.fit(tiny_vit(), iter([]), epochs=1, device="cpu", progress=False, verbose=False)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
-        vh.fit("vit", loader(quadrant_data(8, 0)), epochs=1, device="cpu", progress=False, verbose=False)
+        train.fit("vit", loader(quadrant_data(8, 0)), epochs=1, device="cpu", progress=False, verbose=False)
 
 
 # --- image folders ------------------------------------------------------------------------------------------
@@ -112,7 +114,7 @@ def test_hidden_folders_are_not_classes(fake_cifar_folders):  # noqa: F811
     root, _ = fake_cifar_folders
     (root / "cifar10-jpeg" / "train" / ".ipynb_checkpoints").mkdir()
     (root / "cifar10-jpeg" / "train" / "cat" / ".hidden.jpg").write_bytes(b"not an image")
-    train, test = vh.load_cifar10(root, download=False)
+    train, test = data.load_cifar10(root, download=False)
     assert train.classes == test.classes == ["cat", "dog", "ship"]
     assert train.labels.bincount().tolist() == [12, 12, 12]
 
@@ -121,7 +123,7 @@ def test_class_folders_that_differ_between_splits_are_reported(fake_cifar_folder
     root, _ = fake_cifar_folders
     (root / "cifar10-jpeg" / "test" / "ship").rename(root / "cifar10-jpeg" / "test" / "boat")
     with pytest.raises(ValueError, match=r"extra \['boat'\], missing \['ship'\]"):
-        vh.load_cifar10(root, download=False)
+        data.load_cifar10(root, download=False)
 
 
 def test_undecodable_image_is_named(fake_cifar_folders):  # noqa: F811
@@ -129,7 +131,7 @@ def test_undecodable_image_is_named(fake_cifar_folders):  # noqa: F811
     bad = root / "cifar10-jpeg" / "train" / "dog" / "9999.jpg"
     bad.write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(ValueError, match="cannot decode .*9999.jpg"):
-        vh.load_cifar10(root, download=False)
+        data.load_cifar10(root, download=False)
 
 
 # --- MNIST files --------------------------------------------------------------------------------------------
@@ -140,7 +142,7 @@ def test_truncated_idx_file_is_named(fake_mnist):  # noqa: F811
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"train-images-idx3-ubyte is truncated or corrupt: 46,956 bytes, the "
                                          r"header promises 47,056"):
-        vh.load_mnist(root, download=False)
+        data.load_mnist(root, download=False)
 
 
 def test_gz_files_alone_are_enough(tmp_path):
@@ -150,11 +152,11 @@ def test_gz_files_alone_are_enough(tmp_path):
               torch.arange(30, dtype=torch.uint8) % 10)
     write_idx(raw, "t10k", torch.randint(0, 256, (10, 28, 28), dtype=torch.uint8, generator=g),
               torch.arange(10, dtype=torch.uint8) % 10)
-    expected = vh.load_mnist(tmp_path, download=False)
+    expected = data.load_mnist(tmp_path, download=False)
     for f in list(raw.iterdir()):
         f.with_name(f.name + ".gz").write_bytes(gzip.compress(f.read_bytes()))
         f.unlink()
-    train, test = vh.load_mnist(tmp_path, download=False)
+    train, test = data.load_mnist(tmp_path, download=False)
     assert torch.equal(train.images, expected[0].images) and torch.equal(test.labels, expected[1].labels)
 
 
@@ -164,11 +166,11 @@ def test_swapped_or_mismatched_idx_files_are_named(fake_mnist):  # noqa: F811
     images = (raw / "t10k-images-idx3-ubyte").read_bytes()
     (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
     with pytest.raises(ValueError, match="not an MNIST images IDX file"):
-        vh.load_mnist(root, download=False)
+        data.load_mnist(root, download=False)
     (raw / "t10k-images-idx3-ubyte").write_bytes(images)
     (raw / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 7) + bytes(7))
     with pytest.raises(ValueError, match="holds 20 images but its partner file holds 7"):
-        vh.load_mnist(root, download=False)
+        data.load_mnist(root, download=False)
 
 
 # --- downloads that stall -----------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ def test_stalled_mnist_download_fails_in_bounded_time(silent_server, tmp_path, m
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [silent_server])
     start = time.perf_counter()
     with pytest.raises(vh.DataNotFoundError, match="could not be downloaded .*(timed out|Timeout)"):
-        vh.load_mnist(tmp_path, download=True, timeout_s=0.5)
+        data.load_mnist(tmp_path, download=True, timeout_s=0.5)
     assert time.perf_counter() - start < 20  # 4 files x 0.5 s, not forever
     assert socket.getdefaulttimeout() is None  # the process-wide default is restored
 
@@ -214,14 +216,14 @@ def test_stalled_cifar_download_fails_in_bounded_time(silent_server, tmp_path, m
     monkeypatch.setattr(torchvision.datasets.CIFAR10, "url", silent_server + "cifar-10-python.tar.gz")
     start = time.perf_counter()
     with pytest.raises(vh.DataNotFoundError, match="could not be downloaded"):
-        vh.load_cifar10(tmp_path, download=True, timeout_s=0.5)
+        data.load_cifar10(tmp_path, download=True, timeout_s=0.5)
     assert time.perf_counter() - start < 20
 
 
 def test_stalled_image_download_fails_in_bounded_time(silent_server):
     start = time.perf_counter()
     with pytest.raises(vh.DataNotFoundError, match="could not download"):
-        vh.load_image(silent_server + "photo.jpg", timeout_s=0.5)
+        data.load_image(silent_server + "photo.jpg", timeout_s=0.5)
     assert time.perf_counter() - start < 10
 
 
@@ -255,9 +257,9 @@ def test_prefix_tokens_beyond_cls_are_handled_and_suggested():
 # --- run records --------------------------------------------------------------------------------------------
 
 def test_records_hold_plain_numbers(tmp_path):
-    path = vh.save_results(tmp_path / "r.json", metrics={"acc": torch.tensor(0.5), "n": torch.tensor(3),
-                                                         "curve": torch.tensor([0.25, 0.5])},
-                           config={"mean": (0.5,), "root": tmp_path}, seed=0, dataset="x", wall_time_s=1.0)
+    path = records.save_results(tmp_path / "r.json", metrics={"acc": torch.tensor(0.5), "n": torch.tensor(3),
+                                                              "curve": torch.tensor([0.25, 0.5])},
+                                config={"mean": (0.5,), "root": tmp_path}, seed=0, dataset="x", wall_time_s=1.0)
     rec = json.loads(path.read_text())
     assert rec["metrics"] == {"acc": 0.5, "n": 3, "curve": [0.25, 0.5]} and rec["config"]["mean"] == [0.5]
 
@@ -269,7 +271,7 @@ def test_records_hold_plain_numbers(tmp_path):
 ])
 def test_records_refuse_what_json_cannot_hold(tmp_path, metrics, error, message):
     with pytest.raises(error, match=message):
-        vh.save_results(tmp_path / "r.json", metrics=metrics, config={}, seed=0, dataset="x", wall_time_s=1.0)
+        records.save_results(tmp_path / "r.json", metrics=metrics, config={}, seed=0, dataset="x", wall_time_s=1.0)
     assert not (tmp_path / "r.json").exists()  # nothing half-written
 
 
@@ -278,13 +280,13 @@ def test_records_refuse_what_json_cannot_hold(tmp_path, metrics, error, message)
 def test_devices_that_are_not_there(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available here"):
-        vh.get_device("cuda")
+        runtime.get_device("cuda")
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
-        vh.get_device("gpu")
+        runtime.get_device("gpu")
     with pytest.raises(ValueError, match="CUDA is not available here"):
-        vh.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, device="cuda", progress=False, verbose=False)
+        train.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, device="cuda", precision="fp32", progress=False, verbose=False)
     with pytest.raises(TypeError, match="seed must be an int"):
-        vh.set_seed("0")
+        runtime.set_seed("0")
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
@@ -296,7 +298,7 @@ def test_devices_that_are_not_there(monkeypatch):
 ])
 def test_loader_arguments_are_checked_before_reading(tmp_path, kwargs, error, message):
     with pytest.raises(error, match=message):  # tmp_path holds no data: the check comes first
-        vh.mnist_loaders(tmp_path, download=False, **kwargs)
+        data.mnist_loaders(tmp_path, download=False, **kwargs)
 
 
 def test_hf_interop_arguments():
@@ -314,9 +316,9 @@ def test_hf_interop_arguments():
 
 def test_top_k_and_images(tmp_path):
     with pytest.raises(ValueError, match="k must be a positive int"):
-        vh.top_k(torch.zeros(1, 3), {0: "a", 1: "b", 2: "c"}, k=0)
+        explain.top_k(torch.zeros(1, 3), {0: "a", 1: "b", 2: "c"}, k=0)
     with pytest.raises(ValueError, match=r"no name for class\(es\) \[2\]"):
-        vh.top_k(torch.zeros(1, 3), {0: "a", 1: "b"})
+        explain.top_k(torch.zeros(1, 3), {0: "a", 1: "b"})
     (tmp_path / "notes.jpg").write_text("not a picture")
     with pytest.raises(ValueError, match="is not an image PIL can read"):
-        vh.load_image(tmp_path / "notes.jpg")
+        data.load_image(tmp_path / "notes.jpg")

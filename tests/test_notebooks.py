@@ -12,8 +12,10 @@ import nbformat
 import pytest
 
 import vit_helpers as vh
+from vitkit import data, explain, plots, recipes, records, runtime, train
 from conftest import ROOT, SHARED_DATA
 
+HARNESS = (data, runtime, train, recipes, explain, records, plots)
 sys.path.insert(0, str(ROOT / "scripts"))
 from smoke_env import NOTEBOOKS, make_smoke_env, run_notebook  # noqa: E402
 
@@ -30,7 +32,8 @@ def test_notebook_is_stripped_and_parametrised(name):
     assert "import vit_helpers as vh" in "".join(c.source for c in code)
     defined = {node.name for c in code for node in ast.walk(ast.parse(c.source))
                if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
-    assert not defined & set(dir(vh)), f"{name} redefines {defined & set(dir(vh))} from vit_helpers"
+    shared = set(dir(vh)).union(*(m.__all__ for m in HARNESS))
+    assert not defined & shared, f"{name} redefines {defined & shared} from vit_helpers or vitkit"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +52,7 @@ def _record(env, stem):
     return json.loads((env["out"] / "results" / f"{stem}-smoke.json").read_text())
 
 
+@pytest.mark.slow
 def test_vision_transformer_notebook(env):
     nb = _run("VisionTransformer.ipynb", env)
     record = _record(env, "VisionTransformer")
@@ -71,6 +75,7 @@ def test_vision_transformer_notebook_builds_the_model_itself():
     assert "softmax" in source and "scaled_dot_product_attention" in source  # written out, then checked
 
 
+@pytest.mark.slow
 def test_inductive_bias_notebook(env):
     _run("InductiveBias.ipynb", env)
     record = _record(env, "InductiveBias")
@@ -85,17 +90,18 @@ def test_inductive_bias_notebook(env):
         assert (env["out"] / "images" / "smoke" / f"inductive-bias-{fig}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_visualize_attention_notebook(env):
     _run("VisualizeAttentionMap.ipynb", env)
     record = _record(env, "VisualizeAttentionMap")
     assert record["config"]["data"]["invert"] is True
     faith = record["metrics"]["faithfulness"]
-    assert set(faith) == set(vh.EXPLAINERS) and record["config"]["weights"] == "weights/mnist-fast.safetensors"
+    assert set(faith) == set(explain.EXPLAINERS) and record["config"]["weights"] == "weights/mnist-fast.safetensors"
     assert all(len(f["positive_accuracy"]) == 10 and 0 <= f["stroke_mass"] <= 1 for f in faith.values())
     assert 0 < record["metrics"]["seconds_to_first_maps"] < record["wall_time_s"]
     if (ROOT / "weights" / "cifar10-cpu.safetensors").is_file():  # the same test on the shipped CIFAR-10 model
         cifar = record["metrics"]["faithfulness_cifar10"]
-        assert set(cifar) == set(vh.EXPLAINERS) and record["config"]["n_faithful_cifar10"] == 100
+        assert set(cifar) == set(explain.EXPLAINERS) and record["config"]["n_faithful_cifar10"] == 100
         assert all(0 <= f["positive_auc"] <= 90 and len(f["negative_accuracy"]) == 10 for f in cifar.values())
         assert (env["out"] / "images" / "smoke" / "cifar10-explanations.png").stat().st_size > 1000
     for fig in ("mnist-rollout", "mnist-rollout-by-layer", "mnist-rollout-fusion", "mnist-raw-vs-rollout",
@@ -103,6 +109,7 @@ def test_visualize_attention_notebook(env):
         assert (env["out"] / "images" / "smoke" / f"{fig}.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_imported_vision_transformer_notebook(env):
     _run("ImportedVisionTransformer.ipynb", env)
     metrics = _record(env, "ImportedVisionTransformer")["metrics"]

@@ -3,13 +3,14 @@ import pytest
 import torch
 
 import vit_helpers as vh
+from vitkit import train, plots
 
 matplotlib.use("Agg")
 
 
 def test_upsampled_masks_are_scaled_to_unit_range():
     masks = torch.rand(3, 4, 4) * 0.01 + 0.002
-    up = vh.upsample_masks(masks, (16, 16))
+    up = plots.upsample_masks(masks, (16, 16))
     assert up.shape == (3, 16, 16)
     for m in up:
         assert m.min().item() == pytest.approx(0.0, abs=1e-6) and m.max().item() == pytest.approx(1.0, abs=1e-6)
@@ -17,19 +18,19 @@ def test_upsampled_masks_are_scaled_to_unit_range():
 
 def test_attention_figure_layout_and_saving(tmp_path):
     images, masks = torch.randn(10, 1, 28, 28), torch.rand(10, 7, 7)
-    fig = vh.plot_attention_maps(images, masks, mean=(0.5,), std=(0.5,), save_path=tmp_path / "att.png")
+    fig = plots.attention_maps(images, masks, mean=(0.5,), std=(0.5,), save_path=tmp_path / "att.png")
     assert len(fig.axes) == 3 * 12  # 10 triplets, 4 per row -> 3 rows of 12 panels
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:3] == ["#0: original", "mask", "overlay"]
     assert (tmp_path / "att.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="same B"):
-        vh.plot_attention_maps(images, masks[:3])
+        plots.attention_maps(images, masks[:3])
 
 
 def test_history_figure_has_labelled_axes(tmp_path):
-    hist = vh.History(epoch=[1, 2], train_loss=[2.0, 1.0], train_acc=[0.3, 0.6], val_loss=[1.8, 1.1],
-                      val_acc=[0.35, 0.55], lr=[0.0, 1e-3, 5e-4])
-    fig = vh.plot_history(hist, save_path=tmp_path / "h.png")
+    hist = train.History(epoch=[1, 2], train_loss=[2.0, 1.0], train_acc=[0.3, 0.6], val_loss=[1.8, 1.1],
+                         val_acc=[0.35, 0.55], lr=[0.0, 1e-3, 5e-4])
+    fig = plots.training_curves(hist, save_path=tmp_path / "h.png")
     assert [ax.get_xlabel() for ax in fig.axes] == ["epoch", "epoch", "optimizer step"]
     assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "accuracy", "learning rate"]
     assert (tmp_path / "h.png").exists()
@@ -38,35 +39,35 @@ def test_history_figure_has_labelled_axes(tmp_path):
 def test_other_figures(tmp_path):
     model = vh.VisionTransformer(image_size=16, patch_size=4, in_channels=3, num_classes=3, dim=16, depth=1, heads=2,
                                  mlp_dim=32)
-    assert len(vh.plot_position_similarity(model).axes) == 16 + 1  # 4x4 maps + colour bar
-    fig = vh.plot_patch_grid(torch.rand(3, 16, 16), 4, save_path=tmp_path / "p.png")
+    assert len(plots.position_similarity(model).axes) == 16 + 1  # 4x4 maps + colour bar
+    fig = plots.patch_grid(torch.rand(3, 16, 16), 4, save_path=tmp_path / "p.png")
     assert len(fig.axes) == 1 + 16 and (tmp_path / "p.png").exists()
-    assert len(vh.plot_images(torch.rand(5, 3, 8, 8), [str(i) for i in range(5)], ncols=3).axes) == 6
-    fig = vh.plot_confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]), ["a", "b", "c"])
+    assert len(plots.image_grid(torch.rand(5, 3, 8, 8), [str(i) for i in range(5)], ncols=3).axes) == 6
+    fig = plots.confusion_matrix(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2]), ["a", "b", "c"])
     assert fig.axes[0].get_xlabel() == "predicted class"
 
 
 def test_confusion_matrix_counts():
-    cm = vh.confusion_matrix(torch.tensor([0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 2, 2]), 3)
+    cm = plots.confusion_counts(torch.tensor([0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 2, 2]), 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 2]]
 
 
 def test_mask_grid_rows_and_columns():
     columns = {"layer 1": torch.rand(3, 4, 4), "layer 2": torch.rand(3, 4, 4)}
-    fig = vh.plot_mask_grid(torch.rand(3, 3, 16, 16), columns, row_titles=["a", "b", "c"])
+    fig = plots.mask_grid(torch.rand(3, 3, 16, 16), columns, row_titles=["a", "b", "c"])
     assert len(fig.axes) == 3 * 3
     assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "layer 1", "layer 2"]
     with pytest.raises(ValueError, match="expected \\(3, h, w\\)"):
-        vh.plot_mask_grid(torch.rand(3, 3, 16, 16), {"bad": torch.rand(2, 4, 4)})
+        plots.mask_grid(torch.rand(3, 3, 16, 16), {"bad": torch.rand(2, 4, 4)})
 
 
 @pytest.mark.parametrize("call, message", [
-    (lambda: vh.plot_images(torch.rand(3, 8, 8)), r"images must be a batch \(B, C, H, W\)"),
-    (lambda: vh.plot_images(torch.rand(2, 3, 8, 8), mean=(0.5, 0.5, 0.5)), "pass both mean and std"),
-    (lambda: vh.plot_images(torch.rand(2, 3, 8, 8), mean=(0.5,), std=(0.5,)), "the images have 3 channel"),
-    (lambda: vh.plot_images(torch.rand(2, 3, 8, 8), ["only one"]), "1 titles for 2 images"),
-    (lambda: vh.plot_attention_maps(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), titles=["a"]), "1 titles for 2"),
-    (lambda: vh.plot_mask_grid(torch.rand(2, 1, 8, 8), {"m": torch.rand(2, 2, 2)}, row_titles=["a", "b", "c"]),
+    (lambda: plots.image_grid(torch.rand(3, 8, 8)), r"images must be a batch \(B, C, H, W\)"),
+    (lambda: plots.image_grid(torch.rand(2, 3, 8, 8), mean=(0.5, 0.5, 0.5)), "pass both mean and std"),
+    (lambda: plots.image_grid(torch.rand(2, 3, 8, 8), mean=(0.5,), std=(0.5,)), "the images have 3 channel"),
+    (lambda: plots.image_grid(torch.rand(2, 3, 8, 8), ["only one"]), "1 titles for 2 images"),
+    (lambda: plots.attention_maps(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), titles=["a"]), "1 titles for 2"),
+    (lambda: plots.mask_grid(torch.rand(2, 1, 8, 8), {"m": torch.rand(2, 2, 2)}, row_titles=["a", "b", "c"]),
      "3 row_titles for 2 images"),
 ])
 def test_plots_check_their_inputs(call, message):

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import vit_helpers as vh
+from vitkit import runtime, train
 from test_train import loader, quadrant_data, tiny_vit
 
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
@@ -13,16 +14,16 @@ SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f amx_bf16 amx_tile\n"
 
 
 def test_cpuinfo_flags_decide_native_bf16():
-    assert vh._cpuinfo_has_bf16(ZEN3) is False
-    assert vh._cpuinfo_has_bf16(ZEN4) is True
-    assert vh._cpuinfo_has_bf16(SAPPHIRE_RAPIDS) is True
-    assert vh._cpuinfo_has_bf16("") is False
+    assert runtime._cpuinfo_has_bf16(ZEN3) is False
+    assert runtime._cpuinfo_has_bf16(ZEN4) is True
+    assert runtime._cpuinfo_has_bf16(SAPPHIRE_RAPIDS) is True
+    assert runtime._cpuinfo_has_bf16("") is False
 
 
 @pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_on_cpu(monkeypatch, native_bf16, expected):
-    monkeypatch.setattr(vh, "cpu_has_native_bf16", lambda: native_bf16)
-    assert vh.resolve_precision("cpu") == expected
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    assert runtime.resolve_precision("cpu") == expected
 
 
 @pytest.mark.parametrize("bf16_gpu, expected", [(True, "bf16"), (False, "fp16")])
@@ -34,17 +35,17 @@ def test_auto_precision_on_cuda(monkeypatch, bf16_gpu, expected):
         return bf16_gpu
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
-    assert vh.resolve_precision(torch.device("cuda")) == expected
+    assert runtime.resolve_precision(torch.device("cuda")) == expected
     assert calls == [False]  # emulated bf16 (a T4) must not count as native
 
 
 def test_auto_precision_elsewhere_and_forced(monkeypatch):
-    monkeypatch.setattr(vh, "cpu_has_native_bf16", lambda: True)
-    assert vh.resolve_precision("mps") == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_precision("mps") == "fp32"
     for p in ("bf16", "fp16", "fp32"):
-        assert vh.resolve_precision("cpu", p) == p
+        assert runtime.resolve_precision("cpu", p) == p
     with pytest.raises(ValueError, match="unknown precision 'half'"):
-        vh.resolve_precision("cpu", "half")
+        runtime.resolve_precision("cpu", "half")
 
 
 def test_attention_path_choice():
@@ -104,20 +105,21 @@ def test_compile_choice(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++")
-    assert vh._resolve_compile("auto", cpu, "fp32", 10_000) is True  # +17 % measured on a 2-core CPU
+    assert runtime.resolve_compile("auto", cpu, "fp32", 10_000) is True  # +17 % measured on a 2-core CPU
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert vh._resolve_compile("auto", cpu, "fp32", 10_000) is False  # inductor needs a C++ compiler
+    assert runtime.resolve_compile("auto", cpu, "fp32", 10_000) is False  # inductor needs a C++ compiler
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
-    assert vh._resolve_compile("auto", cpu, "fp32", 10_000) is False
-    assert vh._resolve_compile("auto", cpu, "fp32", 100) is False  # too short to repay compilation
-    assert vh._resolve_compile("auto", cuda, "bf16", 10_000) is True
-    assert vh._resolve_compile("auto", cuda, "bf16", 10) is False  # too short to repay compilation
-    assert vh._resolve_compile(True, cpu, "fp32", 1) is True
-    assert vh._resolve_compile(False, cuda, "bf16", 10_000) is False
+    assert runtime.resolve_compile("auto", cpu, "fp32", 10_000) is False
+    assert runtime.resolve_compile("auto", cpu, "fp32", 100) is False  # too short to repay compilation
+    assert runtime.resolve_compile("auto", cuda, "bf16", 10_000) is True
+    assert runtime.resolve_compile("auto", cuda, "bf16", 10) is False  # too short to repay compilation
+    assert runtime.resolve_compile(True, cpu, "fp32", 1) is True
+    assert runtime.resolve_compile(False, cuda, "bf16", 10_000) is False
     with pytest.raises(ValueError, match="compile must be True, False or 'auto'"):
-        vh._resolve_compile("yes", cpu, "fp32", 1)
+        runtime.resolve_compile("yes", cpu, "fp32", 1)
 
 
+@pytest.mark.slow
 def test_fit_with_compile_trains_the_original_model(monkeypatch):
     compiled = []
     real_compile = torch.compile
@@ -127,19 +129,19 @@ def test_fit_with_compile_trains_the_original_model(monkeypatch):
         return real_compile(model, backend="eager")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    vh.set_seed(0)
+    runtime.set_seed(0)
     model = tiny_vit()
     before = model.head.weight.detach().clone()
-    hist = vh.fit(model, loader(quadrant_data(64, 0), shuffle=True), loader(quadrant_data(32, 1)), epochs=2,
-                  compile=True, device="cpu", progress=False, verbose=False)
+    hist = train.fit(model, loader(quadrant_data(64, 0), shuffle=True), loader(quadrant_data(32, 1)), epochs=2,
+                     compile=True, device="cpu", precision="fp32", progress=False, verbose=False)
     assert compiled == [model] and hist.compiled is True
     assert not torch.equal(before, model.head.weight)  # the compiled wrapper shares the parameters
     torch._dynamo.reset()
 
 
 def test_fit_records_its_choices(monkeypatch, capsys):
-    monkeypatch.setattr(vh, "cpu_has_native_bf16", lambda: False)
-    hist = vh.fit(tiny_vit(), loader(quadrant_data(32, 0)), epochs=1, device="cpu", progress=False)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    hist = train.fit(tiny_vit(), loader(quadrant_data(32, 0)), epochs=1, device="cpu", progress=False)
     assert (hist.precision, hist.attention, hist.compiled, hist.device) == ("fp32", "SDPA (auto)", False, "cpu")
     out = capsys.readouterr().out
     assert out.count("fit: cpu in fp32 (CPU without native bf16") == 1 and "attention SDPA (auto)" in out
@@ -154,26 +156,38 @@ def test_fp16_with_gradient_scaler_trains_on_cpu(monkeypatch):
         return scalers[-1]
 
     monkeypatch.setattr(torch.amp, "GradScaler", recording)
-    vh.set_seed(0)
+    runtime.set_seed(0)
     model = tiny_vit()
-    train, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(64, 1))
-    hist = vh.fit(model, train, val, epochs=10, lr=3e-3, precision="fp16", grad_clip=1.0, device="cpu",
-                  progress=False, verbose=False)
+    train_loader, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(64, 1))
+    hist = train.fit(model, train_loader, val, epochs=10, lr=3e-3, precision="fp16", grad_clip=1.0, device="cpu",
+                     progress=False, verbose=False)
     assert hist.precision == "fp16" and hist.attention == "explicit (auto)"
     assert len(scalers) == 1 and scalers[0].get_scale() > 0
     assert len(hist.lr) == hist.total_steps == 80
-    assert vh.evaluate(model, val, precision="fp16")["acc"] >= 0.9
+    assert train.evaluate(model, val, precision="fp16")["acc"] >= 0.9
 
 
+@pytest.mark.slow
 def test_bf16_training_on_cpu_matches_fp32():
     accs = {}
     for precision in ("fp32", "bf16"):
-        vh.set_seed(0)
+        runtime.set_seed(0)
         model = tiny_vit()
-        train, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(128, 1))
-        hist = vh.fit(model, train, val, epochs=15, lr=3e-3, precision=precision, device="cpu", progress=False,
-                      verbose=False)
+        train_loader, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(128, 1))
+        hist = train.fit(model, train_loader, val, epochs=15, lr=3e-3, precision=precision, device="cpu", progress=False,
+                         verbose=False)
         assert hist.precision == precision
-        accs[precision] = vh.evaluate(model, val, precision=precision)["acc"]
+        accs[precision] = train.evaluate(model, val, precision=precision)["acc"]
     assert accs["fp32"] >= 0.95 and accs["bf16"] >= 0.95
     assert abs(accs["fp32"] - accs["bf16"]) <= 0.03
+
+
+@pytest.mark.parametrize("native_bf16, precision, attention", [(True, "bf16", "explicit (auto)"),
+                                                                (False, "fp32", "SDPA (auto)")])
+def test_fit_follows_the_native_bf16_decision(monkeypatch, native_bf16, precision, attention):
+    """The decision mocked, the arithmetic real: one step of a tiny model (cheap even where bf16 is emulated)."""
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    hist = train.fit(tiny_vit(), loader(quadrant_data(16, 0)), epochs=1, device="cpu", compile=False,
+                     progress=False, verbose=False)
+    assert (hist.precision, hist.attention, hist.total_steps) == (precision, attention, 1)
+    assert train.evaluate(tiny_vit(), loader(quadrant_data(16, 1)))["n"] == 16

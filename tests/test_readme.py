@@ -24,7 +24,7 @@ def test_every_result_record_is_complete():
 def test_table_renders_a_record(tmp_path):
     rec = {"metrics": {"test_acc": 0.9912, "best_val_acc": 0.99, "epochs_run": 3, "parameters": 212_345}, "seed": 0, "wall_time_s": 600,
            "dataset": "torchvision MNIST IDX files at x", "config": {"recipe": "mnist-x", "budget_min": 10, "threads": 1,
-                                                                    "fit": {"epochs": 40}},
+                                                                     "fit": {"epochs": 40}},
            "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 1}}
     (tmp_path / "mnist-x-cpu.json").write_text(json.dumps(rec))
     table = results_table.results_table(results_table.load_records(tmp_path))

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import vit_helpers as vh
+from vitkit import data, runtime, train, recipes, explain, records
 
 
 def quadrant_data(n, seed):
@@ -15,7 +16,7 @@ def quadrant_data(n, seed):
     for i, c in enumerate(labels.tolist()):
         r, col = divmod(c, 2)
         images[i, 0, 8 * r:8 * r + 8, 8 * col:8 * col + 8] += 180
-    return vh.InMemoryImages(images, labels, ["tl", "tr", "bl", "br"])
+    return data.InMemoryImages(images, labels, ["tl", "tr", "bl", "br"])
 
 
 def loader(ds, batch_size=32, shuffle=False):
@@ -29,12 +30,12 @@ def tiny_vit():
 
 
 def test_loss_falls_and_model_learns():
-    vh.set_seed(0)
-    train, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(64, 1))
+    runtime.set_seed(0)
+    train_loader, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(64, 1))
     model = tiny_vit()
-    before = vh.evaluate(model, val)
-    hist = vh.fit(model, train, val, epochs=15, lr=3e-3, device="cpu", progress=False, verbose=False)
-    after = vh.evaluate(model, val)
+    before = train.evaluate(model, val)
+    hist = train.fit(model, train_loader, val, epochs=15, lr=3e-3, device="cpu", precision="fp32", progress=False, verbose=False)
+    after = train.evaluate(model, val)
     assert hist.train_loss[-1] < hist.train_loss[0]
     assert after["loss"] < 0.5 * before["loss"]
     assert after["acc"] >= 0.95
@@ -43,13 +44,13 @@ def test_loss_falls_and_model_learns():
 
 
 def test_best_validation_weights_are_restored():
-    vh.set_seed(0)
-    train, val = loader(quadrant_data(128, 0), shuffle=True), loader(quadrant_data(64, 1))
+    runtime.set_seed(0)
+    train_loader, val = loader(quadrant_data(128, 0), shuffle=True), loader(quadrant_data(64, 1))
     model = tiny_vit()
-    hist = vh.fit(model, train, val, epochs=4, lr=3e-3, device="cpu", progress=False, verbose=False)
+    hist = train.fit(model, train_loader, val, epochs=4, lr=3e-3, device="cpu", precision="fp32", progress=False, verbose=False)
     assert hist.best_val_acc == max(hist.val_acc)
     assert hist.val_acc[hist.best_epoch - 1] == hist.best_val_acc
-    assert vh.evaluate(model, val)["acc"] == hist.best_val_acc
+    assert train.evaluate(model, val)["acc"] == hist.best_val_acc
 
 
 class FixedLogits(torch.nn.Module):
@@ -67,7 +68,7 @@ def test_evaluate_counts_the_whole_split_with_a_short_last_batch():
     logits = torch.eye(3)[torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])] * 5  # predicted classes
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 2, 0, 1])  # 7 of 10 correct
     ds = torch.utils.data.TensorDataset(logits, labels)
-    out = vh.evaluate(FixedLogits(), torch.utils.data.DataLoader(ds, batch_size=4), return_predictions=True)
+    out = train.evaluate(FixedLogits(), torch.utils.data.DataLoader(ds, batch_size=4), return_predictions=True)
     assert out["n"] == 10 and out["acc"] == 0.7  # batches of 4, 4, 2: not 7 / (3 * 4)
     assert out["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-6)
     assert out["preds"].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
@@ -75,28 +76,28 @@ def test_evaluate_counts_the_whole_split_with_a_short_last_batch():
 
 def test_same_seed_same_run():
     def run():
-        vh.set_seed(3)
+        runtime.set_seed(3)
         model = tiny_vit()
-        return vh.fit(model, loader(quadrant_data(64, 0), shuffle=True), epochs=2, device="cpu", progress=False,
-                      verbose=False).train_loss
+        return train.fit(model, loader(quadrant_data(64, 0), shuffle=True), epochs=2, device="cpu", precision="fp32", progress=False,
+                         verbose=False).train_loss
     assert run() == run()
 
 
 def test_accumulation_label_smoothing_clipping_and_mixing_run():
-    vh.set_seed(0)
+    runtime.set_seed(0)
     model = tiny_vit()
-    hist = vh.fit(model, loader(quadrant_data(96, 0), batch_size=16, shuffle=True), epochs=2, accumulation_steps=4,
-                  label_smoothing=0.1, grad_clip=1.0, mixup_alpha=0.8, cutmix_alpha=1.0, optimizer="sgd", lr=0.05,
-                  device="cpu", progress=False, verbose=False)
+    hist = train.fit(model, loader(quadrant_data(96, 0), batch_size=16, shuffle=True), epochs=2, accumulation_steps=4,
+                     label_smoothing=0.1, grad_clip=1.0, mixup_alpha=0.8, cutmix_alpha=1.0, optimizer="sgd", lr=0.05,
+                     device="cpu", precision="fp32", progress=False, verbose=False)
     assert hist.total_steps == 2 * 2 and len(hist.lr) == 4  # 6 batches / 4 -> 2 optimizer steps per epoch
     assert all(torch.isfinite(torch.tensor(hist.train_loss)))
 
 
 def test_time_budget_shortens_the_schedule():
-    vh.set_seed(0)
+    runtime.set_seed(0)
     model = tiny_vit()
-    hist = vh.fit(model, loader(quadrant_data(256, 0), batch_size=8, shuffle=True), epochs=50, time_budget_s=0.05,
-                  device="cpu", progress=False, verbose=False)
+    hist = train.fit(model, loader(quadrant_data(256, 0), batch_size=8, shuffle=True), epochs=50, time_budget_s=0.05,
+                     device="cpu", precision="fp32", progress=False, verbose=False)
     assert 1 <= hist.total_steps < 50 * 32
     assert len(hist.lr) == hist.total_steps
 
@@ -125,11 +126,12 @@ class SlowsDownLoader:
             yield batch
 
 
+@pytest.mark.slow
 def test_time_budget_is_replanned_at_the_measured_pace():
-    vh.set_seed(0)
+    runtime.set_seed(0)
     budget = 3.0
-    hist = vh.fit(tiny_vit(), SlowsDownLoader(), epochs=1000, time_budget_s=budget, device="cpu", compile=False,
-                  progress=False, verbose=False)
+    hist = train.fit(tiny_vit(), SlowsDownLoader(), epochs=1000, time_budget_s=budget, device="cpu", compile=False,
+                     precision="fp32", progress=False, verbose=False)
     # The probe saw ~1 ms batches and planned far more steps than 20 ms batches allow; after epoch 1 the rest
     # of the schedule is fitted to the measured pace, so the run ends near the budget instead of ~20x over it.
     assert hist.wall_time_s < 1.5 * budget
@@ -137,7 +139,7 @@ def test_time_budget_is_replanned_at_the_measured_pace():
     assert hist.lr[-1] < 0.05 * max(hist.lr)  # the cosine still decays to (near) zero at the new end
     # From epoch 2 on, the LR is the warmup-cosine of the new plan (warmup 20 % of the new total, default lr).
     T = hist.total_steps
-    factor = vh._warmup_cosine_factor(int(0.2 * T), T)
+    factor = vh.warmup_cosine_factor(int(0.2 * T), T)
     torch.testing.assert_close(torch.tensor(hist.lr[32:]), torch.tensor([1e-3 * factor(i) for i in range(32, T)]))
 
 
@@ -156,9 +158,9 @@ class SpeedsUpLoader(SlowsDownLoader):
 
 
 def test_replanning_to_more_steps_runs_them_all():
-    vh.set_seed(0)
-    hist = vh.fit(tiny_vit(), SpeedsUpLoader(), epochs=1000, time_budget_s=1.5, device="cpu", compile=False,
-                  progress=False, verbose=False)
+    runtime.set_seed(0)
+    hist = train.fit(tiny_vit(), SpeedsUpLoader(), epochs=1000, time_budget_s=1.5, device="cpu", compile=False,
+                     precision="fp32", progress=False, verbose=False)
     assert len(hist.epoch) > 3  # the probe's pace (~20 ms/batch) planned ~2 epochs of 32 batches
     # Every planned step ran and the cosine reached its end (an earlier fit kept the first plan's epoch count,
     # so a longer re-plan stopped with the learning rate still high).
@@ -169,8 +171,8 @@ def test_fit_trains_hf_models():
     transformers = pytest.importorskip("transformers")
     hf = vh.to_hf(tiny_vit(), attn_implementation="sdpa")
     assert isinstance(hf, transformers.ViTForImageClassification)
-    hist = vh.fit(hf, loader(quadrant_data(64, 0), shuffle=True), loader(quadrant_data(32, 1)), epochs=2,
-                  device="cpu", progress=False, verbose=False)
+    hist = train.fit(hf, loader(quadrant_data(64, 0), shuffle=True), loader(quadrant_data(32, 1)), epochs=2,
+                     device="cpu", precision="fp32", progress=False, verbose=False)
     assert len(hist.val_acc) == 2
 
 
@@ -182,43 +184,43 @@ def test_fit_trains_hf_models():
 ])
 def test_bad_fit_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        vh.fit(tiny_vit(), loader(quadrant_data(8, 0)), device="cpu", progress=False, verbose=False, **kwargs)
+        train.fit(tiny_vit(), loader(quadrant_data(8, 0)), device="cpu", progress=False, verbose=False, **kwargs)
 
 
 def test_get_device_and_recipes():
-    assert vh.get_device("cpu") == torch.device("cpu")
-    assert vh.get_device().type in ("cpu", "cuda", "mps")
-    recipe = vh.get_recipe("cifar10-seed")
+    assert runtime.get_device("cpu") == torch.device("cpu")
+    assert runtime.get_device().type in ("cpu", "cuda", "mps")
+    recipe = recipes.get_recipe("cifar10-seed")
     assert recipe["model"]["mlp_dim"] == 1024 and recipe["fit"]["epochs"] == 30
     recipe["fit"]["epochs"] = 1
-    assert vh.RECIPES["cifar10-seed"]["fit"]["epochs"] == 30  # a copy
-    for name in vh.RECIPES:
-        vh.VisionTransformer(**vh.get_recipe(name)["model"])
+    assert recipes.RECIPES["cifar10-seed"]["fit"]["epochs"] == 30  # a copy
+    for name in recipes.RECIPES:
+        vh.VisionTransformer(**recipes.get_recipe(name)["model"])
     with pytest.raises(ValueError, match="unknown recipe"):
-        vh.get_recipe("imagenet")
+        recipes.get_recipe("imagenet")
 
 
 def test_save_results_records_everything(tmp_path):
-    path = vh.save_results(tmp_path / "r" / "run.json", metrics={"test_acc": 0.5}, config={"dim": 8}, seed=3,
-                           dataset="fake", wall_time_s=12.345, device="cpu")
+    path = records.save_results(tmp_path / "r" / "run.json", metrics={"test_acc": 0.5}, config={"dim": 8}, seed=3,
+                                dataset="fake", wall_time_s=12.345, device="cpu")
     record = json.loads(path.read_text())
     assert record["metrics"] == {"test_acc": 0.5} and record["seed"] == 3 and record["wall_time_s"] == 12.3
     assert record["dataset"] == "fake" and record["hardware"]["cpu_count"] >= 1 and "torch" in record["hardware"]
 
 
 def test_max_steps_caps_the_schedule():
-    vh.set_seed(0)
-    hist = vh.fit(tiny_vit(), loader(quadrant_data(64, 0), batch_size=8), epochs=5, max_steps=11, warmup_steps=2,
-                  device="cpu", progress=False, verbose=False)
+    runtime.set_seed(0)
+    hist = train.fit(tiny_vit(), loader(quadrant_data(64, 0), batch_size=8), epochs=5, max_steps=11, warmup_steps=2,
+                     device="cpu", precision="fp32", progress=False, verbose=False)
     assert hist.total_steps == 11 and len(hist.lr) == 11 and hist.epoch == [1, 2]
     assert hist.lr[:3] == pytest.approx([0.0, 5e-4, 1e-3])
     with pytest.raises(ValueError, match="max_steps must be a positive int"):
-        vh.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, max_steps=0, device="cpu", progress=False)
+        train.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, max_steps=0, device="cpu", precision="fp32", progress=False)
 
 
 def test_top_k():
     logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
-    out = vh.top_k(logits, {0: "a", 1: "b", 2: "c"}, k=2)
+    out = explain.top_k(logits, {0: "a", 1: "b", 2: "c"}, k=2)
     assert [name for name, _ in out[0]] == ["b", "c"]
     assert [p for _, p in out[0]] == pytest.approx([0.6, 0.3])
 
@@ -226,7 +228,7 @@ def test_top_k():
 def test_load_image_paths_and_errors(tmp_path):
     from PIL import Image
     Image.new("L", (7, 5), color=128).save(tmp_path / "g.png")
-    im = vh.load_image(tmp_path / "g.png")
+    im = data.load_image(tmp_path / "g.png")
     assert im.mode == "RGB" and im.size == (7, 5)
     with pytest.raises(FileNotFoundError, match="PHOTOS"):
-        vh.load_image(tmp_path / "missing.jpg")
+        data.load_image(tmp_path / "missing.jpg")

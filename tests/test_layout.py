@@ -1,0 +1,142 @@
+"""The layout the README promises: vit_helpers.py is the small file a user copies (torch only at import, at most
+1,000 lines, never importing the harness); vitkit/ is a package without import circles, small modules and small
+functions; the README's "which file to copy" sets work alone; old names say where they went."""
+import ast
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import vit_helpers as vh
+from conftest import ROOT
+
+HARNESS = sorted((ROOT / "vitkit").glob("*.py"))
+
+
+def _imports(path) -> set[str]:
+    """Top-level module names imported anywhere in ``path``."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            if node.module == "vitkit":
+                names |= {f"vitkit.{a.name}" for a in node.names}
+    return names
+
+
+def test_vit_helpers_is_small_and_never_imports_the_harness():
+    lines = (ROOT / "vit_helpers.py").read_text().count("\n")
+    assert lines <= 1000, f"vit_helpers.py has {lines} lines; move what does not fit into vitkit/"
+    assert not {m for m in _imports(ROOT / "vit_helpers.py") if m.split(".")[0] == "vitkit"}
+
+
+def test_vit_helpers_imports_nothing_beyond_torch():
+    code = textwrap.dedent("""
+        import sys
+        import torch
+        before = set(sys.modules)
+        import vit_helpers
+        print(sorted(set(sys.modules) - before - {"vit_helpers"}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"importing vit_helpers also imported {out.strip()}"
+
+
+def test_harness_has_no_import_circle():
+    graph = {p.stem: {m.split(".")[1] for m in _imports(p) if m.startswith("vitkit.")} for p in HARNESS}
+    done, visiting = set(), []
+
+    def visit(module):
+        if module in visiting:
+            raise AssertionError("import circle: " + " -> ".join(visiting[visiting.index(module):] + [module]))
+        if module in done:
+            return
+        visiting.append(module)
+        for dep in graph.get(module, ()):
+            visit(dep)
+        visiting.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
+    assert graph["checks"] == set() and "train" not in graph["data"]  # the bottom of the graph stays the bottom
+
+
+@pytest.mark.parametrize("path", HARNESS, ids=lambda p: p.name)
+def test_harness_modules_and_functions_stay_small(path):
+    source = path.read_text()
+    assert source.count("\n") <= 500, f"{path.name} has {source.count(chr(10))} lines; split it by concern"
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            length = node.end_lineno - node.lineno + 1
+            assert length <= 80, f"{path.name}: {node.name} has {length} lines; split it into named steps"
+
+
+@pytest.mark.parametrize("old, home", [("fit", "vitkit.train.fit"), ("mnist_loaders", "vitkit.data.mnist_loaders"),
+                                       ("plot_attention_maps", "vitkit.plots.attention_maps"),
+                                       ("set_seed", "vitkit.runtime.set_seed"), ("explain", "vitkit.explain.explain")])
+def test_moved_names_say_where_they_went(old, home):
+    with pytest.raises(AttributeError, match=re.escape(home)):
+        getattr(vh, old)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        vh.no_such_name
+
+
+def _copy_sets() -> dict[str, list[str]]:
+    """The file sets of the README's "Which file to copy" bullets, read from the README itself."""
+    section = (ROOT / "README.md").read_text().split("## Which file to copy", 1)[1].split("\n## ", 1)[0]
+    sets = {}
+    for title, text in re.findall(r"^- \*\*(.+?):\*\*(.*?)(?=^- |^$)", section, re.M | re.S):
+        text = " ".join(text.split())
+        files = ["vit_helpers.py"] if "`vit_helpers.py`" in text else []
+        if "whole `vitkit/` folder" in text:
+            files.append("vitkit")
+        elif "folder's" in text:
+            named = text.split("folder's", 1)[1].split("(", 1)[0]
+            files += [f"vitkit/{name}" for name in re.findall(r"`([\w.]+\.py)`", named)]
+        sets[title] = files
+    return sets
+
+
+SNIPPETS = {  # what each set must be able to do alone
+    "The model and attention rollout only": """
+        import torch, vit_helpers as vh
+        model, meta = vh.load_model(WEIGHTS)
+        logits, attentions = model(torch.zeros(2, 1, 28, 28), return_attentions=True)
+        assert vh.attention_rollout(attentions).shape == (2, 7, 7)
+    """,
+    "The training loop too": """
+        import torch, vit_helpers as vh
+        from vitkit import train
+        x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 2, (32,))
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
+        model = vh.VisionTransformer(image_size=8, patch_size=4, in_channels=1, num_classes=2, dim=16, depth=1,
+                                     heads=2, mlp_dim=16)
+        hist = train.fit(model, loader, loader, epochs=1, precision="fp32", device="cpu", progress=False, verbose=False)
+        assert hist.total_steps == 4 and train.evaluate(model, loader)["n"] == 32
+    """,
+    "Everything the notebooks use": """
+        import vit_helpers as vh
+        from vitkit import data, explain, plots, recipes, records, runtime, train
+    """,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("title", list(SNIPPETS))
+def test_the_readmes_copy_sets_work_alone(title, tmp_path):
+    sets = _copy_sets()
+    assert title in sets, f"README's 'Which file to copy' lost the bullet {title!r}: {list(sets)}"
+    for name in sets[title]:
+        src, dst = ROOT / name, tmp_path / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    code = f"WEIGHTS = {str(ROOT / 'weights' / 'mnist-fast.safetensors')!r}\n" + textwrap.dedent(SNIPPETS[title])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""})
+    assert proc.returncode == 0, f"{title}: {sets[title]} alone fail:\n{proc.stderr[-2000:]}"

@@ -1,0 +1,268 @@
+"""Plots (matplotlib is imported inside each function; each returns the Figure and can save it): attention maps
+over images, map grids, training curves, image and patch grids, position-embedding similarity, confusion matrix."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import vit_helpers as vh
+from vitkit.checks import check_number
+from vitkit.train import History
+
+__all__ = ["denormalize", "upsample_masks", "attention_maps", "mask_grid", "training_curves", "image_grid",
+           "patch_grid", "position_similarity", "confusion_counts", "confusion_matrix"]
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Undo ``Normalize(mean, std)``: ``(B, C, H, W)`` or ``(C, H, W)`` back to [0, 1]."""
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return (x * std_t + mean_t).clamp(0, 1)
+
+
+def _to_hwc(img: torch.Tensor) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W, 3) numpy for imshow."""
+    img = img.detach().float().cpu()
+    if img.shape[0] == 1:
+        img = img.expand(3, -1, -1)
+    return img.permute(1, 2, 0).numpy()
+
+
+def _finish(fig, save_path: str | Path | None, tight: bool = True):
+    if tight:
+        fig.tight_layout()
+    if save_path is not None:
+        Path(save_path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(save_path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def upsample_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Rollout maps ``(B, h, w)`` -> ``(B, H, W)`` bilinearly upsampled, each scaled to [0, 1]."""
+    m = F.interpolate(masks.detach().float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    lo = m.amin(dim=(1, 2), keepdim=True)
+    hi = m.amax(dim=(1, 2), keepdim=True)
+    return (m - lo) / (hi - lo).clamp_min(1e-12)
+
+
+def _check_images(images, mean, std, titles=None, name: str = "titles") -> torch.Tensor:
+    """The plots' shared input checks; returns the images in [0, 1] (denormalised when mean/std are given)."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError(f"images must be a batch (B, C, H, W), got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}; "
+                         "add a batch dimension with x.unsqueeze(0) for one image.")
+    if (mean is None) != (std is None):
+        raise ValueError("pass both mean and std (the loaders' normalisation, e.g. loader.dataset.mean/.std) or "
+                         "neither (images already in [0, 1]).")
+    if mean is not None and (len(mean) != images.shape[1] or len(std) != images.shape[1]):
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values but the images have {images.shape[1]} "
+                         "channel(s).")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(titles)} {name} for {len(images)} images; pass one per image.")
+    images = images.detach().float().cpu()
+    return denormalize(images, mean, std) if mean is not None else images
+
+
+def _overlay(img: np.ndarray, mask: torch.Tensor, colormap, alpha: float) -> np.ndarray:
+    """Blend an (H, W, 3) image with a colour-mapped (H, W) mask in [0, 1]."""
+    return (1 - alpha) * img + alpha * colormap(mask.numpy())[..., :3]
+
+
+def attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequence[float] | None = None,
+                   std: Sequence[float] | None = None, titles: Sequence[str] | None = None,
+                   per_row: int | None = None, alpha: float = 0.5, cmap: str = "jet",
+                   suptitle: str | None = "Attention rollout", save_path: str | Path | None = None):
+    """For each image: original | mask | overlay. ``images`` is a normalised batch ``(B, C, H, W)`` (pass
+    ``mean``/``std`` to undo it) or already in [0, 1]; ``masks`` is ``(B, h, w)`` from :func:`attention_rollout`,
+    upsampled to the image and scaled to [0, 1]. ``per_row`` triplets per figure row (default: 1 for up to
+    3 images, else 4)."""
+    import matplotlib.pyplot as plt
+
+    if images.ndim != 4 or masks.ndim != 3 or len(images) != len(masks):
+        raise ValueError(f"expected images (B, C, H, W) and masks (B, h, w) with the same B, got "
+                         f"{tuple(images.shape)} and {tuple(masks.shape)}.")
+    images = _check_images(images, mean, std, titles)
+    n = len(images)
+    per_row = per_row or (1 if n <= 3 else min(4, n))
+    rows = math.ceil(n / per_row)
+    up = upsample_masks(masks.cpu(), tuple(images.shape[-2:]))
+    colormap = plt.get_cmap(cmap)
+    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(2.0 * 3 * per_row, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, per_row)
+        img = _to_hwc(images[i])
+        overlay = _overlay(img, up[i], colormap, alpha)
+        name = titles[i] if titles is not None else f"#{i}"
+        for j, (panel, label) in enumerate(((img, "original"), (up[i].numpy(), "mask"), (overlay, "overlay"))):
+            ax = axes[r, 3 * c + j]
+            ax.imshow(panel, cmap=cmap if j == 1 else None, vmin=0, vmax=1)
+            ax.set_title(f"{name}: {label}" if j == 0 else label, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _finish(fig, save_path)
+
+
+def mask_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], *, mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None, row_titles: Sequence[str] | None = None, alpha: float = 0.5,
+              cmap: str = "jet", suptitle: str | None = None, save_path: str | Path | None = None):
+    """One image per row: the original, then one overlay per entry of ``columns`` (name -> masks (B, h, w)),
+    e.g. the rollout after each layer, or mean/max/min head fusion, side by side."""
+    import matplotlib.pyplot as plt
+
+    images = _check_images(images, mean, std, row_titles, "row_titles")
+    n, k = len(images), len(columns)
+    for name, m in columns.items():
+        if m.ndim != 3 or len(m) != n:
+            raise ValueError(f"columns[{name!r}] has shape {tuple(m.shape)}; expected ({n}, h, w).")
+    colormap = plt.get_cmap(cmap)
+    upsampled = {name: upsample_masks(m.cpu(), tuple(images.shape[-2:])) for name, m in columns.items()}
+    fig, axes = plt.subplots(n, k + 1, figsize=(1.7 * (k + 1), 1.8 * n), squeeze=False)
+    for i in range(n):
+        img = _to_hwc(images[i])
+        axes[i, 0].imshow(img)
+        axes[i, 0].set_title(row_titles[i] if row_titles is not None else "original", fontsize=8)
+        for j, (name, masks) in enumerate(upsampled.items(), start=1):
+            axes[i, j].imshow(_overlay(img, masks[i], colormap, alpha))
+            axes[i, j].set_title(name, fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _finish(fig, save_path)
+
+
+def training_curves(history: History | dict, title: str = "Training", save_path: str | Path | None = None):
+    """Loss, accuracy (train and val, per epoch) and learning rate (per step)."""
+    import matplotlib.pyplot as plt
+
+    h = history.to_dict() if isinstance(history, History) else history
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
+        ax.plot(h["epoch"], h[f"train_{key}"], "o-", label="train")
+        if h.get(f"val_{key}"):
+            ax.plot(h["epoch"], h[f"val_{key}"], "o-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} per epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[2].plot(np.arange(1, len(h["lr"]) + 1), h["lr"])
+    axes[2].set_xlabel("optimizer step")
+    axes[2].set_ylabel("learning rate")
+    axes[2].set_title("warmup + cosine schedule")
+    axes[2].grid(alpha=0.3)
+    fig.suptitle(title)
+    return _finish(fig, save_path)
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None, ncols: int = 8, suptitle: str | None = None,
+               save_path: str | Path | None = None):
+    """A grid of images (normalised with ``mean``/``std``, or in [0, 1]) with a title each."""
+    import matplotlib.pyplot as plt
+
+    images = _check_images(images, mean, std, titles)
+    check_number("ncols", ncols, low=1, integer=True)
+    n = len(images)
+    ncols = min(ncols, n)
+    rows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(rows, ncols, figsize=(1.6 * ncols, 1.8 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.flat[i]
+        ax.imshow(_to_hwc(images[i]))
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return _finish(fig, save_path)
+
+
+def patch_grid(image: torch.Tensor, patch_size: int, *, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None, save_path: str | Path | None = None):
+    """One image with its patch grid drawn on it, and its patches laid out in token order."""
+    import matplotlib.pyplot as plt
+
+    if mean is not None and std is not None:
+        image = denormalize(image.detach().float().cpu(), mean, std)
+    C, H, W = image.shape
+    gh, gw = H // patch_size, W // patch_size
+    patches = image.unfold(1, patch_size, patch_size).unfold(2, patch_size, patch_size)  # (C, gh, gw, P, P)
+    patches = patches.permute(1, 2, 0, 3, 4).reshape(gh * gw, C, patch_size, patch_size)  # (N, C, P, P)
+    fig = plt.figure(figsize=(10, 4.5))
+    ax = fig.add_subplot(1, 2, 1)
+    ax.imshow(_to_hwc(image), extent=(0, W, H, 0))
+    for k in range(1, gh):
+        ax.axhline(k * patch_size, color="white", lw=0.8)
+    for k in range(1, gw):
+        ax.axvline(k * patch_size, color="white", lw=0.8)
+    ax.set_title(f"{H}x{W} image, {patch_size}x{patch_size} patches -> {gh * gw} tokens")
+    ax.set_xlabel("x (pixels)")
+    ax.set_ylabel("y (pixels)")
+    sub = fig.add_gridspec(gh, gw, left=0.55, right=0.98, top=0.88, bottom=0.1, wspace=0.08, hspace=0.08)
+    for idx in range(gh * gw):
+        pax = fig.add_subplot(sub[idx // gw, idx % gw])
+        pax.imshow(_to_hwc(patches[idx]))
+        pax.axis("off")
+    fig.text(0.765, 0.93, "patches in token order (row-major)", ha="center")
+    return _finish(fig, save_path, tight=False)  # the patch panel has its own grid spec
+
+
+def position_similarity(model: vh.VisionTransformer, save_path: str | Path | None = None):
+    """Cosine similarity of each patch's position embedding with all others (ViT paper, Fig. 7)."""
+    import matplotlib.pyplot as plt
+
+    g = model.config.grid_size
+    sim = vh.position_similarity(model)
+    fig, axes = plt.subplots(g, g, figsize=(min(12, 1.0 * g + 2), min(12, 1.0 * g + 2)), squeeze=False)
+    for r in range(g):
+        for c in range(g):
+            ax = axes[r, c]
+            im = ax.imshow(sim[r, c].numpy(), vmin=-1, vmax=1, cmap="viridis")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(str(r + 1), fontsize=8)
+            if r == g - 1:
+                ax.set_xlabel(str(c + 1), fontsize=8)
+    fig.supxlabel("input patch column")
+    fig.supylabel("input patch row")
+    fig.suptitle("Position embedding similarity (cosine)")
+    fig.colorbar(im, ax=axes, shrink=0.6, label="cosine similarity")
+    return _finish(fig, save_path, tight=False)  # tight_layout fights the shared colour bar
+
+
+def confusion_counts(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``(num_classes, num_classes)`` counts; row = true class, column = predicted class."""
+    idx = labels.long() * num_classes + preds.long()
+    return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
+                     title: str = "Confusion matrix (test)", save_path: str | Path | None = None):
+    """Counts per (true, predicted) class pair, with the numbers written in the cells."""
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    cm = confusion_counts(preds, labels, k).numpy()
+    fig, ax = plt.subplots(figsize=(0.6 * k + 3, 0.6 * k + 2.5))
+    im = ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    fig.colorbar(im, ax=ax, label="images")
+    return _finish(fig, save_path)

@@ -1,0 +1,82 @@
+"""Run records: what ran the numbers (hardware, threads, library versions) and one JSON file per run under results/."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+
+from vitkit.runtime import cpu_has_native_bf16, get_device
+
+__all__ = ["hardware_info", "save_results"]
+
+
+def hardware_info(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What ran the numbers: host, CPU, core count, torch threads, GPU name, library versions."""
+    device = torch.device(device) if device is not None else get_device()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"hostname": socket.gethostname(), "device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "python": platform.python_version(),
+            "cpu_native_bf16": cpu_has_native_bf16()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _jsonable(value, where: str):
+    """Plain JSON for a run record: tensors and NumPy scalars become numbers or lists; NaN/inf and objects
+    JSON cannot hold raise, naming the key, instead of being written as strings or invalid JSON."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 else value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()
+    elif isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"save_results: {where} is {value}; a run record holds finite numbers only. If the run "
+                         "diverged, fix it (lower the learning rate); if the value is undefined, pass None.")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (Path, torch.device, torch.dtype)):
+        return str(value)
+    raise TypeError(f"save_results: {where} is a {type(value).__name__}, which a JSON record cannot hold; convert "
+                    "it to a number, string, list or dict first.")
+
+
+def save_results(path: str | Path, *, metrics: dict, config: dict, seed: int, dataset: str,
+                 wall_time_s: float, device: torch.device | str | None = None, **extra) -> Path:
+    """Write one run's record as JSON: metrics, config, seed, hardware, wall time, dataset copy.
+
+    Tensors and NumPy numbers are written as numbers; NaN/inf or an object JSON cannot hold raise a
+    ValueError/TypeError naming the key, before anything is written."""
+    if not isinstance(metrics, dict) or not isinstance(config, dict):
+        raise TypeError("save_results: metrics and config must be dicts.")
+    record = {"metrics": metrics, "config": config, "seed": seed, "dataset": dataset,
+              "wall_time_s": round(float(wall_time_s), 1), "hardware": hardware_info(device),
+              "date": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}
+    text = json.dumps(_jsonable(record, "record"), indent=2, allow_nan=False) + "\n"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path

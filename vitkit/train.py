@@ -1,0 +1,496 @@
+"""Training: :func:`fit` (warmup-cosine schedule per optimizer step, precision and compilation per device, time
+budgets, best-epoch restore, divergence guard), :func:`evaluate` and the :class:`History` of a run.
+
+``fit`` reads top to bottom as a loop over small steps: check the arguments, plan the schedule, set up the run,
+then per epoch train, validate and re-plan, and finally restore the best weights.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vit_helpers import warmup_cosine_factor, warmup_cosine_schedule
+from vitkit.checks import check_number
+from vitkit.runtime import attention_path, autocast, get_device, precision_reason, resolve_compile, resolve_precision
+
+__all__ = ["History", "fit", "evaluate", "TrainingDivergedError", "model_logits"]
+
+
+def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out.logits if hasattr(out, "logits") else out  # HF models return an output object
+
+
+@dataclass
+class History:
+    """Per-epoch curves of a :func:`fit` run (train metrics are running averages over the epoch)."""
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    epoch_time_s: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)  # per optimizer step
+    best_epoch: int | None = None
+    best_val_acc: float | None = None
+    total_steps: int = 0
+    wall_time_s: float = 0.0
+    train_images_per_s: float = 0.0  # training time only, validation excluded
+    device: str = ""
+    precision: str = ""  # what precision="auto" resolved to (resolve_precision)
+    attention: str = ""  # SDPA or explicit, and whether chosen automatically
+    compiled: bool = False  # torch.compile used
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None,
+             precision: str = "auto", return_predictions: bool = False) -> dict[str, Any]:
+    """Loss and accuracy over the whole split: ``{"loss", "acc", "n"}`` (+ ``"preds"``, ``"labels"``)."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    precision = resolve_precision(device, precision)
+    was_training = model.training
+    model.eval()
+    total_loss, correct, n = 0.0, 0, 0
+    preds, labels = [], []
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = model_logits(model, x)
+        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        pred = logits.argmax(dim=-1)
+        correct += (pred == y).sum().item()
+        n += y.numel()
+        if return_predictions:
+            preds.append(pred.cpu())
+            labels.append(y.cpu())
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("the loader yielded no samples.")
+    out = {"loss": total_loss / n, "acc": correct / n, "n": n}
+    if return_predictions:
+        out["preds"], out["labels"] = torch.cat(preds), torch.cat(labels)
+    return out
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and conv kernels only, not on biases, norms, CLS token or position embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or "cls_token" in name or "pos_embed" in name or "position_embeddings" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
+                    device: torch.device) -> torch.optim.Optimizer:
+    groups = _param_groups(model, weight_decay)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, **fused)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, **fused)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    raise ValueError(f"unknown optimizer {name!r}; use 'adamw', 'adam' or 'sgd'.")
+
+
+def _mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: float):
+    """MixUp or CutMix (chosen with equal odds when both are on): returns x, y, y[perm], lam."""
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or random.random() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(np.random.beta(alpha, alpha))
+    perm = torch.randperm(x.shape[0], device=x.device)
+    if use_cutmix:
+        H, W = x.shape[-2:]
+        cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
+        cy, cx = random.randrange(H), random.randrange(W)
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, H)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, W)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)  # the area actually kept
+    else:
+        x = lam * x + (1 - lam) * x[perm]
+    return x, y, y[perm], lam
+
+
+def _batch_loss(model, x, y, device, precision, label_smoothing, mixup_alpha, cutmix_alpha):
+    """Forward one batch, with MixUp/CutMix when on; returns ``(loss, fp32 logits)``."""
+    mixing = mixup_alpha > 0 or cutmix_alpha > 0
+    if mixing:
+        x, y_a, y_b, lam = _mix(x, y, mixup_alpha, cutmix_alpha)
+    with autocast(device, precision):
+        logits = model_logits(model, x).float()
+    if not mixing:
+        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
+    loss = (lam * F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
+            + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing))
+    return loss, logits
+
+
+def _seconds_per_batch(model: nn.Module, loader, make_optimizer, device, precision, steps: int = 8) -> float:
+    """Time a few training steps, data loading included, on a throw-away copy of the model (for
+    ``time_budget_s``). Eager mode: with ``compile`` the run is then somewhat faster than planned."""
+    probe = copy.deepcopy(model).to(device).train()
+    opt = make_optimizer(probe)
+    times, it = [], iter(loader)
+    for _ in range(steps + 2):
+        t0 = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        x, y = x.to(device), y.to(device)
+        with autocast(device, precision):
+            loss = F.cross_entropy(model_logits(probe, x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    del probe, opt
+    times = times[2:] or times  # drop warm-up steps
+    return float(np.median(times))
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the likely causes and what to change."""
+
+
+def _all_finite(state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def _diverged(loss: torch.Tensor, x: torch.Tensor, epoch: int, batch: int, step: int, lr: float, precision: str,
+              restored_epoch: int | None) -> TrainingDivergedError:
+    data = "the batch itself contains NaN/inf inputs: clean the data first. " if not torch.isfinite(x).all() else ""
+    restored = (f"The weights of epoch {restored_epoch} (the best finite epoch) were restored into the model."
+                if restored_epoch else "The model's weights are left as they were when the loss went bad.")
+    return TrainingDivergedError(
+        f"training diverged: the loss became {loss.item()} at epoch {epoch}, batch {batch} (optimizer step {step}). "
+        f"{data}Likely causes: a learning rate too high for this model and batch (lr={lr:g}: try lr/10 or a "
+        f"longer warmup), no gradient clipping (try grad_clip=1.0), NaN/inf values in the data"
+        f"{', or fp16 overflow (try precision=' + repr('bf16') + ' or ' + repr('fp32') + ')' if precision == 'fp16' else ''}. "
+        f"{restored}")
+
+
+def _check_fit_args(model, train_loader, *, epochs, lr, optimizer, weight_decay, momentum, warmup_fraction,
+                    warmup_steps, label_smoothing, grad_clip, mixup_alpha, cutmix_alpha, accumulation_steps, max_steps,
+                    time_budget_s) -> int:
+    """Every argument of :func:`fit`, checked before any work; returns the number of batches per epoch."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    check_number("epochs", epochs, low=1, integer=True)
+    check_number("lr", lr, low=0, low_open=True)
+    check_number("weight_decay", weight_decay, low=0, hint="Use 0 to turn weight decay off.")
+    check_number("momentum", momentum, low=0, high=1, high_open=True)
+    check_number("warmup_fraction", warmup_fraction, low=0, high=1)
+    if warmup_steps is not None:
+        check_number("warmup_steps", warmup_steps, low=0, integer=True)
+    check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
+    if grad_clip is not None:
+        check_number("grad_clip", grad_clip, low=0, low_open=True,
+                     hint="grad_clip=0 would scale every gradient to zero; pass grad_clip=None to turn clipping off.")
+    check_number("mixup_alpha", mixup_alpha, low=0, hint="0 turns MixUp off.")
+    check_number("cutmix_alpha", cutmix_alpha, low=0, hint="0 turns CutMix off.")
+    check_number("accumulation_steps", accumulation_steps, low=1, integer=True)
+    if max_steps is not None:
+        check_number("max_steps", max_steps, low=1, integer=True)
+    if time_budget_s is not None:
+        check_number("time_budget_s", time_budget_s, low=0, low_open=True)
+    if optimizer not in ("adamw", "adam", "sgd"):
+        raise ValueError(f"unknown optimizer {optimizer!r}; use 'adamw', 'adam' or 'sgd'.")
+    try:
+        batches_per_epoch = len(train_loader)
+    except TypeError:
+        raise TypeError(f"train_loader must have a length (a DataLoader over a map-style data set), "
+                        f"got {type(train_loader).__name__}.") from None
+    if batches_per_epoch == 0:
+        raise ValueError("train_loader yields no batches: the training set is empty (or smaller than the batch "
+                         "size with drop_last=True).")
+    return batches_per_epoch
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The per-step settings of one :func:`fit` call."""
+    device: torch.device
+    precision: str
+    lr: float
+    label_smoothing: float
+    mixup_alpha: float
+    cutmix_alpha: float
+    grad_clip: float | None
+    accumulation_steps: int
+    warmup_steps: int | None
+    warmup_fraction: float
+    time_budget_s: float | None
+    progress: bool
+    verbose: bool
+
+
+@dataclass
+class _Plan:
+    """How long the run is. A time budget re-plans it once, after epoch 1, at the measured pace."""
+    epochs: int
+    total_steps: int
+    batches_per_epoch: int
+    steps_per_epoch: int
+
+    def warmup(self, opts: _Options) -> int:
+        return min(self.total_steps, opts.warmup_steps if opts.warmup_steps is not None
+                   else int(opts.warmup_fraction * self.total_steps))
+
+    def bar_total(self, opts: _Options) -> int:
+        """Batches the progress bar counts (accumulated ones included)."""
+        return min(self.epochs * self.batches_per_epoch, self.total_steps * opts.accumulation_steps)
+
+
+@dataclass
+class _Run:
+    """The state of one :func:`fit` call, handed from step to step."""
+    model: nn.Module
+    runner: nn.Module  # the compiled model, or the model itself; both share the parameters
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    plan: _Plan
+    opts: _Options
+    hist: History
+    bar: Any
+    start: float
+    epoch: int = 0
+    step: int = 0
+    images: int = 0
+    train_s: float = 0.0
+    best_state: dict[str, torch.Tensor] | None = None
+    steady_from: float | None = None  # when epoch 1's steady pace began (after compilation and warm-up)
+
+
+def _plan(model, train_loader, val_loader, make_opt, opts: _Options, epochs: int, batches_per_epoch: int,
+          max_steps: int | None) -> _Plan:
+    """Epochs and optimizer steps: ``epochs``, capped by ``max_steps``, shortened to fit a time budget at the pace
+    of a few timed eager steps (re-planned after epoch 1 at the true pace)."""
+    steps_per_epoch = math.ceil(batches_per_epoch / opts.accumulation_steps)
+    total_steps = epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    if opts.time_budget_s is not None:
+        spb = _seconds_per_batch(model, train_loader, make_opt, opts.device, opts.precision)
+        eval_batches = len(val_loader) if val_loader is not None else 0
+        epoch_s = spb * batches_per_epoch + spb / 3 * eval_batches  # eval ~ a third of a train step per batch
+        total_steps = min(total_steps, max(1, int(opts.time_budget_s / epoch_s * steps_per_epoch)))
+    return _Plan(math.ceil(total_steps / steps_per_epoch), total_steps, batches_per_epoch, steps_per_epoch)
+
+
+def _start(model, make_opt, plan: _Plan, opts: _Options, compile) -> _Run:
+    """Compile (where it pays), optimizer, gradient scaler (fp16), schedule, History and the one progress bar."""
+    from tqdm.auto import tqdm
+
+    compiled = resolve_compile(compile, opts.device, opts.precision, plan.total_steps)
+    opt = make_opt(model)
+    hist = History(total_steps=plan.total_steps, precision=opts.precision, compiled=compiled, device=str(opts.device),
+                   attention=attention_path(model, opts.device, opts.precision, compiled))
+    if opts.verbose:
+        print(f"fit: {opts.device} in {opts.precision} ({precision_reason(opts.device, opts.precision)}), attention "
+              f"{hist.attention}, torch.compile {'on' if compiled else 'off'}, torch threads "
+              f"{torch.get_num_threads()}, {plan.total_steps} optimizer steps", flush=True)
+    # One bar over the whole run, so that its remaining time is the run's (validation not included).
+    bar = tqdm(total=plan.bar_total(opts), unit="batch", disable=not opts.progress, dynamic_ncols=True)
+    return _Run(model=model, runner=torch.compile(model) if compiled else model, opt=opt,
+                sched=warmup_cosine_schedule(opt, plan.warmup(opts), plan.total_steps),
+                scaler=torch.amp.GradScaler(opts.device.type) if opts.precision == "fp16" else None,  # fp16 underflows
+                plan=plan, opts=opts, hist=hist, bar=bar, start=time.perf_counter())
+
+
+def _optimizer_step(run: _Run) -> None:
+    """Unscale (fp16), clip, step, zero the gradients, log the LR and advance the schedule."""
+    opt, scaler = run.opt, run.scaler
+    if scaler:
+        scaler.unscale_(opt)  # clip the true gradients
+    if run.opts.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.opts.grad_clip)
+    if scaler:
+        scaler.step(opt)  # skipped when the scaled gradients overflowed
+        scaler.update()
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    run.hist.lr.append(opt.param_groups[0]["lr"])
+    run.sched.step()
+    run.step += 1
+
+
+def _stop_diverged(run: _Run, loss, x, batch: int) -> None:
+    """Close the bar, restore the best finite epoch's weights if there are any, and raise."""
+    run.bar.close()
+    restored = None
+    if run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+        restored = run.hist.best_epoch
+    raise _diverged(loss, x, run.epoch, batch, run.step, run.opts.lr, run.opts.precision, restored)
+
+
+def _train_epoch(run: _Run, loader) -> tuple[float, float, int]:
+    """One pass over ``loader`` (or up to the planned last step); returns (start, end, index of the last batch)."""
+    opts, device = run.opts, run.opts.device
+    replan_from = min(20, run.plan.batches_per_epoch // 2)  # steps after compilation and warm-up, timed to re-plan
+    run.runner.train()
+    t0, seen = time.perf_counter(), 0
+    loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no sync per step on GPUs
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    run.bar.set_description(f"epoch {run.epoch}/{run.plan.epochs}")
+    for i, (x, y) in enumerate(loader):
+        run.bar.update(1)
+        if run.epoch == 1 and i == replan_from:
+            run.steady_from = time.perf_counter()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss, logits = _batch_loss(run.runner, x, y, device, opts.precision, opts.label_smoothing, opts.mixup_alpha,
+                                   opts.cutmix_alpha)
+        # A NaN/inf loss: checked every step on a CPU (free) and at the progress updates on a GPU.
+        if (device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss):
+            _stop_diverged(run, loss, x, i + 1)
+        scaled = loss / opts.accumulation_steps
+        (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+        last_batch = i + 1 == run.plan.batches_per_epoch
+        if (i + 1) % opts.accumulation_steps == 0 or last_batch:
+            _optimizer_step(run)
+        loss_sum += loss.detach() * y.numel()
+        correct += (logits.argmax(-1) == y).sum()  # against the unmixed labels
+        seen += y.numel()
+        if opts.progress and (i % 25 == 0 or last_batch):
+            run.bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        if run.step >= run.plan.total_steps:
+            break
+    train_end = time.perf_counter()
+    run.images += seen
+    run.train_s += train_end - t0
+    run.hist.epoch.append(run.epoch)
+    run.hist.train_loss.append(loss_sum.item() / seen)
+    run.hist.train_acc.append(correct.item() / seen)
+    if not math.isfinite(run.hist.train_loss[-1]):  # a bad step the GPU check above did not sample
+        raise _diverged(loss_sum, x, run.epoch, i + 1, run.step, opts.lr, opts.precision, None)
+    return t0, train_end, i
+
+
+def _validate(run: _Run, val_loader, t0: float) -> None:
+    """Validation loss and accuracy; keep a copy of the weights when the accuracy is the best so far."""
+    hist = run.hist
+    if val_loader is not None:
+        val = evaluate(run.model, val_loader, run.opts.device, run.opts.precision)  # eager: no recompiles
+        hist.val_loss.append(val["loss"])
+        hist.val_acc.append(val["acc"])
+        if hist.best_val_acc is None or val["acc"] > hist.best_val_acc:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
+            if _all_finite(state):
+                hist.best_val_acc, hist.best_epoch, run.best_state = val["acc"], run.epoch, state
+    hist.epoch_time_s.append(time.perf_counter() - t0)
+
+
+def _replan(run: _Run, t0: float, train_end: float, last_batch: int) -> None:
+    """After epoch 1 of a time-budget run: the first plan timed a few eager steps on a copy; now the true pace
+    (compiled, data, clipping, validation) is known, so fit the rest of the schedule to what is left of the budget."""
+    plan, opts = run.plan, run.opts
+    replan_from = min(20, plan.batches_per_epoch // 2)
+    if run.step >= plan.total_steps or last_batch <= replan_from:
+        return
+    s_per_batch = (train_end - run.steady_from) / (last_batch - replan_from)
+    val_s = run.hist.epoch_time_s[-1] - (train_end - t0)
+    left = opts.time_budget_s - (time.perf_counter() - run.start)
+    new_total = run.step + max(1, int(left / (s_per_batch * plan.batches_per_epoch + val_s) * plan.steps_per_epoch))
+    if abs(new_total - plan.total_steps) <= 0.02 * plan.total_steps:
+        return
+    plan.total_steps, plan.epochs = new_total, math.ceil(new_total / plan.steps_per_epoch)
+    sched, opt = run.sched, run.opt
+    sched.lr_lambdas = [warmup_cosine_factor(plan.warmup(opts), plan.total_steps)] * len(opt.param_groups)
+    for group, base_lr, factor in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base_lr * factor(sched.last_epoch)  # the next step already follows the new plan
+    run.hist.total_steps = plan.total_steps
+    run.bar.total = plan.bar_total(opts)
+    run.bar.refresh()
+    if opts.verbose:
+        from tqdm.auto import tqdm
+        tqdm.write(f"fit: re-planned to {plan.total_steps} optimizer steps ({plan.epochs} epochs) to fit the "
+                   f"{opts.time_budget_s / 60:.1f}-minute budget at the measured {s_per_batch:.3f} s/batch")
+
+
+def _log_epoch(run: _Run) -> None:
+    from tqdm.auto import tqdm
+
+    h = run.hist
+    val_txt = "" if not h.val_acc else f" | val loss {h.val_loss[-1]:.4f} acc {h.val_acc[-1]:.4f}"
+    tqdm.write(f"epoch {run.epoch:3d} | train loss {h.train_loss[-1]:.4f} acc {h.train_acc[-1]:.4f}"
+               f"{val_txt} | {h.epoch_time_s[-1]:.1f}s")
+
+
+def _finish(run: _Run, restore_best: bool) -> History:
+    """Close the bar, record time and pace, and put the best validation epoch's weights back."""
+    run.bar.close()
+    run.hist.wall_time_s = time.perf_counter() - run.start
+    run.hist.train_images_per_s = run.images / max(1e-9, run.train_s)  # training only, validation excluded
+    if restore_best and run.best_state is not None:
+        run.model.load_state_dict(run.best_state)
+    return run.hist
+
+
+def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float = 1e-3,
+        optimizer: str = "adamw", weight_decay: float = 0.05, momentum: float = 0.9,
+        warmup_fraction: float = 0.2, warmup_steps: int | None = None, label_smoothing: float = 0.0,
+        grad_clip: float | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+        accumulation_steps: int = 1, max_steps: int | None = None, device: torch.device | str | None = None,
+        precision: str = "auto", compile: bool | str = "auto", time_budget_s: float | None = None,
+        restore_best: bool = True, progress: bool = True, verbose: bool = True) -> History:
+    """Train ``model`` with the warmup-cosine schedule stepped per optimizer step; returns a :class:`History`.
+
+    optimizer: ``"adamw"`` (decoupled weight decay, not on biases/norms/embeddings), ``"adam"`` or ``"sgd"``
+    (momentum). ``warmup_steps`` overrides ``warmup_fraction`` (the original notebooks used 1/5).
+    ``accumulation_steps`` sums gradients over several batches per optimizer step (big effective batches);
+    ``max_steps`` caps the optimizer steps (the schedule is fitted to the cap).
+    ``precision="auto"`` picks the fastest precision that trains correctly on the device
+    (:func:`vitkit.runtime.resolve_precision`: bf16 on recent GPUs and on CPUs with AVX512-BF16/AMX, fp16 with a
+    gradient scaler on older GPUs, fp32 elsewhere); ``"bf16"``, ``"fp16"`` or ``"fp32"`` force one.
+    ``compile``: ``torch.compile`` the model (``"auto"``: where it pays, see :func:`vitkit.runtime.resolve_compile`).
+    ``time_budget_s`` times a few steps on a copy of the model first and shortens the schedule so that
+    training and validation fit the budget. With a ``val_loader``, the weights of the best validation epoch
+    are restored at the end. A NaN or infinite loss stops the run with :class:`TrainingDivergedError`.
+    ``progress`` shows one tqdm bar (with the run's time left); ``verbose`` prints the set-up once and one line
+    per epoch. Works with HF models (anything whose output is logits or has ``.logits``).
+    """
+    batches_per_epoch = _check_fit_args(
+        model, train_loader, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
+        warmup_fraction=warmup_fraction, warmup_steps=warmup_steps, label_smoothing=label_smoothing,
+        grad_clip=grad_clip, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+        accumulation_steps=accumulation_steps, max_steps=max_steps, time_budget_s=time_budget_s)
+    device = get_device(device)
+    opts = _Options(device, resolve_precision(device, precision), lr, label_smoothing, mixup_alpha, cutmix_alpha,
+                    grad_clip, accumulation_steps, warmup_steps, warmup_fraction, time_budget_s, progress, verbose)
+    model.to(device)
+    make_opt = lambda m: _make_optimizer(m, optimizer, lr, weight_decay, momentum, device)  # noqa: E731
+    plan = _plan(model, train_loader, val_loader, make_opt, opts, epochs, batches_per_epoch, max_steps)
+    run = _start(model, make_opt, plan, opts, compile)
+    while run.epoch < plan.epochs:  # not a range: the re-plan after epoch 1 may add epochs
+        run.epoch += 1
+        t0, train_end, last_batch = _train_epoch(run, train_loader)
+        _validate(run, val_loader, t0)
+        if time_budget_s is not None and run.epoch == 1:
+            _replan(run, t0, train_end, last_batch)
+        if verbose:
+            _log_epoch(run)
+        if run.step >= plan.total_steps:
+            break
+    return _finish(run, restore_best)
