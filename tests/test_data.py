@@ -212,6 +212,15 @@ def test_train_recipe_script_records_a_run(fake_mnist, tmp_path):
     assert meta == {"recipe": "mnist-strong", "test_acc": record["metrics"]["test_acc"],
                     "record": "results/mnist-strong-t.json"}
     assert model.config == vh.VisionTransformer(**recipes.get_recipe("mnist-strong")["model"]).config
+    assert 0 <= record["metrics"]["final_epoch_test_acc"] <= 1 and record["metrics"]["resumes"] == 0
+    assert (out / "checkpoints" / "runs" / "mnist-strong-t.pt").is_file()
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_recipe.py"), "mnist-strong", "--data-root",
+                            str(root), "--epochs", "1", "--threads", "1", "--val-size", "10", "--out-dir", str(out),
+                            "--tag", "t", "--resume"], capture_output=True, text=True, timeout=300,
+                           env={**__import__("os").environ, "MPLBACKEND": "Agg"})
+    assert again.returncode == 0 and "finished after 1 epochs" in again.stdout, again.stderr[-2000:]
+    assert json.loads((out / "results" / "mnist-strong-t.json").read_text())["metrics"]["test_acc"] == \
+        record["metrics"]["test_acc"]
 
 
 @pytest.mark.slow

@@ -142,8 +142,9 @@ def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, name: str
         ds.mean, ds.std = tuple(mean), tuple(std)
     if num_workers is None:
         num_workers = 0 if (os.cpu_count() or 1) <= 2 else min(8, (os.cpu_count() or 1) // 2)
-    common = dict(num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=num_workers > 0)
+    # Fresh workers each epoch (not persistent): each is seeded from the loader's generator, whose state a training
+    # checkpoint holds, so that a resumed run draws exactly the augmentations of the run that never stopped.
+    common = dict(num_workers=num_workers, pin_memory=torch.cuda.is_available())
     return Loaders(
         torch.utils.data.DataLoader(splits[0], batch_size=batch_size, shuffle=True,
                                     generator=torch.Generator().manual_seed(seed), **common),

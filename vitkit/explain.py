@@ -13,7 +13,7 @@ from torch import nn
 
 from vit_helpers import VisionTransformer, attention_rollout, cls_attention_map, token_map
 from vitkit.checks import check_number
-from vitkit.train import model_logits
+from vitkit.steps import model_logits
 
 __all__ = ["ModelAttentions", "forward_with_attentions", "explain_random", "explain_raw_attention", "explain_rollout",
            "explain_gradient_rollout", "explain_input_x_gradient", "EXPLAINERS", "explain", "remove_patches",

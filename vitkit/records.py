@@ -12,11 +12,35 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 
 from vitkit.runtime import cpu_has_native_bf16, get_device
 
-__all__ = ["hardware_info", "save_results"]
+__all__ = ["hardware_info", "save_results", "code_commit"]
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def code_commit() -> str | None:
+    """The git commit of the code that runs (with ``+changes`` if the checkout has uncommitted changes), or None
+    outside a git checkout."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (commit + ("+changes" if dirty else "")) or None
 
 
 def hardware_info(device: torch.device | str | None = None) -> dict[str, Any]:
@@ -32,7 +56,7 @@ def hardware_info(device: torch.device | str | None = None) -> dict[str, Any]:
         pass
     info = {"hostname": socket.gethostname(), "device": str(device), "cpu": cpu, "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version(),
+            "torchvision": _version("torchvision"), "python": platform.python_version(),
             "cpu_native_bf16": cpu_has_native_bf16()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

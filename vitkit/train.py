@@ -1,33 +1,29 @@
 """Training: :func:`fit` (warmup-cosine schedule per optimizer step, precision and compilation per device, time
 budgets, best-epoch restore, divergence guard), :func:`evaluate` and the :class:`History` of a run.
 
-``fit`` reads top to bottom as a loop over small steps: check the arguments, plan the schedule, set up the run,
-then per epoch train, validate and re-plan, and finally restore the best weights.
+``fit`` reads top to bottom as a loop over small steps: check the arguments, plan the schedule (or resume a
+checkpoint), set up the run, then per epoch train, validate, re-plan and checkpoint, and finally restore the best
+weights.
 """
 from __future__ import annotations
 
-import copy
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vit_helpers import warmup_cosine_factor, warmup_cosine_schedule
+from vitkit import checkpoint as ckpt
 from vitkit.checks import check_number
 from vitkit.runtime import attention_path, autocast, get_device, precision_reason, resolve_compile, resolve_precision
+from vitkit.steps import batch_loss, make_optimizer, model_logits, seconds_per_batch
 
-__all__ = ["History", "fit", "evaluate", "TrainingDivergedError", "model_logits"]
-
-
-def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return out.logits if hasattr(out, "logits") else out  # HF models return an output object
+__all__ = ["History", "fit", "evaluate", "TrainingDivergedError"]
 
 
 @dataclass
@@ -49,6 +45,8 @@ class History:
     precision: str = ""  # what precision="auto" resolved to (resolve_precision)
     attention: str = ""  # SDPA or explicit, and whether chosen automatically
     compiled: bool = False  # torch.compile used
+    resumes: int = 0  # how often the run was resumed from its checkpoint
+    stretches: list[dict] = field(default_factory=list)  # per stretch between resumes: epochs, machine, precision, commit
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,90 +80,6 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     if return_predictions:
         out["preds"], out["labels"] = torch.cat(preds), torch.cat(labels)
     return out
-
-
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and conv kernels only, not on biases, norms, CLS token or position embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or "cls_token" in name or "pos_embed" in name or "position_embeddings" in name
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
-                    device: torch.device) -> torch.optim.Optimizer:
-    groups = _param_groups(model, weight_decay)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, **fused)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, **fused)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    raise ValueError(f"unknown optimizer {name!r}; use 'adamw', 'adam' or 'sgd'.")
-
-
-def _mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: float):
-    """MixUp or CutMix (chosen with equal odds when both are on): returns x, y, y[perm], lam."""
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or random.random() < 0.5)
-    alpha = cutmix_alpha if use_cutmix else mixup_alpha
-    lam = float(np.random.beta(alpha, alpha))
-    perm = torch.randperm(x.shape[0], device=x.device)
-    if use_cutmix:
-        H, W = x.shape[-2:]
-        cut_h, cut_w = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
-        cy, cx = random.randrange(H), random.randrange(W)
-        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, H)
-        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, W)
-        x = x.clone()
-        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
-        lam = 1 - (y1 - y0) * (x1 - x0) / (H * W)  # the area actually kept
-    else:
-        x = lam * x + (1 - lam) * x[perm]
-    return x, y, y[perm], lam
-
-
-def _batch_loss(model, x, y, device, precision, label_smoothing, mixup_alpha, cutmix_alpha):
-    """Forward one batch, with MixUp/CutMix when on; returns ``(loss, fp32 logits)``."""
-    mixing = mixup_alpha > 0 or cutmix_alpha > 0
-    if mixing:
-        x, y_a, y_b, lam = _mix(x, y, mixup_alpha, cutmix_alpha)
-    with autocast(device, precision):
-        logits = model_logits(model, x).float()
-    if not mixing:
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
-    loss = (lam * F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
-            + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing))
-    return loss, logits
-
-
-def _seconds_per_batch(model: nn.Module, loader, make_optimizer, device, precision, steps: int = 8) -> float:
-    """Time a few training steps, data loading included, on a throw-away copy of the model (for
-    ``time_budget_s``). Eager mode: with ``compile`` the run is then somewhat faster than planned."""
-    probe = copy.deepcopy(model).to(device).train()
-    opt = make_optimizer(probe)
-    times, it = [], iter(loader)
-    for _ in range(steps + 2):
-        t0 = time.perf_counter()
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        x, y = x.to(device), y.to(device)
-        with autocast(device, precision):
-            loss = F.cross_entropy(model_logits(probe, x).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    del probe, opt
-    times = times[2:] or times  # drop warm-up steps
-    return float(np.median(times))
 
 
 class TrainingDivergedError(RuntimeError):
@@ -280,6 +194,12 @@ class _Run:
     train_s: float = 0.0
     best_state: dict[str, torch.Tensor] | None = None
     steady_from: float | None = None  # when epoch 1's steady pace began (after compilation and warm-up)
+    elapsed_before: float = 0.0  # wall time of the stretches before a resume
+    checkpoint: Path | None = None
+    identity: dict | None = None
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start
 
 
 def _plan(model, train_loader, val_loader, make_opt, opts: _Options, epochs: int, batches_per_epoch: int,
@@ -291,7 +211,7 @@ def _plan(model, train_loader, val_loader, make_opt, opts: _Options, epochs: int
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
     if opts.time_budget_s is not None:
-        spb = _seconds_per_batch(model, train_loader, make_opt, opts.device, opts.precision)
+        spb = seconds_per_batch(model, train_loader, make_opt, opts.device, opts.precision)
         eval_batches = len(val_loader) if val_loader is not None else 0
         epoch_s = spb * batches_per_epoch + spb / 3 * eval_batches  # eval ~ a third of a train step per batch
         total_steps = min(total_steps, max(1, int(opts.time_budget_s / epoch_s * steps_per_epoch)))
@@ -360,7 +280,7 @@ def _train_epoch(run: _Run, loader) -> tuple[float, float, int]:
         if run.epoch == 1 and i == replan_from:
             run.steady_from = time.perf_counter()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits = _batch_loss(run.runner, x, y, device, opts.precision, opts.label_smoothing, opts.mixup_alpha,
+        loss, logits = batch_loss(run.runner, x, y, device, opts.precision, opts.label_smoothing, opts.mixup_alpha,
                                    opts.cutmix_alpha)
         # A NaN/inf loss: checked every step on a CPU (free) and at the progress updates on a GPU.
         if (device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss):
@@ -405,14 +325,20 @@ def _validate(run: _Run, val_loader, t0: float) -> None:
 def _replan(run: _Run, t0: float, train_end: float, last_batch: int) -> None:
     """After epoch 1 of a time-budget run: the first plan timed a few eager steps on a copy; now the true pace
     (compiled, data, clipping, validation) is known, so fit the rest of the schedule to what is left of the budget."""
-    plan, opts = run.plan, run.opts
+    plan = run.plan
     replan_from = min(20, plan.batches_per_epoch // 2)
     if run.step >= plan.total_steps or last_batch <= replan_from:
         return
     s_per_batch = (train_end - run.steady_from) / (last_batch - replan_from)
     val_s = run.hist.epoch_time_s[-1] - (train_end - t0)
-    left = opts.time_budget_s - (time.perf_counter() - run.start)
-    new_total = run.step + max(1, int(left / (s_per_batch * plan.batches_per_epoch + val_s) * plan.steps_per_epoch))
+    _fit_budget(run, s_per_batch * plan.batches_per_epoch + val_s, f"the measured {s_per_batch:.3f} s/batch")
+
+
+def _fit_budget(run: _Run, epoch_s: float, pace: str) -> None:
+    """Re-plan the remaining schedule to what is left of the time budget at ``epoch_s`` seconds per epoch."""
+    plan, opts = run.plan, run.opts
+    left = opts.time_budget_s - run.elapsed()
+    new_total = run.step + max(1, int(left / epoch_s * plan.steps_per_epoch))
     if abs(new_total - plan.total_steps) <= 0.02 * plan.total_steps:
         return
     plan.total_steps, plan.epochs = new_total, math.ceil(new_total / plan.steps_per_epoch)
@@ -426,7 +352,7 @@ def _replan(run: _Run, t0: float, train_end: float, last_batch: int) -> None:
     if opts.verbose:
         from tqdm.auto import tqdm
         tqdm.write(f"fit: re-planned to {plan.total_steps} optimizer steps ({plan.epochs} epochs) to fit the "
-                   f"{opts.time_budget_s / 60:.1f}-minute budget at the measured {s_per_batch:.3f} s/batch")
+                   f"{opts.time_budget_s / 60:.1f}-minute budget at {pace}")
 
 
 def _log_epoch(run: _Run) -> None:
@@ -438,10 +364,48 @@ def _log_epoch(run: _Run) -> None:
                f"{val_txt} | {h.epoch_time_s[-1]:.1f}s")
 
 
+def _restore(run: _Run, saved: dict, loader) -> None:
+    """Put a checkpoint's state into a freshly set-up run, so that the next epoch is the one the run would have run."""
+    run.model.load_state_dict(saved["model"])
+    run.opt.load_state_dict(saved["optimizer"])
+    run.sched.load_state_dict(saved["scheduler"])
+    if run.scaler is not None and saved["scaler"] is not None:
+        run.scaler.load_state_dict(saved["scaler"])
+    run.epoch, run.step, run.images, run.train_s = saved["epoch"], saved["step"], saved["images"], saved["train_s"]
+    run.elapsed_before, run.best_state = saved["elapsed_s"], saved["best_state"]
+    stretch = run.hist.stretches[-1]
+    stretch["first_epoch"] = run.epoch + 1
+    run.hist = History(**{**saved["history"], "precision": run.opts.precision, "device": run.hist.device,
+                          "attention": run.hist.attention, "compiled": run.hist.compiled})
+    run.hist.resumes += 1
+    run.hist.stretches.append(stretch)
+    ckpt.set_rng_state(saved["rng"], loader)
+    run.bar.update(min(run.bar.total, run.epoch * run.plan.batches_per_epoch))
+    if run.opts.verbose:
+        print(f"fit: resumed {run.checkpoint} after epoch {run.epoch} (optimizer step {run.step}, "
+              f"{run.elapsed_before / 60:.1f} min so far, resume {run.hist.resumes})")
+    if run.opts.time_budget_s is not None and run.hist.epoch_time_s:
+        if run.opts.verbose:
+            print("fit: a resumed time-budget run is re-planned to the budget left; it is not bit-identical to a run "
+                  "that never stopped")
+        epoch_s = sorted(run.hist.epoch_time_s)[len(run.hist.epoch_time_s) // 2]
+        _fit_budget(run, epoch_s, f"the recorded {epoch_s:.0f} s/epoch")
+
+
+def _finished(model: nn.Module, saved: dict, restore_best: bool, verbose: bool) -> History:
+    """Resuming a run that already ended: its final (or best) weights and its History, with no training."""
+    model.load_state_dict(saved["best_state"] if restore_best and saved["best_state"] is not None else saved["model"])
+    hist = History(**saved["history"])
+    if verbose:
+        print(f"fit: the run in this checkpoint finished after {saved['epoch']} epochs; returning its History "
+              "(nothing to train)")
+    return hist
+
+
 def _finish(run: _Run, restore_best: bool) -> History:
     """Close the bar, record time and pace, and put the best validation epoch's weights back."""
     run.bar.close()
-    run.hist.wall_time_s = time.perf_counter() - run.start
+    run.hist.wall_time_s = run.elapsed()
     run.hist.train_images_per_s = run.images / max(1e-9, run.train_s)  # training only, validation excluded
     if restore_best and run.best_state is not None:
         run.model.load_state_dict(run.best_state)
@@ -454,7 +418,8 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         grad_clip: float | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
         accumulation_steps: int = 1, max_steps: int | None = None, device: torch.device | str | None = None,
         precision: str = "auto", compile: bool | str = "auto", time_budget_s: float | None = None,
-        restore_best: bool = True, progress: bool = True, verbose: bool = True) -> History:
+        restore_best: bool = True, progress: bool = True, verbose: bool = True,
+        checkpoint: str | Path | None = None, resume: bool = False, run_info: dict | None = None) -> History:
     """Train ``model`` with the warmup-cosine schedule stepped per optimizer step; returns a :class:`History`.
 
     optimizer: ``"adamw"`` (decoupled weight decay, not on biases/norms/embeddings), ``"adam"`` or ``"sgd"``
@@ -470,6 +435,13 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     are restored at the end. A NaN or infinite loss stops the run with :class:`TrainingDivergedError`.
     ``progress`` shows one tqdm bar (with the run's time left); ``verbose`` prints the set-up once and one line
     per epoch. Works with HF models (anything whose output is logits or has ``.logits``).
+
+    ``checkpoint``: a file written at the end of every epoch (atomically; the one before is kept as ``.prev``) that
+    holds the whole state of the run. ``resume=True`` continues the run in it: a run stopped after epoch k (Ctrl-C,
+    a kill, a lost notebook) and resumed ends with exactly the weights of a run that never stopped (same device and
+    precision; a time-budget run is re-planned to the budget left instead). ``run_info`` (e.g. recipe, seed)
+    joins the model config, data set, batch size and fit's settings in what a checkpoint must match to be resumed;
+    a mismatch, a corrupt file or a finished run is reported before any training.
     """
     batches_per_epoch = _check_fit_args(
         model, train_loader, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
@@ -477,20 +449,46 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         grad_clip=grad_clip, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
         accumulation_steps=accumulation_steps, max_steps=max_steps, time_budget_s=time_budget_s)
     device = get_device(device)
-    opts = _Options(device, resolve_precision(device, precision), lr, label_smoothing, mixup_alpha, cutmix_alpha,
-                    grad_clip, accumulation_steps, warmup_steps, warmup_fraction, time_budget_s, progress, verbose)
+    saved, identity = None, None
+    if checkpoint is not None:
+        identity = ckpt.run_identity(model, train_loader, epochs=epochs, max_steps=max_steps, optimizer=optimizer,
+                                     lr=lr, weight_decay=weight_decay, time_budget_s=time_budget_s, **(run_info or {}))
+        saved = ckpt.open_run(Path(checkpoint), resume, identity, verbose)
+    if saved is not None and saved["finished"]:
+        return _finished(model.to(device), saved, restore_best, verbose)
+    precision = resolve_precision(device, precision) if saved is None else ckpt.resumed_precision(saved, device, verbose)
+    opts = _Options(device, precision, lr, label_smoothing, mixup_alpha, cutmix_alpha, grad_clip, accumulation_steps,
+                    warmup_steps, warmup_fraction, time_budget_s, progress, verbose)
     model.to(device)
-    make_opt = lambda m: _make_optimizer(m, optimizer, lr, weight_decay, momentum, device)  # noqa: E731
-    plan = _plan(model, train_loader, val_loader, make_opt, opts, epochs, batches_per_epoch, max_steps)
+    make_opt = lambda m: make_optimizer(m, optimizer, lr, weight_decay, momentum, device)  # noqa: E731
+    plan = (_Plan(**saved["plan"], batches_per_epoch=batches_per_epoch,
+                  steps_per_epoch=math.ceil(batches_per_epoch / accumulation_steps)) if saved is not None
+            else _plan(model, train_loader, val_loader, make_opt, opts, epochs, batches_per_epoch, max_steps))
     run = _start(model, make_opt, plan, opts, compile)
-    while run.epoch < plan.epochs:  # not a range: the re-plan after epoch 1 may add epochs
-        run.epoch += 1
-        t0, train_end, last_batch = _train_epoch(run, train_loader)
-        _validate(run, val_loader, t0)
-        if time_budget_s is not None and run.epoch == 1:
-            _replan(run, t0, train_end, last_batch)
-        if verbose:
-            _log_epoch(run)
-        if run.step >= plan.total_steps:
-            break
+    run.checkpoint, run.identity = (Path(checkpoint) if checkpoint is not None else None), identity
+    run.hist.stretches.append(ckpt.stretch(opts, 1))
+    if saved is not None:
+        _restore(run, saved, train_loader)
+    try:
+        while run.epoch < plan.epochs:  # not a range: a re-plan may add epochs
+            run.epoch += 1
+            t0, train_end, last_batch = _train_epoch(run, train_loader)
+            _validate(run, val_loader, t0)
+            if time_budget_s is not None and run.epoch == 1:
+                _replan(run, t0, train_end, last_batch)
+            if verbose:
+                _log_epoch(run)
+            done = run.step >= plan.total_steps or run.epoch >= plan.epochs
+            if run.checkpoint is not None:
+                saving = time.perf_counter()
+                ckpt.save_run(run, train_loader, finished=done)
+                run.hist.epoch_time_s[-1] += time.perf_counter() - saving  # part of what an epoch costs
+            if done:
+                break
+    except KeyboardInterrupt:
+        run.bar.close()
+        if run.checkpoint is not None and verbose:
+            print(f"fit: interrupted in epoch {run.epoch}; {run.checkpoint} holds the run after epoch "
+                  f"{run.epoch - 1}: fit(..., resume=True) redoes epoch {run.epoch}")
+        raise
     return _finish(run, restore_best)

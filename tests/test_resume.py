@@ -1,0 +1,206 @@
+"""Checkpoint and resume in fit: a run stopped after an epoch, or in the middle of one, or killed while writing its
+checkpoint, and then resumed, ends with exactly the weights of the run that never stopped (fp32, CPU, fixed seed);
+a checkpoint of another run, a corrupt one and a finished one are reported before any training."""
+import pytest
+import torch
+
+import vit_helpers as vh
+from vitkit import checkpoint as ckpt
+from vitkit import data, runtime, train
+from test_train import quadrant_data
+
+EPOCHS = 3
+
+
+class Noisy(torch.nn.Module):
+    """A random augmentation (noise from the global torch RNG, as torchvision's transforms draw theirs)."""
+
+    def forward(self, x):
+        return x.float() / 255 + 0.1 * torch.randn(x.shape)
+
+
+def loaders(num_workers=0, batch_size=16, seed=0):
+    train_ds = quadrant_data(96, 0)
+    train_ds.transform, train_ds.source = Noisy(), "quadrants"
+    return (torch.utils.data.DataLoader(train_ds, batch_size=batch_size, shuffle=True, num_workers=num_workers,
+                                        generator=torch.Generator().manual_seed(seed)),
+            torch.utils.data.DataLoader(quadrant_data(32, 1), batch_size=32))
+
+
+class StopsAt(torch.utils.data.DataLoader):
+    """A DataLoader that raises KeyboardInterrupt (Ctrl-C) at batch ``batch`` of epoch ``epoch``."""
+
+    def __init__(self, base, epoch, batch):
+        super().__init__(base.dataset, batch_size=base.batch_size, shuffle=True, num_workers=base.num_workers,
+                         generator=base.generator)
+        self.stop_epoch, self.stop_batch, self.epochs_started = epoch, batch, 0
+
+    def __iter__(self):
+        self.epochs_started += 1
+        for i, batch in enumerate(super().__iter__()):
+            if (self.epochs_started, i) == (self.stop_epoch, self.stop_batch):
+                raise KeyboardInterrupt
+            yield batch
+
+
+def model(dropout=0.1):
+    runtime.set_seed(0)
+    return vh.VisionTransformer(image_size=16, patch_size=8, in_channels=1, num_classes=4, dim=16, depth=2, heads=2,
+                                mlp_dim=32, dropout=dropout)
+
+
+def run(m, train_loader, val_loader, path=None, resume=False, **kwargs):
+    settings = dict(epochs=EPOCHS, lr=3e-3, device="cpu", precision="fp32", compile=False, progress=False,
+                    verbose=False, mixup_alpha=0.2, cutmix_alpha=0.2, run_info={"seed": 0, "recipe": "quadrants"})
+    return train.fit(m, train_loader, val_loader, checkpoint=path, resume=resume, **{**settings, **kwargs})
+
+
+def straight(num_workers=0):
+    m = model()
+    hist = run(m, *loaders(num_workers))
+    return m, hist
+
+
+def resumed(tmp_path, stop_epoch, stop_batch, num_workers=0):
+    """Stop the run at (epoch, batch), then resume it in a fresh model and fresh loaders, as a new session would."""
+    path = tmp_path / "run.pt"
+    train_loader, val_loader = loaders(num_workers)
+    with pytest.raises(KeyboardInterrupt):
+        run(model(), StopsAt(train_loader, stop_epoch, stop_batch), val_loader, path)
+    torch.manual_seed(1234)  # a new process's RNG: the checkpoint must restore it
+    m = model()
+    hist = run(m, *loaders(num_workers), path=path, resume=True)
+    return m, hist, path
+
+
+def assert_same_weights(a, b):
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), f"{name} differs after resuming"
+
+
+@pytest.mark.parametrize("stop_epoch, stop_batch", [(2, 0), (2, 3), (3, 5)],
+                         ids=["after-epoch-1", "mid-epoch-2", "mid-epoch-3"])
+def test_resumed_run_ends_with_the_weights_of_the_run_that_never_stopped(tmp_path, stop_epoch, stop_batch):
+    reference, ref_hist = straight()
+    m, hist, _ = resumed(tmp_path, stop_epoch, stop_batch)
+    assert_same_weights(reference, m)
+    assert hist.val_acc == ref_hist.val_acc and hist.lr == ref_hist.lr and hist.epoch == [1, 2, 3]
+    assert hist.resumes == 1 and [s["first_epoch"] for s in hist.stretches] == [1, stop_epoch]
+    assert hist.stretches[0]["last_epoch"] == stop_epoch - 1 and hist.stretches[1]["last_epoch"] == 3
+    assert hist.wall_time_s >= sum(s["wall_time_s"] for s in hist.stretches) * 0.99
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_loader_workers(tmp_path):
+    reference, _ = straight(num_workers=2)
+    m, _, _ = resumed(tmp_path, 2, 2, num_workers=2)
+    assert_same_weights(reference, m)
+
+
+def test_a_kill_during_the_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "run.pt"
+    real_save, saves = torch.save, []
+
+    def dies_in_second_write(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) == 2:  # epoch 2's checkpoint: half a file, then the process is gone
+            with open(f, "wb") as out:
+                out.write(b"PK\x03\x04 half a zip")
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dies_in_second_write)
+    with pytest.raises(KeyboardInterrupt):
+        run(model(), *loaders(), path=path)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert ckpt.load(path)["epoch"] == 1  # the last complete checkpoint is intact
+    m = model()
+    run(m, *loaders(), path=path, resume=True)
+    assert_same_weights(straight()[0], m)
+
+
+def test_truncated_checkpoint_names_the_file_and_the_way_out(tmp_path):
+    path = tmp_path / "run.pt"
+    run(model(), *loaders(), path=path, epochs=2)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ckpt.CheckpointError, match=r"run.pt is truncated or corrupt .*start the run fresh \(resume=False\) "
+                                                   r"or resume from the previous one, run.pt.prev"):
+        run(model(), *loaders(), path=path, resume=True, epochs=2)
+    path.unlink()
+    with pytest.raises(ckpt.CheckpointError, match="Only run.pt.prev is there"):
+        run(model(), *loaders(), path=path, resume=True, epochs=2)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(model=dict(dim=32)), "model.dim: checkpoint 16, now 32"),
+    (dict(run_info={"seed": 1, "recipe": "quadrants"}), "seed: checkpoint 0, now 1"),
+    (dict(run_info={"seed": 0, "recipe": "other"}), "recipe: checkpoint 'quadrants', now 'other'"),
+    (dict(epochs=5), "epochs: checkpoint 3, now 5"),
+    (dict(batch_size=8), "batch_size: checkpoint 16, now 8"),
+    (dict(source="another copy"), "dataset: checkpoint 'quadrants', now 'another copy'"),
+])
+def test_a_checkpoint_of_another_run_is_refused_before_training(tmp_path, change, message):
+    path = tmp_path / "run.pt"
+    run(model(), *loaders(), path=path, epochs=3)
+    m = model() if "model" not in change else vh.VisionTransformer(
+        image_size=16, patch_size=8, in_channels=1, num_classes=4, dim=32, depth=2, heads=2, mlp_dim=32)
+    train_loader, val_loader = loaders(batch_size=change.get("batch_size", 16))
+    if "source" in change:
+        train_loader.dataset.source = change["source"]
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    kwargs = {k: v for k, v in change.items() if k in ("epochs", "run_info")}
+    with pytest.raises(ckpt.CheckpointError, match=f"belongs to another run; it differs in .*{message}"):
+        run(m, train_loader, val_loader, path=path, resume=True, **kwargs)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # nothing trained
+
+
+def test_resuming_a_finished_run_returns_its_history(tmp_path, capsys):
+    path = tmp_path / "run.pt"
+    first = model()
+    hist = run(first, *loaders(), path=path, verbose=True)
+    again = model()
+    hist2 = run(again, *loaders(), path=path, resume=True, verbose=True)
+    assert "finished after 3 epochs; returning its History" in capsys.readouterr().out
+    assert hist2.val_acc == hist.val_acc and hist2.best_epoch == hist.best_epoch
+    assert_same_weights(first, again)  # the restored best epoch, as at the end of the first call
+
+
+def test_resume_true_without_a_checkpoint_starts_the_run(tmp_path, capsys):
+    hist = run(model(), *loaders(), path=tmp_path / "new.pt", resume=True, verbose=True, epochs=1)
+    assert "no checkpoint at" in capsys.readouterr().out and hist.epoch == [1] and hist.resumes == 0
+
+
+def test_resumed_time_budget_run_is_replanned_to_the_budget_left(tmp_path, capsys):
+    path = tmp_path / "run.pt"
+    train_loader, val_loader = loaders()
+    with pytest.raises(KeyboardInterrupt):  # iteration 1 is the pace probe, 2 is epoch 1: stop at epoch 2
+        run(model(), StopsAt(train_loader, 3, 0), val_loader, path, epochs=1000, time_budget_s=3.0)
+    saved = ckpt.load(path)
+    assert saved["time_budget_s"] == 3.0 and saved["epoch"] == 1
+    hist = run(model(), *loaders(), path=path, resume=True, epochs=1000, time_budget_s=3.0, verbose=True)
+    out = capsys.readouterr().out
+    assert "not bit-identical" in out and hist.resumes == 1
+    assert hist.wall_time_s < 3.0 + 2 * max(hist.epoch_time_s)  # the budget counts the first stretch too
+
+
+def test_a_bf16_run_resumed_without_native_bf16_continues_in_fp32(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "run.pt"
+    train_loader, val_loader = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        run(model(), StopsAt(train_loader, 2, 0), val_loader, path, precision="bf16")
+    assert ckpt.load(path)["precision"] == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    hist = run(model(), *loaders(), path=path, resume=True, precision="auto", verbose=True)
+    assert "continuing in fp32" in capsys.readouterr().out
+    assert [s["precision"] for s in hist.stretches] == ["bf16", "fp32"] and hist.precision == "fp32"
+
+
+def test_our_loaders_start_fresh_workers_each_epoch():
+    """Persistent workers would carry their RNG from epoch to epoch, which a resumed run cannot rebuild; fresh workers
+    are seeded from the loader's generator, which the checkpoint holds."""
+    ds = data.InMemoryImages(torch.zeros(40, 1, 8, 8, dtype=torch.uint8), torch.zeros(40), ["a"])
+    loaders_ = data._make_loaders(ds, ds, name="mnist", batch_size=4, val_size=8, augment="none", mean=(0.5,),
+                                  std=(0.5,), resize=None, invert=False, seed=0, train_limit=None, test_limit=None,
+                                  num_workers=2)
+    assert loaders_.train.num_workers == 2 and loaders_.train.persistent_workers is False
+    assert loaders_.train.generator is not None

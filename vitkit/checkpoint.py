@@ -1,0 +1,174 @@
+"""Checkpoints that let a training run survive a disconnect: one file per run, written atomically at the end of every
+epoch, holding everything that decides what the run does next (weights, optimizer, schedule, gradient scaler,
+counters, the plan, the best epoch, the History and every random-number state), so that a resumed run continues the
+run that stopped. :func:`vitkit.train.fit` writes and reads them (``checkpoint=``, ``resume=True``).
+
+A write goes to ``<name>.tmp`` first and then replaces the file in one rename, keeping the one before as
+``<name>.prev``: a kill during the write leaves the last complete checkpoint in place.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vitkit.records import code_commit, hardware_info
+from vitkit.runtime import precision_reason, resolve_precision
+
+__all__ = ["CheckpointError", "save", "load", "run_identity", "check_identity", "rng_state", "set_rng_state",
+           "stretch", "save_run", "open_run", "resumed_precision"]
+
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: missing, truncated, corrupt, or from another run. The message says what to do."""
+
+
+def save(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file, then one rename); the previous file becomes ``.prev``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"version": VERSION, **state}, tmp)
+    if path.exists():
+        os.replace(path, path.with_name(path.name + ".prev"))
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """The state saved by :func:`save`; a truncated, corrupt or foreign file raises :class:`CheckpointError`
+    naming it and what to do instead."""
+    path = Path(path)
+    prev = path.with_name(path.name + ".prev")
+    if not path.is_file():
+        hint = (f" Only {prev.name} is there (a write was interrupted): rename it to {path.name} to resume from it."
+                if prev.is_file() else "")
+        raise CheckpointError(f"no checkpoint at {path}.{hint}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, unpickling error, wrong format
+        alternative = f" or resume from the previous one, {prev.name} (rename it to {path.name})" if prev.is_file() else ""
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); start the run fresh "
+                              f"(resume=False){alternative}.") from e
+    if not isinstance(state, dict) or state.get("version") != VERSION:
+        raise CheckpointError(f"{path} is not a vitkit training checkpoint (version {VERSION}); start the run fresh "
+                              "(resume=False) or pass the right file.")
+    return state
+
+
+def run_identity(model: nn.Module, train_loader, **settings: Any) -> dict[str, Any]:
+    """What makes a checkpoint belong to a run: the model's config (its parameter shapes where it has no dataclass
+    config), the training set's source and batch size, and ``settings`` (epochs, seed, recipe, ...)."""
+    cfg = getattr(model, "config", None)
+    if is_dataclass(cfg):
+        model_id = asdict(cfg)
+    else:
+        model_id = {k: list(v.shape) for k, v in model.state_dict().items()}
+    dataset = getattr(train_loader, "dataset", None)
+    return {"model": model_id, "dataset": getattr(dataset, "source", None),
+            "batch_size": getattr(train_loader, "batch_size", None), **settings}
+
+
+def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
+    """:class:`CheckpointError` naming every setting in which the checkpoint's run differs from this one."""
+    differ = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            fields = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            differ += [f"{key}.{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in fields[:5]]
+        else:
+            differ.append(f"{key}: checkpoint {a!r}, now {b!r}")
+    if differ:
+        raise CheckpointError(f"checkpoint {path} belongs to another run; it differs in " + "; ".join(differ)
+                              + ". Resume with the run's own settings, or start fresh with another checkpoint path.")
+
+
+def rng_state(loader) -> dict[str, Any]:
+    """Every random-number state that decides the data order, augmentation, dropout and mixing: torch (CPU and
+    CUDA), Python, NumPy, and the loader's own generator (which also seeds its worker processes each epoch)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    generator = getattr(loader, "generator", None)
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                      "has_gauss": has_gauss, "gauss": gauss},
+            "loader": generator.get_state() if generator is not None else None}
+
+
+def set_rng_state(state: dict[str, Any], loader) -> None:
+    """Restore what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    generator = getattr(loader, "generator", None)
+    if state["loader"] is not None and generator is not None:
+        generator.set_state(state["loader"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# What fit calls (its run object is passed in; this module does not import vitkit.train)
+# ----------------------------------------------------------------------------------------------------
+
+def stretch(opts, first_epoch: int) -> dict[str, Any]:
+    """What runs this stretch of the run (from the start or a resume to the next stop)."""
+    hw = hardware_info(opts.device)
+    return {"first_epoch": first_epoch, "last_epoch": None, "wall_time_s": 0.0, "precision": opts.precision,
+            "machine": hw.get("gpu", hw["cpu"]), "native_bf16": hw["cpu_native_bf16"], "threads": hw["torch_threads"],
+            "commit": code_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def save_run(run, loader, finished: bool) -> None:
+    """At the end of an epoch of ``fit``'s run: everything the rest of the run depends on, in one atomic write."""
+    current = run.hist.stretches[-1]
+    current["last_epoch"], current["wall_time_s"] = run.epoch, time.perf_counter() - run.start
+    run.hist.wall_time_s = run.elapsed()
+    cpu = lambda state: {k: v.detach().to("cpu", copy=True) for k, v in state.items()}  # noqa: E731
+    save(run.checkpoint, {
+        "identity": run.identity, "finished": finished, "epoch": run.epoch, "step": run.step, "images": run.images,
+        "train_s": run.train_s, "elapsed_s": run.elapsed(), "time_budget_s": run.opts.time_budget_s,
+        "plan": {"epochs": run.plan.epochs, "total_steps": run.plan.total_steps}, "precision": run.opts.precision,
+        "model": cpu(run.model.state_dict()), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler else None, "best_state": run.best_state,
+        "history": run.hist.to_dict(), "rng": rng_state(loader)})
+
+
+def open_run(path: Path, resume: bool, identity: dict, verbose: bool) -> dict | None:
+    """The saved state to continue from, or None to start fresh; a checkpoint of another run raises before any work."""
+    if not resume:
+        if path.exists() and verbose:
+            print(f"fit: starting fresh; {path} will be replaced after epoch 1 (pass resume=True to continue it)")
+        return None
+    if not path.exists() and not path.with_name(path.name + ".prev").exists():
+        if verbose:
+            print(f"fit: no checkpoint at {path} yet: starting the run")
+        return None
+    saved = load(path)
+    check_identity(saved["identity"], identity, path)
+    return saved
+
+
+def resumed_precision(saved: dict, device: torch.device, verbose: bool) -> str:
+    """The checkpoint's precision, unless this device lacks native support for it: then fp32, never emulated bf16."""
+    precision = saved["precision"]
+    if precision == "bf16" and resolve_precision(device) != "bf16":
+        if verbose:
+            print(f"fit: the run started in bf16, which this {device.type} has no native support for "
+                  f"({precision_reason(device, 'fp32')}): continuing in fp32")
+        return "fp32"
+    return precision
