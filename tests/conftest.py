@@ -24,6 +24,10 @@ MOCK_NATIVE_BF16 = os.environ.get("VIT_TEST_NATIVE_BF16")
 if MOCK_NATIVE_BF16 not in (None, "0", "1"):
     raise ValueError(f"VIT_TEST_NATIVE_BF16 must be 0 or 1 (or unset for the real CPU), got {MOCK_NATIVE_BF16!r}.")
 
+# Decoded image folders (the CIFAR-10 JPEG copy: 10 s to decode) are cached once for the whole run, notebooks
+# included (they inherit the variable), in a folder of this checkout rather than the user's ~/.cache.
+os.environ.setdefault("VIT_CACHE_DIR", str(ROOT / ".pytest_cache" / "vitkit-cache"))
+
 SHARED_DATA = Path(os.environ.get("VIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 

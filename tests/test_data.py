@@ -101,6 +101,29 @@ def test_image_folders_load_exactly(fake_cifar_folders):
     assert "JPEG/PNG copy" in train.source
 
 
+def test_decoded_image_folders_are_cached_until_a_file_changes(fake_cifar_folders, tmp_path, monkeypatch):
+    root, images = fake_cifar_folders
+    monkeypatch.setenv("VIT_CACHE_DIR", str(tmp_path / "cache"))
+    first, first_test = data.load_cifar10(root, download=False)
+    assert len(list((tmp_path / "cache").glob("image-folders-*.pt"))) == 1
+    real = data.load_image_folder
+    monkeypatch.setattr(data, "load_image_folder", lambda *a, **k: pytest.fail("decoded again despite the cache"))
+    again, again_test = data.load_cifar10(root, download=False)
+    assert torch.equal(again.images, first.images) and torch.equal(again_test.labels, first_test.labels)
+    assert (again.classes, again.source) == (first.classes, first.source)
+    # a changed file invalidates the cache (and the stale cache file is removed)
+    monkeypatch.setattr(data, "load_image_folder", real)
+    from PIL import Image
+    Image.fromarray(torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()).save(root / "cifar10-jpeg" / "train" / "dog" /
+                                                                          "0002.png")
+    changed, _ = data.load_cifar10(root, download=False)
+    assert changed.images[12 + 2].sum() == 0 and not torch.equal(changed.images, first.images)
+    assert len(list((tmp_path / "cache").glob("image-folders-*.pt"))) == 1
+    monkeypatch.setenv("VIT_CACHE_DIR", "")  # no cache at all: decoded every time, nothing written
+    monkeypatch.setattr(torch, "save", lambda *a, **k: pytest.fail("wrote a cache file"))
+    assert torch.equal(data.load_cifar10(root, download=False)[0].images, changed.images)
+
+
 @pytest.mark.parametrize("augment", ["none", "crop_flip", "randaugment", "autoaugment"])
 def test_cifar_loaders_on_folders(fake_cifar_folders, augment):
     root, _ = fake_cifar_folders

@@ -27,7 +27,7 @@ def test_notebook_is_stripped_and_parametrised(name):
     for cell in code:
         assert cell.outputs == [] and cell.execution_count is None, f"{name}: commit it without outputs"
     assert "parameters" in code[0].metadata.get("tags", []), f"{name}: first code cell must be tagged 'parameters'"
-    for knob in ("SMOKE", "DATA_ROOT", "SEED", "DEVICE", "OUTPUT_DIR"):
+    for knob in ("SMOKE", "DATA_ROOT", "SEED", "DEVICE", "OUTPUT_DIR", "CHECKPOINT_DIR", "RESUME"):
         assert f"{knob} =" in code[0].source
     assert "import vit_helpers as vh" in "".join(c.source for c in code)
     defined = {node.name for c in code for node in ast.walk(ast.parse(c.source))

@@ -253,6 +253,55 @@ class _socket_timeout:
         socket.setdefaulttimeout(self.previous)
 
 
+def _cache_dir() -> Path | None:
+    """Where decoded image folders are kept: ``$VIT_CACHE_DIR`` (empty: no cache), else ``~/.cache/vitkit``."""
+    env = os.environ.get("VIT_CACHE_DIR")
+    if env == "":
+        return None
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vitkit"
+
+
+def _cached_image_folders(root: Path) -> tuple[InMemoryImages, InMemoryImages]:
+    """``root/train`` and ``root/test`` decoded, from a cache keyed by every file's name, size and modification
+    time: decoding the 60,000 CIFAR-10 JPEGs takes about 10 s on a laptop core, loading the cache well under one."""
+    import hashlib
+
+    key = hashlib.sha1(str(root.resolve()).encode())
+    stack = [str(root)]
+    while stack:  # os.scandir: a quarter of the time of Path.rglob + stat on 60,000 files
+        for entry in sorted(os.scandir(stack.pop()), key=lambda e: e.name):
+            if entry.is_dir():
+                stack.append(entry.path)
+            else:
+                st = entry.stat()
+                key.update(f"{entry.path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    cache = _cache_dir()
+    prefix = f"image-folders-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]}-"
+    path = cache / f"{prefix}{key.hexdigest()[:12]}.pt" if cache is not None else None
+    if path is not None and path.is_file():
+        try:
+            saved = torch.load(path, weights_only=True)
+            return tuple(InMemoryImages(s["images"], s["labels"], s["classes"], source=s["source"])
+                         for s in (saved["train"], saved["test"]))
+        except Exception:  # a damaged cache file is decoded again below and rewritten
+            pass
+    train = load_image_folder(root / "train")
+    test = load_image_folder(root / "test", classes=train.classes)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            torch.save({name: {"images": s.images, "labels": s.labels, "classes": s.classes, "source": s.source}
+                        for name, s in (("train", train), ("test", test))}, tmp)
+            os.replace(tmp, path)  # atomic: parallel runs never read half a file
+            for stale in cache.glob(f"{prefix}*.pt"):  # the same folders before a file changed
+                if stale != path:
+                    stale.unlink(missing_ok=True)
+        except OSError:  # a read-only home: no cache, same result
+            pass
+    return train, test
+
+
 def load_cifar10(root: str | Path | None = None, download: bool = True, timeout_s: float = 60.0
                  ) -> tuple[InMemoryImages, InMemoryImages]:
     """CIFAR-10 train and test splits as in-memory uint8 tensors.
@@ -264,8 +313,7 @@ def load_cifar10(root: str | Path | None = None, download: bool = True, timeout_
     root = Path(root if root is not None else default_data_root())
     folder_root = _find_image_folder_root(root)
     if folder_root is not None:
-        train = load_image_folder(folder_root / "train")
-        return train, load_image_folder(folder_root / "test", classes=train.classes)
+        return _cached_image_folders(folder_root)
     try:
         with _socket_timeout(timeout_s):
             splits = [torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
