@@ -191,3 +191,12 @@ def test_fit_follows_the_native_bf16_decision(monkeypatch, native_bf16, precisio
                      progress=False, verbose=False)
     assert (hist.precision, hist.attention, hist.total_steps) == (precision, attention, 1)
     assert train.evaluate(tiny_vit(), loader(quadrant_data(16, 1)))["n"] == 16
+
+
+@pytest.mark.parametrize("native_bf16, precision, reason", [
+    (True, "bf16", "CPU with AVX512-BF16/AMX"), (True, "fp32", "CPU with AVX512-BF16/AMX; fp32 as asked"),
+    (False, "fp32", "CPU without native bf16 (AVX512-BF16/AMX)"),
+    (False, "bf16", "CPU without native bf16 (AVX512-BF16/AMX); bf16 as asked")])
+def test_the_set_up_line_says_why_this_precision(monkeypatch, native_bf16, precision, reason):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    assert runtime.precision_reason(torch.device("cpu"), precision) == reason

@@ -226,3 +226,8 @@ def test_our_loaders_start_fresh_workers_each_epoch():
                                   num_workers=2)
     assert loaders_.train.num_workers == 2 and loaders_.train.persistent_workers is False
     assert loaders_.train.generator is not None
+
+
+def test_run_info_may_not_redefine_what_fit_records(tmp_path):
+    with pytest.raises(ValueError, match="run_info may not set 'model'.*'pretrained'"):
+        run(model(), *loaders(), path=tmp_path / "run.pt", run_info={"model": "google/vit-base-patch16-224"})

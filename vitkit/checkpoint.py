@@ -65,9 +65,15 @@ def load(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def run_identity(model: nn.Module, train_loader, **settings: Any) -> dict[str, Any]:
+def run_identity(model: nn.Module, train_loader, settings: dict[str, Any], run_info: dict | None = None
+                 ) -> dict[str, Any]:
     """What makes a checkpoint belong to a run: the model's config (its parameter shapes where it has no dataclass
-    config), the training set's source and batch size, and ``settings`` (epochs, seed, recipe, ...)."""
+    config), the training set's source and batch size, fit's ``settings`` (epochs, lr, ...) and the caller's
+    ``run_info`` (seed, recipe, ...), which may not redefine the others."""
+    clash = sorted(set(run_info or {}) & ({"model", "dataset", "batch_size"} | set(settings)))
+    if clash:
+        raise ValueError(f"run_info may not set {', '.join(map(repr, clash))}: fit records those itself; name your "
+                         "entries otherwise (e.g. 'pretrained' for a model id).")
     cfg = getattr(model, "config", None)
     if is_dataclass(cfg):
         model_id = asdict(cfg)
@@ -75,7 +81,7 @@ def run_identity(model: nn.Module, train_loader, **settings: Any) -> dict[str, A
         model_id = {k: list(v.shape) for k, v in model.state_dict().items()}
     dataset = getattr(train_loader, "dataset", None)
     return {"model": model_id, "dataset": getattr(dataset, "source", None),
-            "batch_size": getattr(train_loader, "batch_size", None), **settings}
+            "batch_size": getattr(train_loader, "batch_size", None), **settings, **(run_info or {})}
 
 
 def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:

@@ -153,7 +153,7 @@ def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, name: str
 
 
 def _check_loader_args(name: str, *, batch_size, val_size, augment, resize, mean, std, channels: int, seed,
-                       train_limit, test_limit, num_workers) -> None:
+                       train_limit, test_limit, num_workers, invert=False) -> None:
     """The loaders' arguments, checked before any file is read."""
     if augment not in _AUGMENTS[name]:
         raise ValueError(f"unknown augment {augment!r} for {name}; use one of {', '.join(_AUGMENTS[name])}.")
@@ -302,21 +302,47 @@ def _cached_image_folders(root: Path) -> tuple[InMemoryImages, InMemoryImages]:
     return train, test
 
 
-def load_cifar10(root: str | Path | None = None, download: bool = True, timeout_s: float = 60.0
+def _download_within(seconds: float, fetch) -> None:
+    """Run ``fetch`` (a torchvision download: every mirror and every file) and give up after ``seconds`` in all.
+    Each connection also times out by itself when it stalls for a minute (or ``seconds``, if shorter), so an
+    abandoned download ends too."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            fetch()
+        except BaseException as e:  # handed to the caller below
+            errors.append(e)
+
+    with _socket_timeout(min(seconds, 60.0)):
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"the download did not finish within download_timeout_s={seconds:g} s")
+    if errors:
+        raise errors[0]
+
+
+def load_cifar10(root: str | Path | None = None, download: bool = True, timeout_s: float = 600.0
                  ) -> tuple[InMemoryImages, InMemoryImages]:
     """CIFAR-10 train and test splits as in-memory uint8 tensors.
 
     Looks for ``root/train/<class>/`` + ``root/test/<class>/`` image folders (also under
-    ``root/cifar10-jpeg/``); otherwise uses torchvision's ``CIFAR10(root, download=download)``. A download
-    whose connection stalls for ``timeout_s`` seconds fails with :class:`DataNotFoundError` instead of hanging.
+    ``root/cifar10-jpeg/``); otherwise uses torchvision's ``CIFAR10(root, download=download)``. A download (170 MB)
+    that has not finished after ``timeout_s`` seconds in all fails with :class:`DataNotFoundError` instead of
+    hanging.
     """
     root = Path(root if root is not None else default_data_root())
     folder_root = _find_image_folder_root(root)
     if folder_root is not None:
         return _cached_image_folders(folder_root)
     try:
-        with _socket_timeout(timeout_s):
-            splits = [torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)]
+        splits = []
+        _download_within(timeout_s, lambda: splits.extend(
+            torchvision.datasets.CIFAR10(str(root), train=t, download=download) for t in (True, False)))
     except Exception as e:  # offline, stalled, or download=False with nothing on disk
         raise DataNotFoundError(
             f"CIFAR-10 not found under {root.resolve()} and it could not be downloaded ({type(e).__name__}: {e}). "
@@ -338,7 +364,11 @@ def _read_idx(path: Path, kind: str, count: int | None = None) -> torch.Tensor:
     """An MNIST IDX file (or its .gz) as a uint8 tensor, checked against its header."""
     import gzip
 
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, OSError) as e:  # a truncated or damaged .gz (gzip.BadGzipFile is an OSError)
+        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); delete it and copy or download "
+                         "it again.") from e
     ndim = 3 if kind == "images" else 1
     header = 4 + 4 * ndim
     if len(data) < header:
@@ -370,15 +400,14 @@ def load_mnist(root: str | Path | None = None, download: bool = True, timeout_s:
     """MNIST train and test splits (torchvision layout ``root/MNIST/raw/``) as in-memory uint8 tensors.
 
     Reads the IDX files, or their ``.gz`` files, and checks their sizes against their headers; if any is
-    missing and ``download`` is set, torchvision downloads them first (a stall of ``timeout_s`` seconds fails
-    instead of hanging). Missing files raise :class:`DataNotFoundError` naming the files and the folder.
+    missing and ``download`` is set, torchvision downloads them first (all mirrors and files within ``timeout_s``
+    seconds in all, or it fails instead of hanging). Missing files raise :class:`DataNotFoundError` naming the files and the folder.
     """
     root = Path(root if root is not None else default_data_root())
     raw = root / "MNIST" / "raw"
     if any(_mnist_file(raw, n) is None for n in _MNIST_FILES) and download:
         try:
-            with _socket_timeout(timeout_s):
-                torchvision.datasets.MNIST(str(root), train=True, download=True)
+            _download_within(timeout_s, lambda: torchvision.datasets.MNIST(str(root), train=True, download=True))
         except Exception as e:  # offline or stalled: report below which files are still missing
             download_error = f"{type(e).__name__}: {e}"
         else:
@@ -402,11 +431,20 @@ def load_mnist(root: str | Path | None = None, download: bool = True, timeout_s:
 
 
 def load_image(source: str | Path, timeout_s: float = 30.0):
-    """A PIL RGB image from a local path or an http(s) URL."""
+    """A PIL RGB image from a local path (``~`` expanded), a ``file://`` URL or an http(s) URL."""
+    from urllib.parse import unquote, urlparse
+
     from PIL import Image
 
+    if not isinstance(source, (str, Path)):
+        raise TypeError(f"load_image takes a path or URL, got {type(source).__name__}; an image already in memory "
+                        "needs no loading (a tensor (C, H, W) in [0, 1] goes to the model after normalising, or "
+                        "torchvision.transforms.functional.to_pil_image(x) makes it a PIL image).")
     source = str(source)
-    if source.startswith(("http://", "https://")):
+    scheme = urlparse(source).scheme.lower()
+    if scheme == "file":
+        source = unquote(urlparse(source).path)
+    elif scheme in ("http", "https"):
         import io
         import urllib.request
 
@@ -421,7 +459,7 @@ def load_image(source: str | Path, timeout_s: float = 30.0):
             return Image.open(io.BytesIO(data)).convert("RGB")
         except OSError as e:
             raise ValueError(f"{source} did not return an image ({e}); check the URL.") from e
-    path = Path(source)
+    path = Path(source).expanduser()
     if not path.is_file():
         raise DataNotFoundError(f"no image file at {path.resolve()}; check the path (the notebook's PHOTOS parameter).")
     try:
@@ -431,11 +469,18 @@ def load_image(source: str | Path, timeout_s: float = 30.0):
         raise ValueError(f"{path} is not an image PIL can read ({e}); pass a JPEG or PNG file.") from e
 
 
+def _loaders(name: str, load, channels: int, **settings) -> Loaders:
+    """Check the loader settings (before any file is read), load the splits, then split and wrap them."""
+    _check_loader_args(name, channels=channels, **settings)
+    train, test = load()
+    return _make_loaders(train, test, name=name, **settings)
+
+
 def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,
                     augment: str = "none", resize: int | None = None, mean: Sequence[float] = CIFAR10_MEAN,
                     std: Sequence[float] = CIFAR10_STD, seed: int = 0, train_limit: int | None = None,
                     test_limit: int | None = None, num_workers: int | None = None, download: bool = True,
-                    download_timeout_s: float = 60.0) -> Loaders:
+                    download_timeout_s: float = 600.0) -> Loaders:
     """CIFAR-10 train/val/test loaders. ``val_size`` images of the official training split (seeded) form the
     validation split; the official test split is the test split.
 
@@ -444,13 +489,9 @@ def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, va
     ``resize`` upsamples (e.g. to 224 for a pretrained ViT); ``mean``/``std`` normalise (use the image
     processor's for a pretrained model). ``train_limit``/``test_limit`` take seeded subsets (smoke runs).
     """
-    _check_loader_args("cifar10", batch_size=batch_size, val_size=val_size, augment=augment, resize=resize, mean=mean,
-                       std=std, channels=3, seed=seed, train_limit=train_limit, test_limit=test_limit,
-                       num_workers=num_workers)
-    train, test = load_cifar10(root, download, download_timeout_s)
-    return _make_loaders(train, test, name="cifar10", batch_size=batch_size, val_size=val_size, augment=augment,
-                         mean=mean, std=std, resize=resize, invert=False, seed=seed, train_limit=train_limit,
-                         test_limit=test_limit, num_workers=num_workers)
+    settings = dict(batch_size=batch_size, val_size=val_size, augment=augment, resize=resize, mean=mean, std=std,
+                    invert=False, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
+    return _loaders("cifar10", lambda: load_cifar10(root, download, download_timeout_s), channels=3, **settings)
 
 
 def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,
@@ -465,10 +506,6 @@ def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_
     """
     if mean is None:
         mean = tuple(1 - m for m in MNIST_MEAN) if invert else MNIST_MEAN
-    _check_loader_args("mnist", batch_size=batch_size, val_size=val_size, augment=augment, resize=None, mean=mean,
-                       std=std, channels=1, seed=seed, train_limit=train_limit, test_limit=test_limit,
-                       num_workers=num_workers)
-    train, test = load_mnist(root, download, download_timeout_s)
-    return _make_loaders(train, test, name="mnist", batch_size=batch_size, val_size=val_size, augment=augment,
-                         mean=mean, std=std, resize=None, invert=invert, seed=seed, train_limit=train_limit,
-                         test_limit=test_limit, num_workers=num_workers)
+    settings = dict(batch_size=batch_size, val_size=val_size, augment=augment, resize=None, mean=mean, std=std,
+                    invert=invert, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
+    return _loaders("mnist", lambda: load_mnist(root, download, download_timeout_s), channels=1, **settings)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import platform
 import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from vit_helpers import ViTConfig
 from vitkit.checks import check_number
 
 __all__ = ["set_seed", "get_device", "cpu_has_native_bf16", "resolve_precision", "precision_reason", "autocast",
-           "resolve_compile", "attention_path"]
+           "resolve_compile", "attention_path", "NotebookSetup", "notebook_setup"]
 
 
 def set_seed(seed: int) -> None:
@@ -96,11 +98,16 @@ def resolve_precision(device: torch.device | str, precision: str = "auto") -> st
 
 
 def precision_reason(device: torch.device, precision: str) -> str:
+    """Why ``precision`` runs on ``device``, for fit's set-up line: the hardware's support, or that it was asked for."""
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, " + (
-            "native bf16" if precision == "bf16" else "no native bf16: fp16 with a gradient scaler")
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        where = f"{torch.cuda.get_device_name(device)}, {'native bf16' if native else 'no native bf16'}"
+        if precision == resolve_precision(device):
+            return where + ("" if native else ": fp16 with a gradient scaler")
+        return f"{where}; {precision} as asked"
     if device.type == "cpu":
-        return "CPU with AVX512-BF16/AMX" if precision == "bf16" else "CPU without native bf16 (AVX512-BF16/AMX)"
+        where = "CPU with AVX512-BF16/AMX" if cpu_has_native_bf16() else "CPU without native bf16 (AVX512-BF16/AMX)"
+        return where if precision == resolve_precision(device) else f"{where}; {precision} as asked"
     return f"{device.type}"
 
 
@@ -137,3 +144,34 @@ def attention_path(model: nn.Module, device: torch.device, precision: str, compi
         return "SDPA (forced)" if cfg.fused_attn else "explicit (forced)"
     explicit = device.type == "cpu" and (precision in ("bf16", "fp16") or compiled)
     return "explicit (auto)" if explicit else "SDPA (auto)"
+
+
+@dataclass(frozen=True)
+class NotebookSetup:
+    """What every notebook's set-up cell establishes (see :func:`notebook_setup`)."""
+    mode: str  # "smoke" or "full"
+    device: torch.device
+    out_dir: Path  # results/ go under it
+    fig_dir: Path  # figures; smoke runs write to images/smoke/, so they never overwrite the README's
+    checkpoint_dir: Path  # one checkpoint per training run
+    started: float  # time.perf_counter() at set-up
+
+    def elapsed_s(self) -> float:
+        """Seconds since the set-up cell (imports done): the notebook's wall time in its record."""
+        return time.perf_counter() - self.started
+
+
+def notebook_setup(smoke: bool, device: str | torch.device | None, seed: int, output_dir: str | Path,
+                   checkpoint_dir: str | Path | None = None) -> NotebookSetup:
+    """The shared set-up of the notebooks: mode, device, seeds, output folders (figures folder created); prints one
+    line saying what runs where."""
+    out_dir = Path(output_dir)
+    setup = NotebookSetup(mode="smoke" if smoke else "full", device=get_device(device), out_dir=out_dir,
+                          fig_dir=out_dir / "images" / ("smoke" if smoke else ""),
+                          checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else out_dir / "checkpoints" / "runs",
+                          started=time.perf_counter())
+    setup.fig_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(seed)
+    print(f"mode {setup.mode} | device {setup.device} | torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads | seed {seed} | outputs under {out_dir.resolve()}")
+    return setup

@@ -451,8 +451,9 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     device = get_device(device)
     saved, identity = None, None
     if checkpoint is not None:
-        identity = ckpt.run_identity(model, train_loader, epochs=epochs, max_steps=max_steps, optimizer=optimizer,
-                                     lr=lr, weight_decay=weight_decay, time_budget_s=time_budget_s, **(run_info or {}))
+        settings = dict(epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                        time_budget_s=time_budget_s)
+        identity = ckpt.run_identity(model, train_loader, settings, run_info)
         saved = ckpt.open_run(Path(checkpoint), resume, identity, verbose)
     if saved is not None and saved["finished"]:
         return _finished(model.to(device), saved, restore_best, verbose)
