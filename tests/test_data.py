@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import vit_helpers as vh
-from vitkit import data, train, recipes, plots
+from vitkit import data, plots, recipes, sources, train
 
 
 def write_idx(folder, prefix, images, labels):
@@ -106,13 +106,13 @@ def test_decoded_image_folders_are_cached_until_a_file_changes(fake_cifar_folder
     monkeypatch.setenv("VIT_CACHE_DIR", str(tmp_path / "cache"))
     first, first_test = data.load_cifar10(root, download=False)
     assert len(list((tmp_path / "cache").glob("image-folders-*.pt"))) == 1
-    real = data.load_image_folder
-    monkeypatch.setattr(data, "load_image_folder", lambda *a, **k: pytest.fail("decoded again despite the cache"))
+    real = sources.load_image_folder
+    monkeypatch.setattr(sources, "load_image_folder", lambda *a, **k: pytest.fail("decoded again despite the cache"))
     again, again_test = data.load_cifar10(root, download=False)
     assert torch.equal(again.images, first.images) and torch.equal(again_test.labels, first_test.labels)
     assert (again.classes, again.source) == (first.classes, first.source)
     # a changed file invalidates the cache (and the stale cache file is removed)
-    monkeypatch.setattr(data, "load_image_folder", real)
+    monkeypatch.setattr(sources, "load_image_folder", real)
     from PIL import Image
     Image.fromarray(torch.zeros(32, 32, 3, dtype=torch.uint8).numpy()).save(root / "cifar10-jpeg" / "train" / "dog" /
                                                                           "0002.png")

@@ -48,7 +48,8 @@ def test_vit_helpers_imports_nothing_beyond_torch():
 
 
 def test_harness_has_no_import_circle():
-    graph = {p.stem: {m.split(".")[1] for m in _imports(p) if m.startswith("vitkit.")} for p in HARNESS}
+    graph = {p.stem: {m.split(".")[1] for m in _imports(p) if m.startswith("vitkit.")} for p in HARNESS
+             if p.stem != "__init__"}
     done, visiting = set(), []
 
     def visit(module):
@@ -65,6 +66,11 @@ def test_harness_has_no_import_circle():
     for module in graph:
         visit(module)
     assert graph["checks"] == set() and "train" not in graph["data"]  # the bottom of the graph stays the bottom
+    # the order vitkit/__init__.py lists the modules in: each imports only modules listed before it
+    order = re.findall(r"``(\w+)``(?: \(|\.)", (ROOT / "vitkit" / "__init__.py").read_text().split("Modules,", 1)[1])
+    assert sorted(order) == sorted(graph), f"vitkit/__init__.py lists {order}, the package has {sorted(graph)}"
+    for i, module in enumerate(order):
+        assert graph[module] <= set(order[:i]), f"{module} imports {graph[module] - set(order[:i])}, listed after it"
 
 
 @pytest.mark.parametrize("path", HARNESS, ids=lambda p: p.name)

@@ -5,8 +5,9 @@
     history = train.fit(model, loaders.train, loaders.val, epochs=10)
     plots.training_curves(history)
 
-Modules: ``checks`` (argument checks), ``data`` (loaders, image folders, MNIST IDX, downloads), ``runtime``
-(device, seeds, precision, compile), ``train`` (fit, evaluate, History), ``recipes`` (named recipes),
-``explain`` (attention maps of any ViT, explainers, faithfulness), ``records`` (hardware, run records),
-``plots``. Each imports only ``vit_helpers`` and the modules listed before it; nothing imports back up.
+Modules, each importing only ``vit_helpers`` and modules listed before it (nothing imports back up):
+``checks`` (argument checks), ``sources`` (reading data sets, downloads), ``data`` (loaders), ``runtime`` (device,
+seeds, precision, compile, notebook set-up), ``records`` (hardware, run records), ``steps`` (the pieces of one
+training step), ``checkpoint`` (save and resume a run), ``train`` (fit, evaluate, History), ``recipes`` (named
+recipes), ``explain`` (attention maps of any ViT, explainers, faithfulness), ``plots``.
 """

@@ -412,6 +412,14 @@ def _finish(run: _Run, restore_best: bool) -> History:
     return run.hist
 
 
+def _interrupted(run: _Run) -> None:
+    """Ctrl-C (or a kill that Python sees): the checkpoint keeps the last complete epoch; say how to go on."""
+    run.bar.close()
+    if run.checkpoint is not None and run.opts.verbose:
+        print(f"fit: interrupted in epoch {run.epoch}; {run.checkpoint} holds the run after epoch "
+              f"{run.epoch - 1}: fit(..., resume=True) redoes epoch {run.epoch}")
+
+
 def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float = 1e-3,
         optimizer: str = "adamw", weight_decay: float = 0.05, momentum: float = 0.9,
         warmup_fraction: float = 0.2, warmup_steps: int | None = None, label_smoothing: float = 0.0,
@@ -433,8 +441,8 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     ``time_budget_s`` times a few steps on a copy of the model first and shortens the schedule so that
     training and validation fit the budget. With a ``val_loader``, the weights of the best validation epoch
     are restored at the end. A NaN or infinite loss stops the run with :class:`TrainingDivergedError`.
-    ``progress`` shows one tqdm bar (with the run's time left); ``verbose`` prints the set-up once and one line
-    per epoch. Works with HF models (anything whose output is logits or has ``.logits``).
+    ``progress`` shows one tqdm bar (with the run's time left); ``verbose`` prints the set-up and one line per
+    epoch. Works with HF models (anything whose output is logits or has ``.logits``).
 
     ``checkpoint``: a file written at the end of every epoch (atomically; the one before is kept as ``.prev``) that
     holds the whole state of the run. ``resume=True`` continues the run in it: a run stopped after epoch k (Ctrl-C,
@@ -487,9 +495,6 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
             if done:
                 break
     except KeyboardInterrupt:
-        run.bar.close()
-        if run.checkpoint is not None and verbose:
-            print(f"fit: interrupted in epoch {run.epoch}; {run.checkpoint} holds the run after epoch "
-                  f"{run.epoch - 1}: fit(..., resume=True) redoes epoch {run.epoch}")
+        _interrupted(run)
         raise
     return _finish(run, restore_best)
