@@ -90,12 +90,20 @@ class ViTConfig:
         if self.dim % self.heads:
             raise ValueError(f"heads={self.heads} does not divide dim={self.dim}; choose heads among "
                              f"{_divisors_hint(self.dim)} or change dim.")
+        for name in ("dropout", "attn_dropout", "layer_norm_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r}).")
         for name in ("dropout", "attn_dropout"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}.")
-        if self.layer_norm_eps <= 0:
-            raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}.")
+        if not (math.isfinite(self.layer_norm_eps) and self.layer_norm_eps > 0):
+            raise ValueError(f"layer_norm_eps must be a finite number > 0 (HF's default: 1e-12), got "
+                             f"{self.layer_norm_eps}.")
+        for name in ("qkv_bias", "lsa"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
         if self.stem not in ("patch", "conv", "cct", "spt"):
             raise ValueError(f"stem must be 'patch' (linear patch embedding), 'conv' (convolutional stem), 'cct' "
                              f"(convolutional tokenizer) or 'spt' (shifted patch tokenization), got {self.stem!r}.")
@@ -104,8 +112,6 @@ class ViTConfig:
         if self.pos_embed == "sincos" and self.dim % 4:
             raise ValueError(f"pos_embed='sincos' splits dim into 4 (sin/cos of rows/columns), so dim must be a "
                              f"multiple of 4, got {self.dim}.")
-        if not isinstance(self.lsa, bool):
-            raise TypeError(f"lsa must be True or False, got {self.lsa!r}.")
         if self.stem == "spt" and self.patch_size < 2:
             raise ValueError("stem='spt' shifts by half a patch, so patch_size must be >= 2.")
         if self.stem in ("conv", "cct") and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
@@ -385,6 +391,10 @@ class VisionTransformer(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"expected float images, got {x.dtype}: convert with x.float() / 255 and normalise "
                             f"them as in training (the loaders of vit_helpers do both).")
+        weights = self.cls_token.dtype
+        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"the images are {x.dtype} but the model's weights are {weights}: convert the batch with "
+                            f"x.to({weights}) (x.float() for float32), or the model with model.to({x.dtype}).")
         if x.shape[1] != cfg.in_channels and x.shape[-1] == cfg.in_channels and x.shape[1] == cfg.image_size:
             raise ValueError(f"got a channels-last batch {tuple(x.shape)} (B, H, W, C); the model expects "
                              f"(B, C, H, W): use x.permute(0, 3, 1, 2).")
@@ -482,10 +492,14 @@ def _check_attentions(attentions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(attentions, torch.Tensor):
         raise TypeError("attentions must be a tuple/list of per-layer tensors (B, heads, T, T), got one tensor; "
                         "wrap a single layer as (attn,).")
-    if attentions is None or len(attentions) == 0:
+    try:
+        layers = list(attentions) if attentions is not None else []  # a tuple, a list or a generator of layers
+    except TypeError:
+        raise TypeError(f"attentions must be a tuple/list of per-layer tensors (B, heads, T, T), got "
+                        f"{type(attentions).__name__}.") from None
+    if not layers:
         raise ValueError("attentions is empty: call the model with return_attentions=True (ours) or "
                          "output_attentions=True with attn_implementation='eager' (HF).")
-    layers = list(attentions)
     first = layers[0]
     for i, a in enumerate(layers):
         if not isinstance(a, torch.Tensor):
@@ -573,6 +587,9 @@ def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean"
     multiply layer by layer with later layers on the left: ``A_L @ ... @ A_1``.
     """
     layers = _check_attentions(attentions)
+    if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)):
+        raise TypeError(f"discard_ratio must be a number in [0, 1), got {type(discard_ratio).__name__} "
+                        f"({discard_ratio!r}).")
     if not 0.0 <= discard_ratio < 1.0:
         raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}.")
     if head_fusion not in _HEAD_FUSIONS:
@@ -611,6 +628,12 @@ def token_map(values: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int
         raise ValueError(f"num_prefix_tokens must be an int in [0, {T - 1}] (1 for CLS only), got {num_prefix_tokens!r}.")
     patches = values[:, num_prefix_tokens:]
     N = T - num_prefix_tokens
+    if isinstance(grid_size, int) and not isinstance(grid_size, bool):
+        grid_size = (grid_size, grid_size)  # one int: a square grid
+    if grid_size is not None and not (isinstance(grid_size, (tuple, list)) and len(grid_size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid_size)):
+        raise ValueError(f"grid_size must be (h, w), two positive ints (or one int for a square grid), got "
+                         f"{grid_size!r}.")
     if grid_size is None:
         side = math.isqrt(N)
         if side * side != N:
@@ -644,8 +667,11 @@ def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_
                       grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1) -> torch.Tensor:
     """Raw attention of the CLS token to the patches in one layer (no rollout): ``(B, grid_h, grid_w)``."""
     layers = _check_attentions(attentions)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -len(layers) <= layer < len(layers):
-        raise ValueError(f"layer={layer!r} is out of range for {len(layers)} layers (use -1 for the last).")
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"layer must be an int (a layer index; -1 for the last), got {type(layer).__name__} "
+                        f"({layer!r}).")
+    if not -len(layers) <= layer < len(layers):
+        raise ValueError(f"layer={layer} is out of range for {len(layers)} layers (use -1 for the last).")
     _check_probabilities(layers, [a.detach().float().mean(dim=1) for a in layers])
     cls_row = layers[layer].detach().float()[:, :, 0]  # (B, heads, T): the CLS row
     return token_map(_fuse_heads(cls_row, head_fusion), num_prefix_tokens, grid_size)  # (B, h, w)
@@ -726,6 +752,10 @@ def from_hf(hf_model) -> VisionTransformer:
     config = getattr(hf_model, "config", None)
     if config is None or getattr(config, "model_type", None) != "vit" or not hasattr(hf_model, "classifier"):
         raise TypeError(f"from_hf expects a transformers ViTForImageClassification, got {type(hf_model).__name__}.")
+    if not isinstance(hf_model.classifier, nn.Linear):
+        raise TypeError(f"from_hf maps HF's classifier, one nn.Linear, to our head; this model's classifier is a "
+                        f"{type(hf_model.classifier).__name__}. Convert the model with its original linear classifier "
+                        "and replace our model.head afterwards.")
     if config.hidden_act != "gelu":
         raise ValueError(f"HF config hidden_act={config.hidden_act!r}; VisionTransformer uses exact GELU ('gelu').")
     model = VisionTransformer(

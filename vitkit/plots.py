@@ -52,10 +52,15 @@ def upsample_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _check_images(images, mean, std, titles=None, name: str = "titles") -> torch.Tensor:
     """The plots' shared input checks; returns the images in [0, 1] (denormalised when mean/std are given)."""
-    if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a batch (B, C, H, W), got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}; "
-                         "add a batch dimension with x.unsqueeze(0) for one image.")
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a tensor batch (B, C, H, W), got {type(images).__name__}; stack a list "
+                        "with torch.stack(images).")
+    if images.ndim != 4:
+        raise ValueError(f"images must be a batch (B, C, H, W), got {tuple(images.shape)}; add a batch dimension "
+                         "with x.unsqueeze(0) for one image.")
+    if images.shape[1] not in (1, 3) and images.shape[-1] in (1, 3):
+        raise ValueError(f"images {tuple(images.shape)} look channels-last (B, H, W, C); the plots take (B, C, H, W): "
+                         "use images.permute(0, 3, 1, 2).")
     if (mean is None) != (std is None):
         raise ValueError("pass both mean and std (the loaders' normalisation, e.g. loader.dataset.mean/.std) or "
                          "neither (images already in [0, 1]).")
@@ -66,6 +71,20 @@ def _check_images(images, mean, std, titles=None, name: str = "titles") -> torch
         raise ValueError(f"{len(titles)} {name} for {len(images)} images; pass one per image.")
     images = images.detach().float().cpu()
     return denormalize(images, mean, std) if mean is not None else images
+
+
+def _check_masks(masks, n: int, name: str = "masks") -> torch.Tensor:
+    """Maps (n, h, w) of finite numbers, as the explainers and rollout return them."""
+    if not isinstance(masks, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor (B, h, w), got {type(masks).__name__}; stack a list with "
+                        "torch.stack(masks).")
+    if masks.ndim != 3 or len(masks) != n:
+        raise ValueError(f"{name} has shape {tuple(masks.shape)}; expected ({n}, h, w): one map per image, the same B "
+                         "as the images.")
+    if not torch.isfinite(masks).all():
+        raise ValueError(f"{name} hold NaN or inf values, which would draw blank panels; check the maps (e.g. a "
+                         "model that diverged, or attentions that are not probabilities).")
+    return masks.detach().float().cpu()
 
 
 def _overlay(img: np.ndarray, mask: torch.Tensor, colormap, alpha: float) -> np.ndarray:
@@ -83,10 +102,8 @@ def attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequence[
     3 images, else 4)."""
     import matplotlib.pyplot as plt
 
-    if images.ndim != 4 or masks.ndim != 3 or len(images) != len(masks):
-        raise ValueError(f"expected images (B, C, H, W) and masks (B, h, w) with the same B, got "
-                         f"{tuple(images.shape)} and {tuple(masks.shape)}.")
     images = _check_images(images, mean, std, titles)
+    masks = _check_masks(masks, len(images))
     n = len(images)
     per_row = per_row or (1 if n <= 3 else min(4, n))
     rows = math.ceil(n / per_row)
@@ -118,9 +135,7 @@ def mask_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], *, mean: S
 
     images = _check_images(images, mean, std, row_titles, "row_titles")
     n, k = len(images), len(columns)
-    for name, m in columns.items():
-        if m.ndim != 3 or len(m) != n:
-            raise ValueError(f"columns[{name!r}] has shape {tuple(m.shape)}; expected ({n}, h, w).")
+    columns = {name: _check_masks(m, n, f"columns[{name!r}]") for name, m in columns.items()}
     colormap = plt.get_cmap(cmap)
     upsampled = {name: upsample_masks(m.cpu(), tuple(images.shape[-2:])) for name, m in columns.items()}
     fig, axes = plt.subplots(n, k + 1, figsize=(1.7 * (k + 1), 1.8 * n), squeeze=False)
@@ -242,7 +257,15 @@ def position_similarity(model: vh.VisionTransformer, save_path: str | Path | Non
 
 def confusion_counts(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """``(num_classes, num_classes)`` counts; row = true class, column = predicted class."""
-    idx = labels.long() * num_classes + preds.long()
+    preds, labels = torch.as_tensor(preds).reshape(-1).long(), torch.as_tensor(labels).reshape(-1).long()
+    if preds.shape != labels.shape:
+        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels; pass one per image.")
+    for name, values in (("predictions", preds), ("labels", labels)):
+        if values.numel() and (values.min() < 0 or values.max() >= num_classes):
+            raise ValueError(f"{name} must be class indices in [0, {num_classes - 1}] for {num_classes} classes, got "
+                             f"values from {int(values.min())} to {int(values.max())}; pass the classes the model "
+                             "was trained on.")
+    idx = labels * num_classes + preds
     return torch.bincount(idx, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 

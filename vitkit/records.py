@@ -96,6 +96,9 @@ def save_results(path: str | Path, *, metrics: dict, config: dict, seed: int, da
     ValueError/TypeError naming the key, before anything is written."""
     if not isinstance(metrics, dict) or not isinstance(config, dict):
         raise TypeError("save_results: metrics and config must be dicts.")
+    if isinstance(wall_time_s, bool) or not isinstance(wall_time_s, (int, float)) or not math.isfinite(wall_time_s):
+        raise TypeError(f"save_results: wall_time_s must be the run's wall-clock time in seconds (a finite number), "
+                        f"got {wall_time_s!r}; measure it with time.perf_counter() around the run.")
     record = {"metrics": metrics, "config": config, "seed": seed, "dataset": dataset,
               "wall_time_s": round(float(wall_time_s), 1), "hardware": hardware_info(device),
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), **extra}

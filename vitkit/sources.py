@@ -326,10 +326,16 @@ def load_image(source: str | Path, timeout_s: float = 30.0):
         import urllib.request
 
         request = urllib.request.Request(source, headers={"User-Agent": "vit-notebooks/1.0 (teaching notebooks)"})
-        try:
+        received = []
+
+        def fetch():
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                data = response.read()
-        except OSError as e:
+                received.append(response.read())
+
+        try:
+            _download_within(timeout_s, fetch)  # a server that trickles is cut off too, not only one that stalls
+            data = received[0]
+        except OSError as e:  # TimeoutError and URLError are OSErrors
             raise DataNotFoundError(f"could not download {source} ({e}); pass local image paths instead "
                                     "(the notebook's PHOTOS parameter).") from e
         try:

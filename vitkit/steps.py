@@ -15,7 +15,7 @@ from torch import nn
 
 from vitkit.runtime import autocast
 
-__all__ = ["model_logits", "make_optimizer", "param_groups", "batch_loss", "seconds_per_batch"]
+__all__ = ["model_logits", "num_classes", "make_optimizer", "param_groups", "batch_loss", "seconds_per_batch"]
 
 
 def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -23,6 +23,16 @@ def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     out = model(x)
     return out.logits if hasattr(out, "logits") else out  # HF models return an output object
 
+
+
+def num_classes(model: nn.Module) -> int | None:
+    """The size of the model's output: ours (``config.num_classes``), HF's (``config.num_labels``), else None."""
+    config = getattr(model, "config", None)
+    for name in ("num_classes", "num_labels"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return getattr(model, "num_classes", None)  # timm
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -19,9 +20,9 @@ from torch import nn
 
 from vit_helpers import warmup_cosine_factor, warmup_cosine_schedule
 from vitkit import checkpoint as ckpt
-from vitkit.checks import check_number
+from vitkit.checks import check_fit_args, check_labels
 from vitkit.runtime import attention_path, autocast, get_device, precision_reason, resolve_compile, resolve_precision
-from vitkit.steps import batch_loss, make_optimizer, model_logits, seconds_per_batch
+from vitkit.steps import batch_loss, make_optimizer, model_logits, num_classes, seconds_per_batch
 
 __all__ = ["History", "fit", "evaluate", "TrainingDivergedError"]
 
@@ -55,18 +56,25 @@ class History:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None,
              precision: str = "auto", return_predictions: bool = False) -> dict[str, Any]:
-    """Loss and accuracy over the whole split: ``{"loss", "acc", "n"}`` (+ ``"preds"``, ``"labels"``)."""
+    """Loss and accuracy over the whole split: ``{"loss", "acc", "n", "nonfinite"}`` (+ ``"preds"``, ``"labels"``).
+
+    Images whose loss is NaN or infinite (a NaN pixel, an overflow) are counted in ``"nonfinite"`` with a warning;
+    ``"loss"`` averages the others, ``"acc"`` counts every image."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     precision = resolve_precision(device, precision)
-    was_training = model.training
+    was_training, classes = model.training, num_classes(model)
     model.eval()
-    total_loss, correct, n = 0.0, 0, 0
+    total_loss, correct, n, nonfinite = 0.0, 0, 0, 0
     preds, labels = [], []
     for x, y in loader:
+        check_labels(y, classes)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model_logits(model, x)
-        total_loss += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        losses = F.cross_entropy(logits.float(), y, reduction="none")
+        finite = torch.isfinite(losses)
+        total_loss += losses[finite].sum().item()
+        nonfinite += int((~finite).sum())
         pred = logits.argmax(dim=-1)
         correct += (pred == y).sum().item()
         n += y.numel()
@@ -76,7 +84,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
     model.train(was_training)
     if n == 0:
         raise ValueError("the loader yielded no samples.")
-    out = {"loss": total_loss / n, "acc": correct / n, "n": n}
+    if nonfinite:
+        warnings.warn(f"evaluate: {nonfinite} of {n} images gave a NaN or infinite loss (NaN/inf pixels or an "
+                      "overflow); the loss averages the others, the accuracy counts all.", stacklevel=2)
+    out = {"loss": total_loss / max(1, n - nonfinite), "acc": correct / n, "n": n, "nonfinite": nonfinite}
     if return_predictions:
         out["preds"], out["labels"] = torch.cat(preds), torch.cat(labels)
     return out
@@ -101,43 +112,6 @@ def _diverged(loss: torch.Tensor, x: torch.Tensor, epoch: int, batch: int, step:
         f"longer warmup), no gradient clipping (try grad_clip=1.0), NaN/inf values in the data"
         f"{', or fp16 overflow (try precision=' + repr('bf16') + ' or ' + repr('fp32') + ')' if precision == 'fp16' else ''}. "
         f"{restored}")
-
-
-def _check_fit_args(model, train_loader, *, epochs, lr, optimizer, weight_decay, momentum, warmup_fraction,
-                    warmup_steps, label_smoothing, grad_clip, mixup_alpha, cutmix_alpha, accumulation_steps, max_steps,
-                    time_budget_s) -> int:
-    """Every argument of :func:`fit`, checked before any work; returns the number of batches per epoch."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    check_number("epochs", epochs, low=1, integer=True)
-    check_number("lr", lr, low=0, low_open=True)
-    check_number("weight_decay", weight_decay, low=0, hint="Use 0 to turn weight decay off.")
-    check_number("momentum", momentum, low=0, high=1, high_open=True)
-    check_number("warmup_fraction", warmup_fraction, low=0, high=1)
-    if warmup_steps is not None:
-        check_number("warmup_steps", warmup_steps, low=0, integer=True)
-    check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
-    if grad_clip is not None:
-        check_number("grad_clip", grad_clip, low=0, low_open=True,
-                     hint="grad_clip=0 would scale every gradient to zero; pass grad_clip=None to turn clipping off.")
-    check_number("mixup_alpha", mixup_alpha, low=0, hint="0 turns MixUp off.")
-    check_number("cutmix_alpha", cutmix_alpha, low=0, hint="0 turns CutMix off.")
-    check_number("accumulation_steps", accumulation_steps, low=1, integer=True)
-    if max_steps is not None:
-        check_number("max_steps", max_steps, low=1, integer=True)
-    if time_budget_s is not None:
-        check_number("time_budget_s", time_budget_s, low=0, low_open=True)
-    if optimizer not in ("adamw", "adam", "sgd"):
-        raise ValueError(f"unknown optimizer {optimizer!r}; use 'adamw', 'adam' or 'sgd'.")
-    try:
-        batches_per_epoch = len(train_loader)
-    except TypeError:
-        raise TypeError(f"train_loader must have a length (a DataLoader over a map-style data set), "
-                        f"got {type(train_loader).__name__}.") from None
-    if batches_per_epoch == 0:
-        raise ValueError("train_loader yields no batches: the training set is empty (or smaller than the batch "
-                         "size with drop_last=True).")
-    return batches_per_epoch
 
 
 @dataclass(frozen=True)
@@ -197,6 +171,7 @@ class _Run:
     elapsed_before: float = 0.0  # wall time of the stretches before a resume
     checkpoint: Path | None = None
     identity: dict | None = None
+    num_classes: int | None = None  # to check the labels against
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.start
@@ -279,6 +254,7 @@ def _train_epoch(run: _Run, loader) -> tuple[float, float, int]:
         run.bar.update(1)
         if run.epoch == 1 and i == replan_from:
             run.steady_from = time.perf_counter()
+        check_labels(y, run.num_classes)  # on the CPU copy: no wait for a GPU
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss, logits = batch_loss(run.runner, x, y, device, opts.precision, opts.label_smoothing, opts.mixup_alpha,
                                    opts.cutmix_alpha)
@@ -451,7 +427,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     joins the model config, data set, batch size and fit's settings in what a checkpoint must match to be resumed;
     a mismatch, a corrupt file or a finished run is reported before any training.
     """
-    batches_per_epoch = _check_fit_args(
+    batches_per_epoch = check_fit_args(
         model, train_loader, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
         warmup_fraction=warmup_fraction, warmup_steps=warmup_steps, label_smoothing=label_smoothing,
         grad_clip=grad_clip, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
@@ -475,6 +451,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
             else _plan(model, train_loader, val_loader, make_opt, opts, epochs, batches_per_epoch, max_steps))
     run = _start(model, make_opt, plan, opts, compile)
     run.checkpoint, run.identity = (Path(checkpoint) if checkpoint is not None else None), identity
+    run.num_classes = num_classes(model)
     run.hist.stretches.append(ckpt.stretch(opts, 1))
     if saved is not None:
         _restore(run, saved, train_loader)
