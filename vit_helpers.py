@@ -457,6 +457,8 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, 
     Step it once per optimizer step. Factor: ``step / warmup_steps`` while ``step < warmup_steps``, then
     ``0.5 * (1 + cos(pi * (step - warmup_steps) / (total_steps - warmup_steps)))``; 0 after ``total_steps``.
     """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
     for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
@@ -858,8 +860,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Vi
     if not path.is_file():
         raise DataNotFoundError(f"no weights file at {path.resolve()}; the shipped ones are under weights/ in the "
                                 "repository (or set the notebook's TRAIN = True to train instead).")
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except Exception as e:  # safetensors' own error type: not a safetensors file, or a truncated one
+        raise ValueError(f"{path} is not a readable safetensors file ({e}); pass a file written by save_model, such "
+                         "as weights/mnist-fast.safetensors.") from e
     if "vit_config" not in header:
         raise ValueError(f"{path} was not written by vit_helpers.save_model (no vit_config in its header).")
     model = VisionTransformer.from_config(ViTConfig(**json.loads(header.pop("vit_config"))))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vit_helpers as vh
-from vitkit import data, plots, records, sources, train
+from vitkit import data, explain, plots, records, sources, train
 from test_train import loader, quadrant_data, tiny_vit
 
 CFG = dict(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=16, depth=2, heads=2, mlp_dim=32)
@@ -241,3 +241,41 @@ def test_a_download_that_trickles_is_bounded_in_all(slow_server, tmp_path, monke
     with pytest.raises(vh.DataNotFoundError, match="did not finish within download_timeout_s=1 s"):
         data.load_mnist(tmp_path, download=True, timeout_s=1.0)
     assert time.perf_counter() - start < 5  # not 4 files x 2 mirrors x a minute of trickling
+
+
+# --- further cases of the same kinds, found by trying the public functions -----------------------------------------
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: vh.warmup_cosine_schedule(None, 1, 10), TypeError, "optimizer must be a torch.optim.Optimizer, got NoneType"),
+    (lambda: vh.load_model(__file__), ValueError, r"test_bad_input.py is not a readable safetensors file"),
+    (lambda: explain.explain("rollout", vh.VisionTransformer(**CFG), torch.rand(2, 3, 16, 16), batch_size=0),
+     ValueError, "batch_size must be a positive int, got 0"),
+    (lambda: explain.perturbation_curve(vh.VisionTransformer(**CFG), torch.rand(2, 3, 16, 16), torch.tensor([0, 1]),
+                                        torch.rand(2, 4, 4), fractions=(0, 1.5)),
+     ValueError, r"fractions must be increasing shares of the patches in \[0, 1\]"),
+    (lambda: explain.remove_patches(torch.rand(2, 3, 16, 16), torch.rand(2, 4, 4), 2.0), ValueError,
+     r"fraction must be in \[0, 1\], got 2.0"),
+    (lambda: explain.mass_on_mask(torch.rand(2, 4, 4), torch.rand(3, 16, 16)), ValueError,
+     "need one entry per image each"),
+    (lambda: data.mnist_loaders("./data", mean=0.5), TypeError, r"mean must be a tuple with one value per channel"),
+    (lambda: data.cifar10_loaders(5), TypeError, r"root must be a folder path \(str or Path\), got int"),
+    (lambda: records.save_results("/tmp", metrics={}, config={}, seed=0, dataset="x", wall_time_s=1), ValueError,
+     "is a folder; pass the record's file path"),
+    (lambda: records.save_results("/tmp/r.json", metrics={}, config={}, seed="0", dataset="x", wall_time_s=1),
+     TypeError, "seed must be the run's int seed, got str"),
+    (lambda: plots.training_curves(None), TypeError, "history must be the History that fit returns"),
+    (lambda: plots.patch_grid(torch.rand(2, 3, 16, 16), 4), ValueError, r"one image \(C, H, W\).*images\[0\]"),
+    (lambda: plots.patch_grid(torch.rand(3, 16, 16), 5), ValueError, "patch_size=5 must be a positive int that divides"),
+    (lambda: plots.position_similarity(torch.nn.Linear(2, 2)), TypeError, r"convert a HF ViT with vh.from_hf"),
+    (lambda: plots.denormalize(torch.rand(2, 3, 4, 4), (0.5,), (0.5, 0.5)), ValueError, "mean/std have 1/2 values"),
+    (lambda: plots.upsample_masks(torch.rand(4, 4), (16, 16)), ValueError, r"masks.unsqueeze\(0\)"),
+    (lambda: train.fit(tiny_vit(), loader(quadrant_data(8, 0)), 5, epochs=1), TypeError,
+     "val_loader must be a DataLoader"),
+    (lambda: train.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, resume="yes"), TypeError,
+     "resume must be True or False"),
+    (lambda: train.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, checkpoint=5), TypeError,
+     "checkpoint must be a file path"),
+])
+def test_further_bad_input_is_named(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

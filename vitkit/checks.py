@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 from torch import nn
@@ -49,7 +50,7 @@ def check_labels(labels, num_classes: int | None = None) -> None:
                              f"model with num_classes={high + 1}.")
 
 
-def check_fit_args(model, train_loader, *, epochs, lr, optimizer, weight_decay, momentum, warmup_fraction,
+def check_fit_args(model, train_loader, val_loader, checkpoint, resume, *, epochs, lr, optimizer, weight_decay, momentum, warmup_fraction,
                    warmup_steps, label_smoothing, grad_clip, mixup_alpha, cutmix_alpha, accumulation_steps, max_steps,
                    time_budget_s) -> int:
     """Every argument of ``vitkit.train.fit``, checked before any work; returns the number of batches per epoch."""
@@ -73,6 +74,12 @@ def check_fit_args(model, train_loader, *, epochs, lr, optimizer, weight_decay, 
         check_number("max_steps", max_steps, low=1, integer=True)
     if time_budget_s is not None:
         check_number("time_budget_s", time_budget_s, low=0, low_open=True)
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume must be True or False, got {resume!r}.")
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a file path (str or Path) or None, got {type(checkpoint).__name__}.")
+    if val_loader is not None and not hasattr(val_loader, "__iter__"):
+        raise TypeError(f"val_loader must be a DataLoader (or None), got {type(val_loader).__name__}.")
     if optimizer not in ("adamw", "adam", "sgd"):
         raise ValueError(f"unknown optimizer {optimizer!r}; use 'adamw', 'adam' or 'sgd'.")
     try:

@@ -106,8 +106,10 @@ def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, name: str
 
 
 def _check_loader_args(name: str, *, batch_size, val_size, augment, resize, mean, std, channels: int, seed,
-                       train_limit, test_limit, num_workers, invert=False) -> None:
+                       train_limit, test_limit, num_workers, invert=False, root=None) -> None:
     """The loaders' arguments, checked before any file is read."""
+    if root is not None and not isinstance(root, (str, os.PathLike)):
+        raise TypeError(f"root must be a folder path (str or Path), got {type(root).__name__} ({root!r}).")
     if augment not in _AUGMENTS[name]:
         raise ValueError(f"unknown augment {augment!r} for {name}; use one of {', '.join(_AUGMENTS[name])}.")
     check_number("batch_size", batch_size, low=1, integer=True)
@@ -119,6 +121,9 @@ def _check_loader_args(name: str, *, batch_size, val_size, augment, resize, mean
     if num_workers is not None:
         check_number("num_workers", num_workers, low=0, integer=True)
     for key, value in (("mean", mean), ("std", std)):
+        if not isinstance(value, (tuple, list)):
+            raise TypeError(f"{key} must be a tuple with one value per channel, e.g. ({value},) * {channels}; got "
+                            f"{type(value).__name__} ({value!r}).")
         if len(value) != channels:
             raise ValueError(f"{key} has {len(value)} value(s) but {name} images have {channels} channel(s); pass "
                              f"one value per channel.")
@@ -134,9 +139,9 @@ def train_eval_loader(loaders: Loaders) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(ds, batch_size=loaders.val.batch_size, num_workers=loaders.val.num_workers)
 
 
-def _loaders(name: str, load, channels: int, **settings) -> Loaders:
+def _loaders(name: str, load, channels: int, root, **settings) -> Loaders:
     """Check the loader settings (before any file is read), load the splits, then split and wrap them."""
-    _check_loader_args(name, channels=channels, **settings)
+    _check_loader_args(name, channels=channels, root=root, **settings)
     train, test = load()
     return _make_loaders(train, test, name=name, **settings)
 
@@ -156,7 +161,7 @@ def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, va
     """
     settings = dict(batch_size=batch_size, val_size=val_size, augment=augment, resize=resize, mean=mean, std=std,
                     invert=False, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
-    return _loaders("cifar10", lambda: load_cifar10(root, download, download_timeout_s), channels=3, **settings)
+    return _loaders("cifar10", lambda: load_cifar10(root, download, download_timeout_s), 3, root, **settings)
 
 
 def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,
@@ -173,4 +178,4 @@ def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_
         mean = tuple(1 - m for m in MNIST_MEAN) if invert else MNIST_MEAN
     settings = dict(batch_size=batch_size, val_size=val_size, augment=augment, resize=None, mean=mean, std=std,
                     invert=invert, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
-    return _loaders("mnist", lambda: load_mnist(root, download, download_timeout_s), channels=1, **settings)
+    return _loaders("mnist", lambda: load_mnist(root, download, download_timeout_s), 1, root, **settings)

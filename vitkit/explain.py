@@ -211,6 +211,7 @@ def explain(method: str, model: nn.Module, x: torch.Tensor, target=None, batch_s
     """``EXPLAINERS[method](model, x, target)`` over ``x`` in batches (gradients of big batches need memory)."""
     if method not in EXPLAINERS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, EXPLAINERS))}.")
+    check_number("batch_size", batch_size, low=1, integer=True)
     targets = None if target is None else torch.as_tensor(target).reshape(-1).expand(len(x))
     extra = (lambda i: {"seed": i}) if method == "random" else (lambda i: {})  # new random maps per batch
     return torch.cat([EXPLAINERS[method](model, x[i:i + batch_size],
@@ -222,6 +223,7 @@ def remove_patches(x: torch.Tensor, maps: torch.Tensor, fraction: float, most_re
                    fill: float = 0.0) -> torch.Tensor:
     """``x`` with the ``fraction`` of patches ranked highest (or lowest) by ``maps (B, h, w)`` set to ``fill``
     (0 is the data set's mean colour for normalised inputs). Ties keep the patch order (stable sort)."""
+    check_number("fraction", fraction, low=0, high=1, hint="It is the share of the patches to remove.")
     B, _, H, W = x.shape
     h, w = maps.shape[-2:]
     if H % h or W % w:
@@ -242,6 +244,9 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, 
     patches a map ranks highest (lowest) first, in steps of ``fractions`` of the patches, and re-classify.
     Returns ``{"fractions", "accuracy", "auc"}``; ``auc`` is the area under accuracy (in %) over the removed
     fraction (trapezoid). Positive perturbation: lower is more faithful; negative: higher is."""
+    fr = list(fractions)
+    if not fr or any(not isinstance(f, (int, float)) or not 0 <= f <= 1 for f in fr) or fr != sorted(fr):
+        raise ValueError(f"fractions must be increasing shares of the patches in [0, 1], got {fractions!r}.")
     if maps.shape[0] != x.shape[0] or labels.shape[0] != x.shape[0]:
         raise ValueError(f"x, labels and maps need the same batch size, got {x.shape[0]}, {labels.shape[0]} and "
                          f"{maps.shape[0]}.")
@@ -263,6 +268,9 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, 
 def mass_on_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Per image, the share of a map's positive mass that falls on ``masks`` (B, H, W) of 0/1 (e.g. a digit's
     strokes), with the map upsampled to pixels (nearest). Uniform maps score the mask's area fraction."""
+    if maps.ndim != 3 or masks.ndim != 3 or len(maps) != len(masks):
+        raise ValueError(f"maps (B, h, w) and masks (B, H, W) need one entry per image each, got {tuple(maps.shape)} "
+                         f"and {tuple(masks.shape)}.")
     B, H, W = masks.shape
     m = maps.float().clamp(min=0)
     up = F.interpolate(m[:, None], size=(H, W), mode="nearest")[:, 0]  # (B, H, W)

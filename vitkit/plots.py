@@ -20,6 +20,10 @@ __all__ = ["denormalize", "upsample_masks", "attention_maps", "mask_grid", "trai
 
 def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Undo ``Normalize(mean, std)``: ``(B, C, H, W)`` or ``(C, H, W)`` back to [0, 1]."""
+    channels = x.shape[-3] if x.ndim >= 3 else None
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values but the images {tuple(x.shape)} have "
+                         f"{channels} channel(s); pass one value per channel (loader.dataset.mean/.std).")
     mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x * std_t + mean_t).clamp(0, 1)
@@ -44,6 +48,10 @@ def _finish(fig, save_path: str | Path | None, tight: bool = True):
 
 def upsample_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Rollout maps ``(B, h, w)`` -> ``(B, H, W)`` bilinearly upsampled, each scaled to [0, 1]."""
+    if not isinstance(masks, torch.Tensor) or masks.ndim != 3:
+        raise ValueError(f"masks must be a batch of maps (B, h, w), got "
+                         f"{tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__}; for "
+                         "one map use masks.unsqueeze(0).")
     m = F.interpolate(masks.detach().float()[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     lo = m.amin(dim=(1, 2), keepdim=True)
     hi = m.amax(dim=(1, 2), keepdim=True)
@@ -157,6 +165,9 @@ def training_curves(history: History | dict, title: str = "Training", save_path:
     """Loss, accuracy (train and val, per epoch) and learning rate (per step)."""
     import matplotlib.pyplot as plt
 
+    if not isinstance(history, (History, dict)):
+        raise TypeError(f"history must be the History that fit returns (or its to_dict()), got "
+                        f"{type(history).__name__}.")
     h = history.to_dict() if isinstance(history, History) else history
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
@@ -206,6 +217,14 @@ def patch_grid(image: torch.Tensor, patch_size: int, *, mean: Sequence[float] | 
     """One image with its patch grid drawn on it, and its patches laid out in token order."""
     import matplotlib.pyplot as plt
 
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        raise ValueError(f"patch_grid shows one image (C, H, W), got "
+                         f"{tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__}; pass "
+                         "images[0] for the first of a batch.")
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1 or \
+            image.shape[-1] % patch_size or image.shape[-2] % patch_size:
+        raise ValueError(f"patch_size={patch_size!r} must be a positive int that divides the image's "
+                         f"{image.shape[-2]}x{image.shape[-1]} pixels.")
     if mean is not None and std is not None:
         image = denormalize(image.detach().float().cpu(), mean, std)
     C, H, W = image.shape
@@ -234,6 +253,10 @@ def patch_grid(image: torch.Tensor, patch_size: int, *, mean: Sequence[float] | 
 def position_similarity(model: vh.VisionTransformer, save_path: str | Path | None = None):
     """Cosine similarity of each patch's position embedding with all others (ViT paper, Fig. 7)."""
     import matplotlib.pyplot as plt
+
+    if not isinstance(model, vh.VisionTransformer):
+        raise TypeError(f"position_similarity draws a vit_helpers.VisionTransformer's position embeddings, got "
+                        f"{type(model).__name__}; convert a HF ViT with vh.from_hf(model) first.")
 
     g = model.config.grid_size
     sim = vh.position_similarity(model)

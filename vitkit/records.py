@@ -96,6 +96,11 @@ def save_results(path: str | Path, *, metrics: dict, config: dict, seed: int, da
     ValueError/TypeError naming the key, before anything is written."""
     if not isinstance(metrics, dict) or not isinstance(config, dict):
         raise TypeError("save_results: metrics and config must be dicts.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"save_results: seed must be the run's int seed, got {type(seed).__name__} ({seed!r}).")
+    if Path(path).is_dir():
+        raise ValueError(f"save_results: {path} is a folder; pass the record's file path, e.g. "
+                         f"{Path(path) / 'my-run.json'}.")
     if isinstance(wall_time_s, bool) or not isinstance(wall_time_s, (int, float)) or not math.isfinite(wall_time_s):
         raise TypeError(f"save_results: wall_time_s must be the run's wall-clock time in seconds (a finite number), "
                         f"got {wall_time_s!r}; measure it with time.perf_counter() around the run.")

@@ -428,9 +428,9 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     a mismatch, a corrupt file or a finished run is reported before any training.
     """
     batches_per_epoch = check_fit_args(
-        model, train_loader, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
-        warmup_fraction=warmup_fraction, warmup_steps=warmup_steps, label_smoothing=label_smoothing,
-        grad_clip=grad_clip, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+        model, train_loader, val_loader, checkpoint, resume, epochs=epochs, lr=lr, optimizer=optimizer,
+        weight_decay=weight_decay, momentum=momentum, warmup_fraction=warmup_fraction, warmup_steps=warmup_steps,
+        label_smoothing=label_smoothing, grad_clip=grad_clip, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
         accumulation_steps=accumulation_steps, max_steps=max_steps, time_budget_s=time_budget_s)
     device = get_device(device)
     saved, identity = None, None
