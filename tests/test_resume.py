@@ -9,7 +9,7 @@ import torch
 import vit_helpers as vh
 from vitkit import checkpoint as ckpt
 from vitkit import data, runtime, train
-from test_train import quadrant_data
+from test_train import FakeClock, quadrant_data
 
 EPOCHS = 3
 
@@ -172,25 +172,10 @@ def test_resume_true_without_a_checkpoint_starts_the_run(tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().out and hist.epoch == [1] and hist.resumes == 0
 
 
-class FakeClock:
-    """time.perf_counter for a run whose every training image costs ``per_image`` seconds: the budget logic becomes
-    deterministic (not a timed test)."""
-
-    def __init__(self, per_image: float):
-        self.now, self.per_image = 0.0, per_image
-
-    def __call__(self) -> float:
-        return self.now
-
-    def work(self, x):
-        self.now += self.per_image
-        return x
-
-
 def test_resumed_time_budget_run_is_replanned_to_the_budget_left(tmp_path, capsys, monkeypatch):
-    clock = FakeClock(0.001)
+    clock = FakeClock()  # every training image costs 1 ms
     monkeypatch.setattr(time, "perf_counter", clock)
-    monkeypatch.setattr(Noisy, "forward", lambda self, x: clock.work(x.float() / 255))
+    monkeypatch.setattr(Noisy, "forward", lambda self, x: clock.work(0.001) or x.float() / 255)
     path, budget = tmp_path / "run.pt", 3.0
     train_loader, val_loader = loaders()
     with pytest.raises(KeyboardInterrupt):  # iteration 1 is the pace probe, 2 is epoch 1: stop at epoch 4

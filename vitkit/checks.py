@@ -52,7 +52,7 @@ def check_labels(labels, num_classes: int | None = None) -> None:
 
 def check_fit_args(model, train_loader, val_loader, checkpoint, resume, *, epochs, lr, optimizer, weight_decay, momentum, warmup_fraction,
                    warmup_steps, label_smoothing, grad_clip, mixup_alpha, cutmix_alpha, accumulation_steps, max_steps,
-                   time_budget_s) -> int:
+                   time_budget_s, max_tflop=None) -> int:
     """Every argument of ``vitkit.train.fit``, checked before any work; returns the number of batches per epoch."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
@@ -74,6 +74,8 @@ def check_fit_args(model, train_loader, val_loader, checkpoint, resume, *, epoch
         check_number("max_steps", max_steps, low=1, integer=True)
     if time_budget_s is not None:
         check_number("time_budget_s", time_budget_s, low=0, low_open=True)
+    if max_tflop is not None:
+        check_number("max_tflop", max_tflop, low=0, low_open=True, hint="It is the training compute in TFLOP.")
     if not isinstance(resume, bool):
         raise TypeError(f"resume must be True or False, got {resume!r}.")
     if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):

@@ -18,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_helpers import warmup_cosine_factor, warmup_cosine_schedule
+from vit_helpers import warmup_cosine_schedule
+from vitkit import budget
 from vitkit import checkpoint as ckpt
+from vitkit.budget import Plan
 from vitkit.checks import check_fit_args, check_labels
 from vitkit.runtime import attention_path, autocast, get_device, precision_reason, resolve_compile, resolve_precision
-from vitkit.steps import batch_loss, make_optimizer, model_logits, num_classes, seconds_per_batch
+from vitkit.steps import batch_loss, make_optimizer, model_logits, num_classes
 
 __all__ = ["History", "fit", "evaluate", "TrainingDivergedError"]
 
@@ -46,6 +48,8 @@ class History:
     precision: str = ""  # what precision="auto" resolved to (resolve_precision)
     attention: str = ""  # SDPA or explicit, and whether chosen automatically
     compiled: bool = False  # torch.compile used
+    gflop_per_image: float = 0.0  # forward + backward of one training image (torch.utils.flop_counter)
+    train_tflop: float = 0.0  # training compute: gflop_per_image x training images processed
     resumes: int = 0  # how often the run was resumed from its checkpoint
     stretches: list[dict] = field(default_factory=list)  # per stretch between resumes: epochs, machine, precision, commit
 
@@ -133,23 +137,6 @@ class _Options:
 
 
 @dataclass
-class _Plan:
-    """How long the run is. A time budget re-plans it once, after epoch 1, at the measured pace."""
-    epochs: int
-    total_steps: int
-    batches_per_epoch: int
-    steps_per_epoch: int
-
-    def warmup(self, opts: _Options) -> int:
-        return min(self.total_steps, opts.warmup_steps if opts.warmup_steps is not None
-                   else int(opts.warmup_fraction * self.total_steps))
-
-    def bar_total(self, opts: _Options) -> int:
-        """Batches the progress bar counts (accumulated ones included)."""
-        return min(self.epochs * self.batches_per_epoch, self.total_steps * opts.accumulation_steps)
-
-
-@dataclass
 class _Run:
     """The state of one :func:`fit` call, handed from step to step."""
     model: nn.Module
@@ -157,7 +144,7 @@ class _Run:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler | None
-    plan: _Plan
+    plan: Plan
     opts: _Options
     hist: History
     bar: Any
@@ -168,6 +155,8 @@ class _Run:
     train_s: float = 0.0
     best_state: dict[str, torch.Tensor] | None = None
     steady_from: float | None = None  # when epoch 1's steady pace began (after compilation and warm-up)
+    epoch_end: float | None = None  # when the last epoch ended (the pace of the next one is timed from it)
+    image_flops: float = 0.0  # forward + backward FLOPs of one training image
     elapsed_before: float = 0.0  # wall time of the stretches before a resume
     checkpoint: Path | None = None
     identity: dict | None = None
@@ -177,23 +166,7 @@ class _Run:
         return self.elapsed_before + time.perf_counter() - self.start
 
 
-def _plan(model, train_loader, val_loader, make_opt, opts: _Options, epochs: int, batches_per_epoch: int,
-          max_steps: int | None) -> _Plan:
-    """Epochs and optimizer steps: ``epochs``, capped by ``max_steps``, shortened to fit a time budget at the pace
-    of a few timed eager steps (re-planned after epoch 1 at the true pace)."""
-    steps_per_epoch = math.ceil(batches_per_epoch / opts.accumulation_steps)
-    total_steps = epochs * steps_per_epoch
-    if max_steps is not None:
-        total_steps = min(total_steps, max_steps)
-    if opts.time_budget_s is not None:
-        spb = seconds_per_batch(model, train_loader, make_opt, opts.device, opts.precision)
-        eval_batches = len(val_loader) if val_loader is not None else 0
-        epoch_s = spb * batches_per_epoch + spb / 3 * eval_batches  # eval ~ a third of a train step per batch
-        total_steps = min(total_steps, max(1, int(opts.time_budget_s / epoch_s * steps_per_epoch)))
-    return _Plan(math.ceil(total_steps / steps_per_epoch), total_steps, batches_per_epoch, steps_per_epoch)
-
-
-def _start(model, make_opt, plan: _Plan, opts: _Options, compile) -> _Run:
+def _start(model, make_opt, plan: Plan, opts: _Options, compile) -> _Run:
     """Compile (where it pays), optimizer, gradient scaler (fp16), schedule, History and the one progress bar."""
     from tqdm.auto import tqdm
 
@@ -298,39 +271,6 @@ def _validate(run: _Run, val_loader, t0: float) -> None:
     hist.epoch_time_s.append(time.perf_counter() - t0)
 
 
-def _replan(run: _Run, t0: float, train_end: float, last_batch: int) -> None:
-    """After epoch 1 of a time-budget run: the first plan timed a few eager steps on a copy; now the true pace
-    (compiled, data, clipping, validation) is known, so fit the rest of the schedule to what is left of the budget."""
-    plan = run.plan
-    replan_from = min(20, plan.batches_per_epoch // 2)
-    if run.step >= plan.total_steps or last_batch <= replan_from:
-        return
-    s_per_batch = (train_end - run.steady_from) / (last_batch - replan_from)
-    val_s = run.hist.epoch_time_s[-1] - (train_end - t0)
-    _fit_budget(run, s_per_batch * plan.batches_per_epoch + val_s, f"the measured {s_per_batch:.3f} s/batch")
-
-
-def _fit_budget(run: _Run, epoch_s: float, pace: str) -> None:
-    """Re-plan the remaining schedule to what is left of the time budget at ``epoch_s`` seconds per epoch."""
-    plan, opts = run.plan, run.opts
-    left = opts.time_budget_s - run.elapsed()
-    new_total = run.step + max(1, int(left / epoch_s * plan.steps_per_epoch))
-    if abs(new_total - plan.total_steps) <= 0.02 * plan.total_steps:
-        return
-    plan.total_steps, plan.epochs = new_total, math.ceil(new_total / plan.steps_per_epoch)
-    sched, opt = run.sched, run.opt
-    sched.lr_lambdas = [warmup_cosine_factor(plan.warmup(opts), plan.total_steps)] * len(opt.param_groups)
-    for group, base_lr, factor in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
-        group["lr"] = base_lr * factor(sched.last_epoch)  # the next step already follows the new plan
-    run.hist.total_steps = plan.total_steps
-    run.bar.total = plan.bar_total(opts)
-    run.bar.refresh()
-    if opts.verbose:
-        from tqdm.auto import tqdm
-        tqdm.write(f"fit: re-planned to {plan.total_steps} optimizer steps ({plan.epochs} epochs) to fit the "
-                   f"{opts.time_budget_s / 60:.1f}-minute budget at {pace}")
-
-
 def _log_epoch(run: _Run) -> None:
     from tqdm.auto import tqdm
 
@@ -365,7 +305,8 @@ def _restore(run: _Run, saved: dict, loader) -> None:
             print("fit: a resumed time-budget run is re-planned to the budget left; it is not bit-identical to a run "
                   "that never stopped")
         epoch_s = sorted(run.hist.epoch_time_s)[len(run.hist.epoch_time_s) // 2]
-        _fit_budget(run, epoch_s, f"the recorded {epoch_s:.0f} s/epoch")
+        budget.fit_budget(run, epoch_s, f"the recorded {epoch_s:.0f} s/epoch")
+    run.epoch_end = time.perf_counter()
 
 
 def _finished(model: nn.Module, saved: dict, restore_best: bool, verbose: bool) -> History:
@@ -383,9 +324,25 @@ def _finish(run: _Run, restore_best: bool) -> History:
     run.bar.close()
     run.hist.wall_time_s = run.elapsed()
     run.hist.train_images_per_s = run.images / max(1e-9, run.train_s)  # training only, validation excluded
+    run.hist.gflop_per_image, run.hist.train_tflop = run.image_flops / 1e9, run.image_flops * run.images / 1e12
     if restore_best and run.best_state is not None:
         run.model.load_state_dict(run.best_state)
     return run.hist
+
+
+def _end_epoch(run: _Run, train_loader, val_loader, t0: float, train_end: float, last_batch: int) -> bool:
+    """Validate, re-plan a time budget, log, checkpoint; True when the run is done."""
+    _validate(run, val_loader, t0)
+    if run.opts.time_budget_s is not None:
+        budget.replan_after_epoch(run, t0, train_end, last_batch)
+    if run.opts.verbose:
+        _log_epoch(run)
+    done = run.step >= run.plan.total_steps or run.epoch >= run.plan.epochs
+    if run.checkpoint is not None:
+        saving = time.perf_counter()
+        ckpt.save_run(run, train_loader, finished=done)
+        run.hist.epoch_time_s[-1] += time.perf_counter() - saving  # part of what an epoch costs
+    return done
 
 
 def _interrupted(run: _Run) -> None:
@@ -402,6 +359,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         grad_clip: float | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
         accumulation_steps: int = 1, max_steps: int | None = None, device: torch.device | str | None = None,
         precision: str = "auto", compile: bool | str = "auto", time_budget_s: float | None = None,
+        max_tflop: float | None = None,
         restore_best: bool = True, progress: bool = True, verbose: bool = True,
         checkpoint: str | Path | None = None, resume: bool = False, run_info: dict | None = None) -> History:
     """Train ``model`` with the warmup-cosine schedule stepped per optimizer step; returns a :class:`History`.
@@ -415,8 +373,10 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
     gradient scaler on older GPUs, fp32 elsewhere); ``"bf16"``, ``"fp16"`` or ``"fp32"`` force one.
     ``compile``: ``torch.compile`` the model (``"auto"``: where it pays, see :func:`vitkit.runtime.resolve_compile`).
     ``time_budget_s`` times a few steps on a copy of the model first and shortens the schedule so that
-    training and validation fit the budget. With a ``val_loader``, the weights of the best validation epoch
-    are restored at the end. A NaN or infinite loss stops the run with :class:`TrainingDivergedError`.
+    training and validation fit the budget, and re-plans after every epoch at the steady pace; ``max_tflop`` plans
+    the schedule to a compute budget (FLOPs of one training image x images, see :mod:`vitkit.budget`). With a
+    ``val_loader``, the weights of the best validation epoch are restored at the end. A NaN or infinite loss
+    stops the run with :class:`TrainingDivergedError`.
     ``progress`` shows one tqdm bar (with the run's time left); ``verbose`` prints the set-up and one line per
     epoch. Works with HF models (anything whose output is logits or has ``.logits``).
 
@@ -431,12 +391,12 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         model, train_loader, val_loader, checkpoint, resume, epochs=epochs, lr=lr, optimizer=optimizer,
         weight_decay=weight_decay, momentum=momentum, warmup_fraction=warmup_fraction, warmup_steps=warmup_steps,
         label_smoothing=label_smoothing, grad_clip=grad_clip, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-        accumulation_steps=accumulation_steps, max_steps=max_steps, time_budget_s=time_budget_s)
+        accumulation_steps=accumulation_steps, max_steps=max_steps, time_budget_s=time_budget_s, max_tflop=max_tflop)
     device = get_device(device)
     saved, identity = None, None
     if checkpoint is not None:
         settings = dict(epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                        time_budget_s=time_budget_s)
+                        time_budget_s=time_budget_s, **({"max_tflop": max_tflop} if max_tflop is not None else {}))
         identity = ckpt.run_identity(model, train_loader, settings, run_info)
         saved = ckpt.open_run(Path(checkpoint), resume, identity, verbose)
     if saved is not None and saved["finished"]:
@@ -446,12 +406,14 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
                     warmup_steps, warmup_fraction, time_budget_s, progress, verbose)
     model.to(device)
     make_opt = lambda m: make_optimizer(m, optimizer, lr, weight_decay, momentum, device)  # noqa: E731
-    plan = (_Plan(**saved["plan"], batches_per_epoch=batches_per_epoch,
-                  steps_per_epoch=math.ceil(batches_per_epoch / accumulation_steps)) if saved is not None
-            else _plan(model, train_loader, val_loader, make_opt, opts, epochs, batches_per_epoch, max_steps))
+    image_flops = budget.flops_per_image(model, train_loader, device)
+    plan = (Plan(**saved["plan"], batches_per_epoch=batches_per_epoch,
+                 steps_per_epoch=math.ceil(batches_per_epoch / accumulation_steps)) if saved is not None
+            else budget.plan(model, train_loader, val_loader, make_opt, opts, epochs, batches_per_epoch, max_steps,
+                             max_tflop, image_flops))
     run = _start(model, make_opt, plan, opts, compile)
     run.checkpoint, run.identity = (Path(checkpoint) if checkpoint is not None else None), identity
-    run.num_classes = num_classes(model)
+    run.num_classes, run.image_flops = num_classes(model), image_flops
     run.hist.stretches.append(ckpt.stretch(opts, 1))
     if saved is not None:
         _restore(run, saved, train_loader)
@@ -459,17 +421,7 @@ def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: flo
         while run.epoch < plan.epochs:  # not a range: a re-plan may add epochs
             run.epoch += 1
             t0, train_end, last_batch = _train_epoch(run, train_loader)
-            _validate(run, val_loader, t0)
-            if time_budget_s is not None and run.epoch == 1:
-                _replan(run, t0, train_end, last_batch)
-            if verbose:
-                _log_epoch(run)
-            done = run.step >= plan.total_steps or run.epoch >= plan.epochs
-            if run.checkpoint is not None:
-                saving = time.perf_counter()
-                ckpt.save_run(run, train_loader, finished=done)
-                run.hist.epoch_time_s[-1] += time.perf_counter() - saving  # part of what an epoch costs
-            if done:
+            if _end_epoch(run, train_loader, val_loader, t0, train_end, last_batch):
                 break
     except KeyboardInterrupt:
         _interrupted(run)
