@@ -31,7 +31,8 @@ def hardware(rec: dict) -> str:
     if "gpu" in hw:
         return hw["gpu"]
     threads = rec.get("config", {}).get("threads", hw.get("torch_threads"))
-    return f"{hw['cpu']}, {threads} of {hw['cpu_count']} CPU threads"
+    bf16 = {True: " (AVX512-BF16)", False: " (no native bf16)"}.get(hw.get("cpu_native_bf16"), "")
+    return f"{hw['cpu']}{bf16}, {threads} of {hw['cpu_count']} CPU threads"
 
 
 def dataset(rec: dict) -> str:
@@ -57,6 +58,8 @@ def budget(rec: dict) -> str:
         parts.append(f"{m['epochs_run']} epochs" + (f" of {planned}" if planned and planned != m["epochs_run"] else ""))
     if m.get("optimizer_steps"):
         parts.append(f"{m['optimizer_steps']:,} steps")
+    if m.get("train_tflop"):
+        parts.append(f"{m['train_tflop']:.0f} TFLOP")
     if cfg.get("budget_min"):
         parts.append(f"budget {cfg['budget_min']:g} min")
     if cfg.get("init_from"):
@@ -79,7 +82,7 @@ def headline_table(records) -> str:
     best: dict[str, tuple[str, dict]] = {}
     for name, rec in _accuracy_records(records):
         recipe = rec.get("config", {}).get("recipe")
-        if name[0].isupper() or recipe is None:  # notebook records: in docs/results.md
+        if name[0].isupper() or recipe is None or name.startswith("explore-"):  # in docs/results.md only
             continue
         if recipe not in best or rec["metrics"]["test_acc"] > best[recipe][1]["metrics"]["test_acc"]:
             best[recipe] = (name, rec)

@@ -36,6 +36,8 @@ def main() -> None:
                     help="torch CPU threads (default: torch's choice, one per core)")
     ap.add_argument("--notes", default="", help="written to the record (e.g. what else ran on the machine)")
     ap.add_argument("--budget-min", type=float, default=None, help="wall-clock budget; the schedule is fitted to it")
+    ap.add_argument("--max-tflop", type=float, default=None,
+                    help="training-compute budget in TFLOP (FLOPs per training image x images); the schedule fits it")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     ap.add_argument("--lr", type=float, default=None, help="override the recipe's peak learning rate")
     ap.add_argument("--warmup-fraction", type=float, default=None, help="override the recipe's warmup fraction")
@@ -82,8 +84,8 @@ def main() -> None:
     name = f"{args.recipe}-{args.tag}"
     checkpoint_path = Path(args.checkpoint or out / "checkpoints" / "runs" / f"{name}.pt")
     hist = train.fit(model, loaders.train, loaders.val, device=device, time_budget_s=budget_s,
-                     precision=args.precision, progress=sys.stderr.isatty(), checkpoint=checkpoint_path,
-                     resume=args.resume, run_info={"recipe": args.recipe, "seed": args.seed, "tag": args.tag,
+                     max_tflop=args.max_tflop, precision=args.precision, progress=sys.stderr.isatty(),
+                     checkpoint=checkpoint_path, resume=args.resume, run_info={"recipe": args.recipe, "seed": args.seed, "tag": args.tag,
                                                    "init_from": args.init_from, "val_size": args.val_size,
                                                    "train_limit": args.train_limit}, **recipe["fit"])
     fit_end = time.perf_counter()
@@ -94,14 +96,16 @@ def main() -> None:
     final_test = train.evaluate(final_model, loaders.test, device)
     wall = hist.wall_time_s + time.perf_counter() - fit_end  # every stretch of the run, and the evaluation
     metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "final_epoch_test_acc": final_test["acc"],
-               "best_val_acc": hist.best_val_acc, "resumes": hist.resumes,
+               "best_val_acc": hist.best_val_acc, "resumes": hist.resumes, "train_tflop": hist.train_tflop,
+               "gflop_per_image": hist.gflop_per_image,
                "best_epoch": hist.best_epoch, "final_train_acc": hist.train_acc[-1],
                "epochs_run": len(hist.epoch), "optimizer_steps": hist.total_steps,
                "train_images_per_s": hist.train_images_per_s, "test_n": test["n"],
                "parameters": vh.count_parameters(model)}
     chosen = {"precision": hist.precision, "attention": hist.attention, "compiled": hist.compiled,
               "run_checkpoint": str(checkpoint_path), "stretches": hist.stretches}
-    config = {"recipe": args.recipe, **recipe, "budget_min": args.budget_min, "threads": torch.get_num_threads(),
+    config = {"recipe": args.recipe, **recipe, "budget_min": args.budget_min, "max_tflop": args.max_tflop,
+              "threads": torch.get_num_threads(),
               "train_limit": args.train_limit, "val_size": len(loaders.val.dataset), "init_from": args.init_from,
               **chosen}
     path = records.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
