@@ -32,7 +32,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import vit_helpers as vh  # noqa: E402
-from vitkit import records, runtime, steps  # noqa: E402
+from vitkit import records, runtime  # noqa: E402
+from vitkit.steps import model_logits  # noqa: E402
 
 CONFIG = dict(image_size=32, patch_size=4, in_channels=3, num_classes=10, dim=128, depth=6, heads=4, mlp_dim=512)
 QUICK = dict(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=2, heads=2, mlp_dim=64)
@@ -118,7 +119,7 @@ def time_steps(model, opt, x, y, steps, device, precision) -> float:
     t0 = time.perf_counter()
     for _ in range(steps):
         with runtime.autocast(device, precision):
-            loss = F.cross_entropy(steps.model_logits(model, x).float(), y)
+            loss = F.cross_entropy(model_logits(model, x).float(), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -101,7 +101,7 @@ def test_visualize_attention_notebook(env):
     assert 0 < record["metrics"]["seconds_to_first_maps"] < record["wall_time_s"]
     if (ROOT / "weights" / "cifar10-cpu.safetensors").is_file():  # the same test on the shipped CIFAR-10 model
         cifar = record["metrics"]["faithfulness_cifar10"]
-        assert set(cifar) == set(explain.EXPLAINERS) and record["config"]["n_faithful_cifar10"] == 100
+        assert set(cifar) == set(explain.EXPLAINERS) and record["config"]["n_faithful_cifar10"] == 32
         assert all(0 <= f["positive_auc"] <= 90 and len(f["negative_accuracy"]) == 10 for f in cifar.values())
         assert (env["out"] / "images" / "smoke" / "cifar10-explanations.png").stat().st_size > 1000
     for fig in ("mnist-rollout", "mnist-rollout-by-layer", "mnist-rollout-fusion", "mnist-raw-vs-rollout",
