@@ -225,6 +225,28 @@ _PRIORS = {"vit": "none (linear patch embedding, learned positions)", "conv-stem
            "cnn": "a small CNN instead of a ViT"}
 
 
+def localization_table(records) -> str:
+    """WeaklySupervisedLocalization.ipynb's full runs: classification accuracy and each map's localization scores."""
+    lines = []
+    for name, rec in records:
+        m = rec["metrics"]
+        if "localization" not in m:
+            continue
+        cfg = rec["config"]
+        lines += [f"Measured by `WeaklySupervisedLocalization.ipynb` ([{name}](results/{name})) on {cfg['n_test']:,} "
+                  f"cluttered-MNIST test canvases, on {hardware(rec)}, {rec['wall_time_s'] / 60:.0f} min in all: ViT "
+                  f"(stem `{m['stem']}`, chosen on validation) {pct(m['vit_test_acc'])} test accuracy with "
+                  f"{m['vit']['train_tflop']:.1f} TFLOP of training, small CNN {pct(m['cnn_test_acc'])} with "
+                  f"{m['cnn']['train_tflop']:.1f} TFLOP; seed {rec['seed']}.\n",
+                  "| map | model | pointing game | box accuracy (IoU >= 0.5) | threshold (chosen on validation) |",
+                  "|---|---|---:|---:|---:|"]
+        for method, s in sorted(m["localization"].items(), key=lambda kv: -kv[1]["pointing_game"]):
+            model = "CNN" if "CNN" in method else "none" if "baseline" in method else "ViT"
+            frac = f"{s['fraction']:.1f}" if s.get("fraction") is not None else ""
+            lines.append(f"| {method} | {model} | **{pct(s['pointing_game'])}** | {pct(s['box_accuracy'])} | {frac} |")
+    return "\n".join(lines) if lines else "_No full run of the notebook is recorded yet._"
+
+
 # page -> the marked sections it holds, each rendered by one function
 PAGES = {
     "README.md": {"headline": headline_table},
@@ -232,6 +254,7 @@ PAGES = {
     "docs/speed.md": {"speed": speed_table},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
     "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},
+    "docs/localization.md": {"localization": localization_table},
 }
 
 

@@ -12,7 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["VisionTransformer.ipynb", "VisualizeAttentionMap.ipynb", "ImportedVisionTransformer.ipynb",
-             "InductiveBias.ipynb"]
+             "InductiveBias.ipynb", "WeaklySupervisedLocalization.ipynb"]
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

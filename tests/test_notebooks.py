@@ -5,6 +5,7 @@ random ViTs saved here with save_pretrained (with an image processor); photos co
 or are generated.
 """
 import ast
+import importlib
 import json
 import sys
 
@@ -12,10 +13,10 @@ import nbformat
 import pytest
 
 import vit_helpers as vh
-from vitkit import data, explain, plots, recipes, records, runtime, train
+from vitkit import explain
 from conftest import ROOT, SHARED_DATA
 
-HARNESS = (data, runtime, train, recipes, explain, records, plots)
+HARNESS = [importlib.import_module(f"vitkit.{p.stem}") for p in (ROOT / "vitkit").glob("*.py") if p.stem != "__init__"]
 sys.path.insert(0, str(ROOT / "scripts"))
 from smoke_env import NOTEBOOKS, make_smoke_env, run_notebook  # noqa: E402
 
@@ -120,3 +121,18 @@ def test_imported_vision_transformer_notebook(env):
     assert all(len(top5) == 5 for top5 in metrics["imagenet_top5"].values())
     assert len(metrics["explain_top2"]) == 2
     assert (env["out"] / "images" / "smoke" / "imagenet-top2-explained.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_weakly_supervised_localization_notebook(env):
+    _run("WeaklySupervisedLocalization.ipynb", env)
+    record = _record(env, "WeaklySupervisedLocalization")
+    m = record["metrics"]
+    assert m["stem"] in ("patch", "conv") and set(m["stem_val_acc"]) == {"patch", "conv"}
+    assert set(m["localization"]) == set(explain.EXPLAINERS) | {"Grad-CAM (CNN)", "centre box (baseline)"}
+    for method, s in m["localization"].items():
+        assert 0 <= s["pointing_game"] <= 1 and 0 <= s["box_accuracy"] <= 1, method
+    assert 0 < m["vit"]["train_tflop"] <= 0.3 and 0 < m["cnn"]["train_tflop"] <= 0.3  # the smoke budget
+    assert record["config"]["clutter"]["canvas"] == 64 and record["config"]["clutter"]["fragments"] == 6
+    for fig in ("localization-data", "localization-maps"):
+        assert (env["out"] / "images" / "smoke" / f"{fig}.png").stat().st_size > 1000

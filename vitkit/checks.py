@@ -7,6 +7,8 @@ import os
 import torch
 from torch import nn
 
+__all__ = ["check_number", "check_labels", "check_fit_args"]
+
 
 def check_number(name: str, value, *, low: float | None = None, high: float | None = None,
                  low_open: bool = False, high_open: bool = False, integer: bool = False, hint: str = "") -> None:

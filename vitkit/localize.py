@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -145,19 +146,6 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / (area(a) + area(b) - inter).clamp(min=1e-9)
 
 
-def _components(mask: torch.Tensor) -> torch.Tensor:
-    """8-connected components of ``mask (B, H, W)``: each pixel's label (the largest pixel index + 1 in its
-    component), 0 off the mask; by repeated 3x3 max-pooling, all images at once."""
-    B, H, W = mask.shape
-    ids = torch.arange(1, H * W + 1, dtype=torch.float32).reshape(1, H, W).expand(B, H, W)
-    labels = torch.where(mask, ids, torch.zeros(()))
-    while True:
-        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * mask
-        if torch.equal(grown, labels):
-            return labels.long()
-        labels = grown
-
-
 def box_from_map(maps: torch.Tensor, image_size: int, fraction: float) -> torch.Tensor:
     """Per map, the box of the largest 8-connected region of the map, bilinearly upsampled to the image and scaled to
     [0, 1] (as the plots show it), at or above ``fraction`` of its maximum: ``(B, 4)`` ``[x0, y0, x1, y1]``."""
@@ -166,12 +154,22 @@ def box_from_map(maps: torch.Tensor, image_size: int, fraction: float) -> torch.
                        align_corners=False)[:, 0]
     lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
     mask = up >= lo + fraction * (hi - lo)  # at least the maximum itself: never empty
-    labels = _components(mask)
-    out = torch.zeros(len(maps), 4, dtype=torch.long)
-    for i, lab in enumerate(labels):
-        values, counts = lab[lab > 0].unique(return_counts=True)
-        largest = values[counts.argmax()]
-        out[i] = _ink_box(lab == largest, 0)
+    return _largest_region_boxes(mask.numpy())
+
+
+def _largest_region_boxes(masks: np.ndarray) -> torch.Tensor:
+    """Per boolean mask ``(H, W)``, the tight box of its largest 8-connected region (ties: the first in row-major
+    order), labelled by ``scipy.ndimage.label``."""
+    from scipy import ndimage
+
+    eight = np.ones((3, 3), dtype=bool)
+    out = torch.zeros(len(masks), 4, dtype=torch.long)
+    for i, mask in enumerate(masks):
+        labels, _ = ndimage.label(mask, structure=eight)
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0  # background
+        ys, xs = np.nonzero(labels == sizes.argmax())
+        out[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
     return out
 
 
