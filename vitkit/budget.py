@@ -27,6 +27,11 @@ class Plan:
     batches_per_epoch: int
     steps_per_epoch: int
 
+    @property
+    def steady_batch(self) -> int:
+        """The batch of epoch 1 from which the pace is timed: after compilation and warm-up."""
+        return min(20, self.batches_per_epoch // 2)
+
     def warmup(self, opts) -> int:
         return min(self.total_steps, opts.warmup_steps if opts.warmup_steps is not None
                    else int(opts.warmup_fraction * self.total_steps))
@@ -86,10 +91,9 @@ def replan_after_epoch(run, t0: float, train_end: float, last_batch: int) -> Non
     epochs count whole, from the end of one to the end of the next (validation and checkpoint included)."""
     now, plan = time.perf_counter(), run.plan
     if run.epoch == 1:
-        replan_from = min(20, plan.batches_per_epoch // 2)
-        if last_batch <= replan_from:
+        if last_batch <= plan.steady_batch:
             return
-        s_per_batch = (train_end - run.steady_from) / (last_batch - replan_from)
+        s_per_batch = (train_end - run.steady_from) / (last_batch - plan.steady_batch)
         epoch_s = s_per_batch * plan.batches_per_epoch + (now - train_end)
         pace = f"the measured {s_per_batch:.3f} s/batch"
     else:

@@ -217,7 +217,6 @@ def _stop_diverged(run: _Run, loss, x, batch: int) -> None:
 def _train_epoch(run: _Run, loader) -> tuple[float, float, int]:
     """One pass over ``loader`` (or up to the planned last step); returns (start, end, index of the last batch)."""
     opts, device = run.opts, run.opts.device
-    replan_from = min(20, run.plan.batches_per_epoch // 2)  # steps after compilation and warm-up, timed to re-plan
     run.runner.train()
     t0, seen = time.perf_counter(), 0
     loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no sync per step on GPUs
@@ -225,7 +224,7 @@ def _train_epoch(run: _Run, loader) -> tuple[float, float, int]:
     run.bar.set_description(f"epoch {run.epoch}/{run.plan.epochs}")
     for i, (x, y) in enumerate(loader):
         run.bar.update(1)
-        if run.epoch == 1 and i == replan_from:
+        if run.epoch == 1 and i == run.plan.steady_batch:  # time the pace from here (see vitkit.budget)
             run.steady_from = time.perf_counter()
         check_labels(y, run.num_classes)  # on the CPU copy: no wait for a GPU
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
