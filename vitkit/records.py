@@ -15,7 +15,7 @@ import torch
 
 from vitkit.runtime import cpu_has_native_bf16, get_device
 
-__all__ = ["hardware_info", "save_results", "code_commit"]
+__all__ = ["hardware_info", "save_results", "code_commit", "flat_metrics", "show_record"]
 
 
 def _version(package: str) -> str | None:
@@ -112,3 +112,31 @@ def save_results(path: str | Path, *, metrics: dict, config: dict, seed: int, da
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def flat_metrics(metrics: dict, prefix: str = "") -> dict[str, Any]:
+    """The scalar leaves (numbers, strings, booleans) of a record's metrics, keyed by their dotted path; lists are
+    left out (curves belong in figures)."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, name + "."))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+    return flat
+
+
+def show_record(path: str | Path) -> None:
+    """Print which record a run wrote and its scalar metrics, one ``name = value`` per line (floats to 6
+    significant digits). A notebook ends with it: the reader sees the numbers its record holds, and the
+    stale-output guard (``scripts/execute_notebooks.py``) checks the stored outputs against the file."""
+    path = Path(path)
+    try:
+        shown = path.resolve().relative_to(Path.cwd().resolve())  # no machine paths in stored outputs
+    except ValueError:
+        shown = path
+    metrics = json.loads(path.read_text())["metrics"]
+    print(f"record {shown.as_posix()}")
+    for name, value in flat_metrics(metrics).items():
+        print(f"  {name} = {value:.6g}" if isinstance(value, float) else f"  {name} = {value}")

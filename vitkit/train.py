@@ -8,6 +8,7 @@ weights.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -166,11 +167,31 @@ class _Run:
         return self.elapsed_before + time.perf_counter() - self.start
 
 
+def _import_cpp_extension_quietly() -> None:
+    """Import torch.utils.cpp_extension (inductor imports it at the first compiled step) with its logger at ERROR
+    for the import only: on a machine with a CUDA folder but no GPU it logs a timestamped "No CUDA runtime is
+    found" warning that says nothing about the run. The logger is restored; nothing global changes."""
+    import logging
+    import sys
+
+    if "torch.utils.cpp_extension" in sys.modules:
+        return
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        logger.setLevel(level)
+
+
 def _start(model, make_opt, plan: Plan, opts: _Options, compile) -> _Run:
     """Compile (where it pays), optimizer, gradient scaler (fp16), schedule, History and the one progress bar."""
     from tqdm.auto import tqdm
 
     compiled = resolve_compile(compile, opts.device, opts.precision, plan.total_steps)
+    if compiled:
+        _import_cpp_extension_quietly()
     opt = make_opt(model)
     hist = History(total_steps=plan.total_steps, precision=opts.precision, compiled=compiled, device=str(opts.device),
                    attention=attention_path(model, opts.device, opts.precision, compiled))
@@ -179,7 +200,9 @@ def _start(model, make_opt, plan: Plan, opts: _Options, compile) -> _Run:
               f"{hist.attention}, torch.compile {'on' if compiled else 'off'}, torch threads "
               f"{torch.get_num_threads()}, {plan.total_steps} optimizer steps", flush=True)
     # One bar over the whole run, so that its remaining time is the run's (validation not included).
-    bar = tqdm(total=plan.bar_total(opts), unit="batch", disable=not opts.progress, dynamic_ncols=True)
+    # TQDM_DISABLE=1 (tqdm's own switch) turns it off too: scripts/execute_notebooks.py stores outputs without bars.
+    bars_off = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    bar = tqdm(total=plan.bar_total(opts), unit="batch", disable=not opts.progress or bars_off, dynamic_ncols=True)
     return _Run(model=model, runner=torch.compile(model) if compiled else model, opt=opt,
                 sched=warmup_cosine_schedule(opt, plan.warmup(opts), plan.total_steps),
                 scaler=torch.amp.GradScaler(opts.device.type) if opts.precision == "fp16" else None,  # fp16 underflows

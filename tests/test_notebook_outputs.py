@@ -1,0 +1,159 @@
+"""Stored notebook outputs cannot go stale: the guard of scripts/execute_notebooks.py, on the committed notebooks
+and on small notebooks made here to show that each kind of stale or broken output is caught."""
+import json
+import sys
+import warnings
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+from vitkit import records
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import execute_notebooks as ex  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ex.NOTEBOOKS)
+def test_stored_outputs_match_the_code_and_the_record(name):
+    found = ex.problems(ROOT / name)
+    assert not found, "\n".join(found)
+    changed = ex.stale_modules(ROOT / name)
+    if changed:  # a warning, not a failure: re-run before a change that alters the numbers lands
+        warnings.warn(f"{name}: stored outputs predate changes to {', '.join(changed)}; "
+                      f"re-run: python scripts/execute_notebooks.py {name}")
+
+
+def test_stored_outputs_stay_light():
+    total = sum(ex.output_bytes(nbformat.read(ROOT / n, as_version=4)) for n in ex.NOTEBOOKS)
+    assert total <= ex.MAX_OUTPUT_BYTES, f"stored outputs take {total / 1e6:.1f} MB (limit 10 MB): smaller figures"
+
+
+# ---- the guard on notebooks made here ------------------------------------------------------------------------
+
+def _executed(tmp_path, metrics=None, code="x = 1", extra_outputs=()):
+    """A notebook as execute() stores it: a results file, its show_record output, a stamp and the stamp cell."""
+    metrics = metrics or {"test_acc": 0.7472, "epochs_run": 30, "nested": {"auc": 12.3456789}, "curve": [1, 2]}
+    results = tmp_path / "results" / "demo-full.json"
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(json.dumps({"metrics": metrics}))
+    printed = "record results/demo-full.json\n" + "".join(
+        f"  {k} = {v:.6g}\n" if isinstance(v, float) else f"  {k} = {v}\n"
+        for k, v in records.flat_metrics(metrics).items())
+    cell = nbformat.v4.new_code_cell(code, execution_count=1)
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed), *extra_outputs]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Demo"), cell])
+    stamp = {"code_hash": ex.code_hash(nb), "modules": {}, "commit": "0123456789abcdef", "results":
+             "results/demo-full.json", "results_hash": ex._sha(results.read_bytes()), "hardware": {"cpu": "test"},
+             "date": "2026-12-02 00:00:00", "wall_time_min": 1.0}
+    nb.metadata[ex.STAMP_KEY] = stamp
+    nb.cells.insert(0, ex._stamp_cell(stamp, "demo.ipynb"))
+    path = tmp_path / "demo.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _edit(path, change):
+    nb = nbformat.read(path, as_version=4)
+    change(nb)
+    nbformat.write(nb, path)
+
+
+def test_a_clean_stamped_notebook_passes_and_markdown_edits_need_no_rerun(tmp_path):
+    path = _executed(tmp_path)
+    assert ex.problems(path, tmp_path) == []
+    _edit(path, lambda nb: setattr(nb.cells[1], "source", "# Demo, reworded"))
+    assert ex.problems(path, tmp_path) == []
+
+
+def test_edited_code_is_caught_with_the_command_to_rerun(tmp_path):
+    path = _executed(tmp_path)
+    _edit(path, lambda nb: setattr(nb.cells[2], "source", "x = 2"))
+    (found,) = ex.problems(path, tmp_path)
+    assert "code cells changed" in found and "python scripts/execute_notebooks.py demo.ipynb" in found
+
+
+def test_outputs_without_a_stamp_are_caught(tmp_path):
+    path = _executed(tmp_path)
+    _edit(path, lambda nb: nb.metadata.pop(ex.STAMP_KEY))
+    (found,) = ex.problems(path, tmp_path)
+    assert "without a run stamp" in found
+
+
+@pytest.mark.parametrize("output, expected", [
+    (nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=["ValueError: bad"]), "error"),
+    (nbformat.v4.new_output("stream", name="stderr", text="Traceback (most recent call last):\n"), "traceback"),
+    (nbformat.v4.new_output("stream", name="stdout", text="data in /home/me/data\n"), "path of the machine"),
+    (nbformat.v4.new_output("stream", name="stderr", text="W1202 04:59:12.102 warn\n"), "timestamp"),
+])
+def test_errors_paths_and_timestamps_in_outputs_are_caught(tmp_path, output, expected):
+    path = _executed(tmp_path, extra_outputs=[output])
+    found = ex.problems(path, tmp_path)
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_numbers_that_disagree_with_the_record_are_caught(tmp_path):
+    path = _executed(tmp_path)
+    _edit(path, lambda nb: nb.cells[2].outputs[0].__setitem__(
+        "text", nb.cells[2].outputs[0].text.replace("0.7472", "0.7572")))
+    (found,) = ex.problems(path, tmp_path)
+    assert "test_acc = 0.7572" in found and "0.7472" in found
+
+
+def test_a_results_file_changed_after_the_run_is_caught(tmp_path):
+    path = _executed(tmp_path)
+    (tmp_path / "results" / "demo-full.json").write_text(json.dumps({"metrics": {"test_acc": 0.7472}}) + "\n")
+    (found,) = ex.problems(path, tmp_path)
+    assert "changed after the run" in found
+
+
+def test_show_record_prints_what_the_guard_reads(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = records.save_results(tmp_path / "results" / "r.json", metrics={"acc": 0.123456789, "n": 3, "name": "vit",
+                                "per": {"a": 1.5}, "curve": [0.1]}, config={}, seed=0, dataset="d", wall_time_s=1.0)
+    records.show_record(path)
+    out = capsys.readouterr().out
+    assert out == "record results/r.json\n  acc = 0.123457\n  n = 3\n  name = vit\n  per.a = 1.5\n"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text="noise\n" + out + "after\n")]
+    assert ex.printed_record(nb) == ("results/r.json", {"acc": "0.123457", "n": "3", "name": "vit", "per.a": "1.5"})
+
+
+def test_stale_modules_name_the_changed_file(tmp_path):
+    path = _executed(tmp_path, code="import vit_helpers as vh\nfrom vitkit import records")
+    nb = nbformat.read(path, as_version=4)
+    files = ex.imported_modules(nb)
+    assert {"vit_helpers.py", "vitkit/__init__.py", "vitkit/records.py", "vitkit/runtime.py",
+            "vitkit/checks.py"} <= set(files) and "vitkit/train.py" not in files
+    hashes = ex.module_hashes(files)
+    nb.metadata[ex.STAMP_KEY]["modules"] = {**hashes, "vitkit/records.py": "0" * 16}
+    nbformat.write(nb, path)
+    assert ex.stale_modules(path) == ["vitkit/records.py"]
+
+
+def test_clean_drops_timings_widget_state_and_injected_parameters():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("A = 1"), nbformat.v4.new_code_cell("A = 2")])
+    nb.cells[1].metadata["tags"] = ["injected-parameters"]
+    nb.cells[0].metadata.update(papermill={"duration": 1.0}, execution={"iopub.status.busy": "2026"})
+    nb.metadata.update(papermill={"input_path": "/abs/path"}, widgets={"state": {}})
+    ex.clean(nb)
+    assert [c.source for c in nb.cells] == ["A = 1"] and nb.cells[0].metadata == {}
+    assert "papermill" not in nb.metadata and "widgets" not in nb.metadata
+
+
+def test_execute_runs_stamps_and_checks_a_notebook(tmp_path, monkeypatch):
+    """The script end to end on a two-cell notebook: papermill runs it, the stored copy passes the guard."""
+    pytest.importorskip("papermill")
+    code = ("import json, pathlib\nfrom vitkit import records\n"
+            "p = pathlib.Path('results/tiny-full.json'); p.parent.mkdir(exist_ok=True)\n"
+            "p.write_text(json.dumps({'metrics': {'acc': 0.5}}))\nrecords.show_record(p)")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Tiny"), nbformat.v4.new_code_cell(code)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the kernel imports vitkit from the repository
+    assert ex.execute(path, "data", root=tmp_path) == []
+    stored = nbformat.read(path, as_version=4)
+    assert stored.cells[0].id == ex.STAMP_CELL and "results/tiny-full.json" in stored.cells[0].source
+    assert stored.metadata[ex.STAMP_KEY]["results"] == "results/tiny-full.json"
+    assert "papermill" not in stored.metadata and "execution" not in stored.cells[2].metadata
