@@ -666,17 +666,22 @@ def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "me
 
 
 def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_fusion: str = "mean",
-                      grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Raw attention of the CLS token to the patches in one layer (no rollout): ``(B, grid_h, grid_w)``."""
+                      grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1,
+                      token: int = 0) -> torch.Tensor:
+    """Raw attention of the CLS token to the patches in one layer (no rollout): ``(B, grid_h, grid_w)``.
+    ``token``: read another token's row instead (patch (r, c) of a w-wide grid is token ``prefix + r * w + c``)."""
     layers = _check_attentions(attentions)
+    T = layers[0].shape[-1]
+    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < T:
+        raise ValueError(f"token must be an int in [0, {T - 1}] (0: CLS), got {token!r}.")
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise TypeError(f"layer must be an int (a layer index; -1 for the last), got {type(layer).__name__} "
                         f"({layer!r}).")
     if not -len(layers) <= layer < len(layers):
         raise ValueError(f"layer={layer} is out of range for {len(layers)} layers (use -1 for the last).")
     _check_probabilities(layers, [a.detach().float().mean(dim=1) for a in layers])
-    cls_row = layers[layer].detach().float()[:, :, 0]  # (B, heads, T): the CLS row
-    return token_map(_fuse_heads(cls_row, head_fusion), num_prefix_tokens, grid_size)  # (B, h, w)
+    row = layers[layer].detach().float()[:, :, token]  # (B, heads, T): the token's row (CLS by default)
+    return token_map(_fuse_heads(row, head_fusion), num_prefix_tokens, grid_size)  # (B, h, w)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -10,5 +10,6 @@ Modules, each importing only ``vit_helpers`` and modules listed before it (nothi
 (loaders), ``runtime`` (device, seeds, precision, compile, notebook set-up), ``records`` (hardware, run records),
 ``steps`` (the pieces of one training step), ``budget`` (how long a run is: steps, compute, time), ``checkpoint``
 (save and resume a run), ``train`` (fit, evaluate, History), ``recipes`` (named recipes), ``explain`` (attention
-maps of any ViT, explainers, faithfulness), ``localize`` (cluttered MNIST, pointing game, box accuracy), ``plots``.
+maps of any ViT, explainers, faithfulness), ``localize`` (cluttered MNIST, pointing game, box accuracy), ``plots``
+(figures), ``explorer`` (the attention explorer widget).
 """

@@ -16,7 +16,8 @@ from vitkit.checks import check_number
 from vitkit.steps import model_logits
 
 __all__ = ["ModelAttentions", "forward_with_attentions", "explain_random", "explain_raw_attention", "explain_rollout",
-           "explain_gradient_rollout", "explain_input_x_gradient", "EXPLAINERS", "explain", "remove_patches",
+           "explain_gradient_rollout", "explain_input_x_gradient", "attentions_and_gradients",
+           "gradient_rollout_matrix", "EXPLAINERS", "explain", "remove_patches",
            "perturbation_curve", "mass_on_mask", "top_k"]
 
 
@@ -165,23 +166,36 @@ def explain_rollout(model: nn.Module, x: torch.Tensor, target=None, head_fusion:
                              num_prefix_tokens=out.num_prefix_tokens).cpu()
 
 
-@_in_eval_mode
-def explain_gradient_rollout(model: nn.Module, x: torch.Tensor, target=None) -> torch.Tensor:
-    """Class-specific gradient-weighted rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model
-    Explainability"): per layer ``A_bar = mean_heads((dy_t/dA * A).clamp(min=0))``, accumulated from the identity
-    as ``R <- R + A_bar @ R``; the map is the CLS row of ``R`` over the patches. ``target``: the class to explain
-    (None: each image's prediction)."""
-    x = _explain_setup(model, x)
+def attentions_and_gradients(model: nn.Module, x: torch.Tensor, target=None
+                             ) -> tuple[ModelAttentions, tuple[torch.Tensor, ...]]:
+    """One forward pass with attentions and the gradients of the target logit (None: each image's prediction)
+    with respect to every layer's attention probabilities."""
     with torch.enable_grad():
         out = forward_with_attentions(model, x)
         t = _targets(out.logits, target)
         score = out.logits.gather(1, t[:, None]).sum()  # images do not interact: one backward for the batch
         grads = torch.autograd.grad(score, out.attentions)
-    B, _, T, _ = out.attentions[0].shape
-    R = torch.eye(T, device=x.device).expand(B, T, T)
-    for attn, grad in zip(out.attentions, grads):
+    return out, grads
+
+
+def gradient_rollout_matrix(attentions: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Chefer et al.'s relevance ``R (B, T, T)``: per layer ``A_bar = mean_heads((grad * A).clamp(min=0))``,
+    accumulated from the identity as ``R <- R + A_bar @ R``. Row 0 is the CLS token's relevance per token."""
+    B, _, T, _ = attentions[0].shape
+    R = torch.eye(T, device=attentions[0].device).expand(B, T, T)
+    for attn, grad in zip(attentions, grads):
         a_bar = (grad.float() * attn.detach().float()).clamp(min=0).mean(dim=1)  # (B, T, T)
         R = R + a_bar @ R
+    return R
+
+
+@_in_eval_mode
+def explain_gradient_rollout(model: nn.Module, x: torch.Tensor, target=None) -> torch.Tensor:
+    """Class-specific gradient-weighted rollout (Chefer, Gur & Wolf, ICCV 2021, "Generic Attention-model
+    Explainability"): the CLS row of :func:`gradient_rollout_matrix` over the patches. ``target``: the class to
+    explain (None: each image's prediction)."""
+    out, grads = attentions_and_gradients(model, _explain_setup(model, x), target)
+    R = gradient_rollout_matrix(out.attentions, grads)
     return token_map(R[:, 0], out.num_prefix_tokens, out.grid_size).cpu()
 
 
