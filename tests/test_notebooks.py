@@ -138,3 +138,22 @@ def test_weakly_supervised_localization_notebook(env):
     assert record["config"]["clutter"]["canvas"] == 64 and record["config"]["clutter"]["fragments"] == 6
     for fig in ("localization-data", "localization-maps"):
         assert (env["out"] / "images" / "smoke" / f"{fig}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_imported_notebook_offline_skips_the_hub_parts_and_runs_the_rest(env):
+    """Offline, with hub ids that are not local folders: parts 3-5 each say what they would download, the rest runs."""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        pytest.skip("huggingface.co is reachable here: this test is about running offline")
+    except OSError:
+        pass
+    nb = _run("ImportedVisionTransformer.ipynb", env, PRETRAINED_ID="vit-kit-tests/not-downloaded",
+              IMAGENET_ID="vit-kit-tests/not-downloaded-either", RUN_FINETUNE=True)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "skipped part 3 (fine-tuning): it would download vit-kit-tests/not-downloaded" in printed
+    assert "skipped parts 4 and 5 (an ImageNet ViT on photos): it would download" in printed
+    metrics = _record(env, "ImportedVisionTransformer")["metrics"]
+    assert "finetune" not in metrics and "imagenet_top5" not in metrics and metrics["scratch_side_by_side"]
