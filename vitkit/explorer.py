@@ -104,16 +104,17 @@ class AttentionExplorer:
     def _make_controls(self) -> dict[str, widgets.Widget]:
         h, w = self.grid
         style = {"description_width": "initial"}
+        narrow = widgets.Layout(width="170px")
         return {
             "image": widgets.IntSlider(0, 0, len(self.images) - 1, description="image", style=style),
             "upload": widgets.FileUpload(accept="image/*", multiple=False, description="upload",
                                          disabled=self.preprocess is None),
             "method": widgets.Dropdown(options=METHODS, value="rollout", description="method"),
             "layer": widgets.IntSlider(self.depth - 1, 0, self.depth - 1, description="layer", style=style),
-            "head_fusion": widgets.ToggleButtons(options=("mean", "max", "min"), description="heads"),
+            "head_fusion": widgets.Dropdown(options=("mean", "max", "min"), description="heads", layout=narrow),
             "discard_ratio": widgets.FloatSlider(0.0, min=0.0, max=0.95, step=0.05, description="discard",
                                                  style=style),
-            "query": widgets.ToggleButtons(options=("CLS", "patch"), description="query"),
+            "query": widgets.Dropdown(options=("CLS", "patch"), description="query", layout=narrow),
             "row": widgets.IntSlider(h // 2, 0, h - 1, description="row", style=style),
             "column": widgets.IntSlider(w // 2, 0, w - 1, description="column", style=style),
         }
