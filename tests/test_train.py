@@ -74,6 +74,31 @@ def test_evaluate_counts_the_whole_split_with_a_short_last_batch():
     assert out["preds"].tolist() == [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]
 
 
+class PixelLogits(torch.nn.Module):
+    """Logits = a fixed linear map of a 1x2 image's pixels, not symmetric under a left-right flip."""
+    M = torch.tensor([[2.0, 0.0, 1.0], [0.0, 1.0, 1.2]])
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.M + 0 * self.dummy
+
+
+def test_evaluate_with_flip_averages_the_probabilities_of_the_image_and_its_mirror():
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.8], [0.3, 1.0]])[:, None, None, :]  # (3, 1, 1, 2)
+    labels = torch.tensor([0, 2, 2])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=2)
+    probs = ((x.flatten(1) @ PixelLogits.M).softmax(-1) + (x.flatten(1).flip(-1) @ PixelLogits.M).softmax(-1)) / 2
+    out = train.evaluate(PixelLogits(), loader, precision="fp32", flip=True, return_predictions=True)
+    assert out["preds"].tolist() == [0, 2, 2]  # the mirror image changes the first two decisions
+    assert out["acc"] == 1.0
+    assert out["loss"] == pytest.approx(-probs[torch.arange(3), labels].log().mean().item(), rel=1e-6)
+    plain = train.evaluate(PixelLogits(), loader, precision="fp32", return_predictions=True)
+    assert plain["preds"].tolist() == [2, 0, 2] and plain["acc"] == pytest.approx(1 / 3)
+
+
 def test_same_seed_same_run():
     def run():
         runtime.set_seed(3)

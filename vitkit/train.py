@@ -60,8 +60,11 @@ class History:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | None = None,
-             precision: str = "auto", return_predictions: bool = False) -> dict[str, Any]:
+             precision: str = "auto", return_predictions: bool = False, flip: bool = False) -> dict[str, Any]:
     """Loss and accuracy over the whole split: ``{"loss", "acc", "n", "nonfinite"}`` (+ ``"preds"``, ``"labels"``).
+
+    ``flip=True``: test-time augmentation, the class probabilities of each image and of its mirror image averaged
+    (for data whose class survives a left-right flip: CIFAR-10, photos; not digits). Costs a second forward pass.
 
     Images whose loss is NaN or infinite (a NaN pixel, an overflow) are counted in ``"nonfinite"`` with a warning;
     ``"loss"`` averages the others, ``"acc"`` counts every image."""
@@ -76,6 +79,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str | No
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast(device, precision):
             logits = model_logits(model, x)
+            if flip:  # log of the mean probability of the image and its mirror image
+                both = torch.stack([logits.float(), model_logits(model, x.flip(-1)).float()])
+                logits = torch.logsumexp(both.log_softmax(-1), dim=0) - math.log(2)
         losses = F.cross_entropy(logits.float(), y, reduction="none")
         finite = torch.isfinite(losses)
         total_loss += losses[finite].sum().item()
