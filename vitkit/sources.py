@@ -112,7 +112,12 @@ def load_image_folder(split_dir: str | Path, classes: Sequence[str] | None = Non
     if len(shapes) != 1:
         raise ValueError(f"images under {split_dir} differ in size ({sorted(shapes)[:3]}...); resize them first.")
     return InMemoryImages(torch.stack(images), torch.tensor(labels), classes,
-                          source=f"image folders {split_dir.parent} (JPEG/PNG copy)")
+                          source=_folder_source(split_dir.parent))
+
+
+def _folder_source(root: Path) -> str:
+    """A record's data-copy line for image folders under ``root``, as the caller gave it (no machine path added)."""
+    return f"image folders {root} (JPEG/PNG copy)"
 
 
 class _socket_timeout:
@@ -151,14 +156,14 @@ def _cached_image_folders(root: Path) -> tuple[InMemoryImages, InMemoryImages]:
                 stack.append(entry.path)
             else:
                 st = entry.stat()
-                key.update(f"{entry.path}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                key.update(f"{os.path.relpath(entry.path, root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     cache = _cache_dir()
     prefix = f"image-folders-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:8]}-"
     path = cache / f"{prefix}{key.hexdigest()[:12]}.pt" if cache is not None else None
     if path is not None and path.is_file():
         try:
             saved = torch.load(path, weights_only=True)
-            return tuple(InMemoryImages(s["images"], s["labels"], s["classes"], source=s["source"])
+            return tuple(InMemoryImages(s["images"], s["labels"], s["classes"], source=_folder_source(root))
                          for s in (saved["train"], saved["test"]))
         except Exception:  # a damaged cache file is decoded again below and rewritten
             pass
