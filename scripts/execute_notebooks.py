@@ -222,7 +222,8 @@ def clean(nb) -> None:
 
 def _stamp_cell(stamp: dict, name: str) -> nbformat.NotebookNode:
     hw = stamp["hardware"]
-    where = hw.get("gpu") or f"{hw.get('cpu')} ({hw.get('torch_threads')} threads)"
+    threads = hw.get("torch_threads")
+    where = hw.get("gpu") or f"{hw.get('cpu')} ({threads} thread{'' if threads == 1 else 's'})"
     text = (f"*Outputs stored from a full run at its default parameters: commit `{stamp['commit'][:10]}`, "
             f"{stamp['date'][:10]}, {where}, {stamp['wall_time_min']:.0f} min; record `{stamp['results']}`. "
             f"Re-run: `python scripts/execute_notebooks.py {name}`.*")
