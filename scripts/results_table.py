@@ -82,7 +82,8 @@ def headline_table(records) -> str:
     best: dict[str, tuple[str, dict]] = {}
     for name, rec in _accuracy_records(records):
         recipe = rec.get("config", {}).get("recipe")
-        if name[0].isupper() or recipe is None or name.startswith("explore-"):  # in docs/results.md only
+        explored = name.startswith("explore-") or rec.get("config", {}).get("overrides")
+        if name[0].isupper() or recipe is None or explored:  # in docs/results.md only
             continue
         if recipe not in best or rec["metrics"]["test_acc"] > best[recipe][1]["metrics"]["test_acc"]:
             best[recipe] = (name, rec)
@@ -98,7 +99,10 @@ def results_table(records) -> str:
             "|---|---:|---:|---:|---|---|---|---:|---|"]
     for name, rec in _accuracy_records(records):
         m = rec["metrics"]
-        run = f"`{rec.get('config', {}).get('recipe', name.removesuffix('.json'))}`"
+        cfg = rec.get("config", {})
+        run = f"`{cfg.get('recipe', name.removesuffix('.json'))}`"
+        if cfg.get("overrides"):  # an exploration: the recipe with some entries changed (train_recipe.py --set)
+            run += " with " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in cfg["overrides"].items())
         if name[0].isupper():  # a notebook's record, e.g. VisualizeAttentionMap-full-strong.json
             run += f" in {name.split('-')[0]}.ipynb"
         params = f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else ""
