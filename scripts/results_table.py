@@ -77,13 +77,25 @@ def _accuracy_records(records):
     return [(name, rec) for name, rec in records if not name.startswith("bench-") and "test_acc" in rec["metrics"]]
 
 
+def named_recipe(rec: dict) -> str | None:
+    """The recipe whose model, data and fit settings a record ran: its own, or for an exploration (a recipe with
+    ``--set`` overrides) the named recipe with exactly the settings it ended up with, if one exists."""
+    cfg = rec.get("config", {})
+    if not cfg.get("overrides"):
+        return cfg.get("recipe")
+    sys.path.insert(0, str(ROOT))
+    from vitkit.recipes import RECIPES
+
+    ran = {k: cfg.get(k) for k in ("model", "data", "fit")}
+    return next((name for name, r in RECIPES.items() if r == ran), None)
+
+
 def headline_table(records) -> str:
     """The README's table: the best recorded test accuracy of each training recipe, linked to its record."""
     best: dict[str, tuple[str, dict]] = {}
     for name, rec in _accuracy_records(records):
-        recipe = rec.get("config", {}).get("recipe")
-        explored = name.startswith("explore-") or rec.get("config", {}).get("overrides")
-        if name[0].isupper() or recipe is None or explored:  # in docs/results.md only
+        recipe = named_recipe(rec)
+        if name[0].isupper() or recipe is None or name.startswith("explore-"):  # in docs/results.md only
             continue
         if recipe not in best or rec["metrics"]["test_acc"] > best[recipe][1]["metrics"]["test_acc"]:
             best[recipe] = (name, rec)

@@ -62,7 +62,7 @@ def test_vision_transformer_notebook(env):
     # The ViT written out cell by cell computes what vit_helpers.VisionTransformer computes (same weights).
     assert record["metrics"]["notebook_vs_helper_max_abs_diff"] < 1e-4
     assert 0.0 <= record["metrics"]["test_acc"] <= 1.0 and record["metrics"]["epochs_run"] == 1
-    assert record["config"]["recipe"] == "cpu" and record["hardware"]["cpu_count"] >= 1  # "auto" on a CPU
+    assert record["config"]["recipe"] == "fast" and record["hardware"]["cpu_count"] >= 1  # "auto" on a CPU
     for fig in ("cifar10-patches", "cifar10-curves", "cifar10-confusion", "cifar10-position-similarity"):
         assert (env["out"] / "images" / "smoke" / f"{fig}.png").stat().st_size > 1000
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)

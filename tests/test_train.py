@@ -293,3 +293,16 @@ def test_load_image_paths_and_errors(tmp_path):
     assert im.mode == "RGB" and im.size == (7, 5)
     with pytest.raises(FileNotFoundError, match="PHOTOS"):
         data.load_image(tmp_path / "missing.jpg")
+
+
+def test_the_cifar10_fast_recipe_is_the_recorded_run():
+    """The recipe is exactly the settings of the record it cites (an exploration of cifar10-cpu with overrides)."""
+    import json
+
+    from conftest import ROOT
+    from vitkit import recipes
+
+    record = json.loads((ROOT / "results" / "cifar10-cpu-cct-p8-bs64-t160.json").read_text())
+    recipe = recipes.get_recipe("cifar10-fast")
+    assert {k: record["config"][k] for k in ("model", "data", "fit")} == recipe
+    assert record["metrics"]["train_tflop"] <= 160 and record["metrics"]["test_acc"] >= 0.80
