@@ -252,6 +252,7 @@ def execute(path: Path, data_root: str, timeout_s: int | None = None, root: Path
     from vitkit.records import code_commit
 
     name = path.name
+    commit = code_commit() or "unknown"  # the code as it was when the run started
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp, _environ(VIT_DATA_ROOT=data_root, TQDM_DISABLE="1", VIT_SMOKE="0"):
         out = Path(tmp) / name
@@ -265,7 +266,7 @@ def execute(path: Path, data_root: str, timeout_s: int | None = None, root: Path
         raise SystemExit(f"{name}: the run printed no `record results/....json` line (records.show_record)")
     record = json.loads((root / results).read_text())
     stamp = {"code_hash": code_hash(nb), "modules": module_hashes(imported_modules(nb)),
-             "commit": code_commit() or "unknown", "results": results,
+             "commit": commit, "results": results,
              "results_hash": _sha((root / results).read_bytes()),
              "hardware": {k: v for k, v in record.get("hardware", {}).items() if k != "hostname"},
              "date": time.strftime("%Y-%m-%d %H:%M:%S"), "wall_time_min": round((time.time() - started) / 60, 1),
