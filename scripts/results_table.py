@@ -265,7 +265,7 @@ def localization_table(records) -> str:
 
 # page -> the marked sections it holds, each rendered by one function
 PAGES = {
-    "README.md": {"headline": headline_table},
+    "README.md": {"headline": headline_table, "localization": localization_table},
     "docs/results.md": {"results": results_table},
     "docs/speed.md": {"speed": speed_table},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
