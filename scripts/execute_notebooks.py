@@ -42,7 +42,7 @@ MAX_OUTPUT_BYTES = 10_000_000  # all notebooks' stored outputs together (issue 2
 _MACHINE_PATH = re.compile(r"(?<![\w.~-])(/(?:home|root|work|Users|tmp|mnt|private|opt|srv|content)/|[A-Za-z]:\\)")
 _TIMESTAMP = re.compile(r"\b\d{4}-\d\d-\d\d[ T]\d\d:\d\d|^[IWE]\d{4} \d\d:\d\d:\d\d", re.M)
 _RECORD_LINE = re.compile(r"^record (\S+\.json)$", re.M)
-_METRIC_LINE = re.compile(r"^  (\S+) = (.*)$")
+_METRIC_LINE = re.compile(r"^  (\S.*?) = (.*)$")  # keys may hold spaces ("localization.raw attention.box_accuracy")
 
 
 def _sha(data: bytes) -> str:

@@ -33,7 +33,8 @@ def test_stored_outputs_stay_light():
 
 def _executed(tmp_path, metrics=None, code="x = 1", extra_outputs=()):
     """A notebook as execute() stores it: a results file, its show_record output, a stamp and the stamp cell."""
-    metrics = metrics or {"test_acc": 0.7472, "epochs_run": 30, "nested": {"auc": 12.3456789}, "curve": [1, 2]}
+    metrics = metrics or {"test_acc": 0.7472, "epochs_run": 30, "nested": {"auc": 12.3456789}, "curve": [1, 2],
+                          "by method": {"raw attention": {"hit": 0.596}}}
     results = tmp_path / "results" / "demo-full.json"
     results.parent.mkdir(exist_ok=True)
     results.write_text(json.dumps({"metrics": metrics}))
@@ -98,6 +99,14 @@ def test_numbers_that_disagree_with_the_record_are_caught(tmp_path):
         "text", nb.cells[2].outputs[0].text.replace("0.7472", "0.7572")))
     (found,) = ex.problems(path, tmp_path)
     assert "test_acc = 0.7572" in found and "0.7472" in found
+
+
+def test_every_printed_number_is_compared_even_under_keys_with_spaces(tmp_path):
+    path = _executed(tmp_path)
+    _edit(path, lambda nb: nb.cells[2].outputs[0].__setitem__(
+        "text", nb.cells[2].outputs[0].text.replace("raw attention.hit = 0.596", "raw attention.hit = 0.9")))
+    (found,) = ex.problems(path, tmp_path)
+    assert "by method.raw attention.hit = 0.9" in found
 
 
 def test_a_results_file_changed_after_the_run_is_caught(tmp_path):
