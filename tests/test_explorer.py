@@ -5,6 +5,7 @@ import base64
 import io
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,7 +87,7 @@ def test_an_upload_joins_the_images_and_is_shown():
     from PIL import Image
 
     def preprocess(pil):
-        x = torch.as_tensor(list(pil.resize((16, 16)).getdata()), dtype=torch.float32).T.reshape(3, 16, 16) / 255
+        x = torch.from_numpy(np.asarray(pil.resize((16, 16)), dtype=np.float32)).permute(2, 0, 1) / 255
         return (x - 0.5) / 0.25
 
     ex = AttentionExplorer(tiny(), torch.randn(2, 3, 16, 16), class_names=list("abcde"), mean=MEAN, std=STD,
