@@ -31,7 +31,7 @@ from vitkit import recipes, records, runtime  # noqa: E402
 from vitkit.steps import model_logits  # noqa: E402
 
 KINDS = (  # first match wins: (kind, substrings of the op name)
-    ("compiled fused kernels", ("cpp_fused", "triton_", "graph_", "CompiledFunction", "Torch-Compiled")),
+    ("compiled fused kernels", ("CompiledFxGraph", "cpp_fused", "triton_", "graph_", "CompiledFunction", "Torch-Compiled")),
     ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn_linear",
                          "aten::baddbmm", "mkldnn_matmul")),
     ("convolutions", ("convolution", "conv2d", "mkldnn_conv")),
