@@ -12,7 +12,6 @@ products can shrink without changing the maths.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import time
@@ -86,6 +85,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     device = torch.device("cpu")
     precision = runtime.resolve_precision(device, "auto")
     cfg = recipes.get_recipe(args.recipe)["model"] if args.recipe else dict(CONFIG)
@@ -106,12 +106,13 @@ def main() -> None:
             print(f"  {k:24s} {share:6.1%}")
         for op in r["top_ops"][:8]:
             print(f"    {op['self_ms_per_step']:8.2f} ms/step  {op['op']}")
-    record = {"metrics": {f"{name} images_per_s": round(r["images_per_s"], 1) for name, r in out.items()},
-              "config": {"model": cfg, "batch": args.batch, "steps": args.steps, "precision": precision,
-                         "threads": torch.get_num_threads()},
-              "profiles": out, "hardware": records.hardware_info(device)}
-    path = ROOT / "results" / f"profile-{socket.gethostname()}.json"
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    path = records.save_results(
+        ROOT / "results" / f"profile-{socket.gethostname()}.json",
+        metrics={f"{name} images_per_s": round(r["images_per_s"], 1) for name, r in out.items()},
+        config={"model": cfg, "batch": args.batch, "steps": args.steps, "precision": precision,
+                "threads": torch.get_num_threads()},
+        seed=0, dataset="random images (no data set)", wall_time_s=time.perf_counter() - started, device=device,
+        profiles=out)
     print(f"\nwrote {path}")
 
 
