@@ -51,11 +51,7 @@ def main() -> None:
     canvases, boxes = localize.cluttered_mnist(mnist_test, 10_000, seed=len("test"))  # the notebook's test canvases
     maps = explain.explain("rollout", model, (canvases.images.float() / 255 - 0.05) / 0.2)
     scored = localize.pointing_game(maps, boxes, 64).float().mean().item()
-    h, w = maps.shape[-2:]
-    best = maps.flatten(1).argmax(1)
-    py, px = (best // w + 0.5) * (64 / h) + dy, (best % w + 0.5) * (64 / w) + dx
-    b = boxes.float()
-    moved = ((b[:, 0] <= px) & (px < b[:, 2]) & (b[:, 1] <= py) & (py < b[:, 3])).float().mean().item()
+    moved = localize.pointing_game(maps, boxes, 64, offset=(dy, dx)).float().mean().item()
     print(f"receptive-field centre - patch centre: ({dy:+.2f}, {dx:+.2f}) px")
     print(f"rollout pointing game: {scored:.2%} as scored, {moved:.2%} at the receptive-field centres")
     records.save_results(ROOT / "results" / "stem-shift-check.json", metrics={

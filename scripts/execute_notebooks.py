@@ -172,11 +172,11 @@ def problems(path: Path, root: Path = ROOT) -> list[str]:
             text = _output_text(o)
             if o.output_type == "error" or "Traceback (most recent call last)" in text:
                 found.append(f"{name}: code cell {i + 1} stored an error or a traceback")
-            if _MACHINE_PATH.search(text):
-                found.append(f"{name}: code cell {i + 1} shows a path of the machine "
-                             f"({_MACHINE_PATH.search(text).group(0)!r}...): print paths relative to the repository")
-            if _TIMESTAMP.search(text):
-                found.append(f"{name}: code cell {i + 1} shows a timestamp ({_TIMESTAMP.search(text).group(0)!r}), "
+            if path_seen := _MACHINE_PATH.search(text):
+                found.append(f"{name}: code cell {i + 1} shows a path of the machine ({path_seen.group(0)!r}...): "
+                             "print paths relative to the repository")
+            if time_seen := _TIMESTAMP.search(text):
+                found.append(f"{name}: code cell {i + 1} shows a timestamp ({time_seen.group(0)!r}), "
                              "which changes every run")
     found += _record_problems(name, nb, stamp, rerun, root)
     return found

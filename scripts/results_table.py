@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from vitkit.recipes import RECIPES  # noqa: E402  (named_recipe matches explorations to them)
 
 
 def load_records(results_dir: Path) -> list[tuple[str, dict]]:
@@ -83,9 +85,6 @@ def named_recipe(rec: dict) -> str | None:
     cfg = rec.get("config", {})
     if not cfg.get("overrides"):
         return cfg.get("recipe")
-    sys.path.insert(0, str(ROOT))
-    from vitkit.recipes import RECIPES
-
     ran = {k: cfg.get(k) for k in ("model", "data", "fit")}
     return next((name for name, r in RECIPES.items() if r == ran), None)
 

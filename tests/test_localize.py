@@ -58,6 +58,9 @@ def test_pointing_game_on_hand_made_maps():
     edge = torch.zeros(1, 4, 4)
     edge[0, 1, 2] = 1.0  # centre (40, 24): x1 = 40 is exclusive
     assert localize.pointing_game(edge, torch.tensor([[16, 16, 40, 32]]), 64).tolist() == [False]
+    # offset (rows, columns): the point moves to (x, y) = (40 - 1, 24 + 10) = (39, 34): inside x, outside y
+    assert localize.pointing_game(edge, torch.tensor([[16, 16, 40, 32]]), 64, offset=(0.0, -1.0)).tolist() == [True]
+    assert localize.pointing_game(edge, torch.tensor([[16, 16, 40, 32]]), 64, offset=(10.0, -1.0)).tolist() == [False]
 
 
 def test_iou_of_known_boxes():

@@ -1,6 +1,9 @@
 """Stored notebook outputs cannot go stale: the guard of scripts/execute_notebooks.py, on the committed notebooks
 and on small notebooks made here to show that each kind of stale or broken output is caught."""
+import contextlib
+import io
 import json
+import os
 import sys
 import warnings
 
@@ -38,9 +41,14 @@ def _executed(tmp_path, metrics=None, code="x = 1", extra_outputs=()):
     results = tmp_path / "results" / "demo-full.json"
     results.parent.mkdir(exist_ok=True)
     results.write_text(json.dumps({"metrics": metrics}))
-    printed = "record results/demo-full.json\n" + "".join(
-        f"  {k} = {v:.6g}\n" if isinstance(v, float) else f"  {k} = {v}\n"
-        for k, v in records.flat_metrics(metrics).items())
+    printed, cwd = io.StringIO(), os.getcwd()
+    os.chdir(tmp_path)  # show_record prints the path relative to the working folder, as in a notebook run
+    try:
+        with contextlib.redirect_stdout(printed):
+            records.show_record(results)
+    finally:
+        os.chdir(cwd)
+    printed = printed.getvalue()
     cell = nbformat.v4.new_code_cell(code, execution_count=1)
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed), *extra_outputs]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Demo"), cell])

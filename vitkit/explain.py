@@ -166,10 +166,11 @@ def explain_rollout(model: nn.Module, x: torch.Tensor, target=None, head_fusion:
                              num_prefix_tokens=out.num_prefix_tokens).cpu()
 
 
+@_in_eval_mode
 def attentions_and_gradients(model: nn.Module, x: torch.Tensor, target=None
                              ) -> tuple[ModelAttentions, tuple[torch.Tensor, ...]]:
-    """One forward pass with attentions and the gradients of the target logit (None: each image's prediction)
-    with respect to every layer's attention probabilities."""
+    """One forward pass in eval mode with attentions and the gradients of the target logit (None: each image's
+    prediction) with respect to every layer's attention probabilities."""
     with torch.enable_grad():
         out = forward_with_attentions(model, x)
         t = _targets(out.logits, target)

@@ -147,12 +147,7 @@ class AttentionExplorer:
         """Attentions and the gradients of the predicted class for image ``index`` (cached), in eval mode."""
         if index not in self._cache:
             device = next(self.model.parameters()).device
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                out, grads = attentions_and_gradients(self.model, self.images[index:index + 1].to(device))
-            finally:
-                self.model.train(was_training)
+            out, grads = attentions_and_gradients(self.model, self.images[index:index + 1].to(device))
             out = ModelAttentions(out.logits.detach().cpu(), tuple(a.detach().cpu() for a in out.attentions),
                                   out.num_prefix_tokens, out.grid_size)
             self._cache[index] = out, tuple(g.cpu() for g in grads)

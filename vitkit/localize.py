@@ -123,15 +123,18 @@ def _check_maps_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> None:
         raise ValueError(f"boxes must be ({len(maps)}, 4) as [x0, y0, x1, y1], one per map.")
 
 
-def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, image_size: int) -> torch.Tensor:
+def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, image_size: int,
+                  offset: tuple[float, float] = (0.0, 0.0)) -> torch.Tensor:
     """Per map, whether the centre of its highest cell (at the map's own grid; ties go to the first cell in
-    row-major order) lies inside the true box (x1, y1 exclusive). ``(B,)`` bool."""
+    row-major order) lies inside the true box (x1, y1 exclusive). ``(B,)`` bool. ``offset``: (rows, columns) in
+    pixels to move that point by, e.g. to where a convolutional stem centres the cell's token."""
     _check_maps_boxes(maps, boxes)
     B, h, w = maps.shape
     flat = maps.reshape(B, -1).float()
     top = (flat == flat.amax(dim=1, keepdim=True)).float().argmax(dim=1)  # the first of the highest cells
     r, c = top // w, top % w
-    cx, cy = (c.float() + 0.5) * image_size / w, (r.float() + 0.5) * image_size / h
+    cx = (c.float() + 0.5) * image_size / w + offset[1]
+    cy = (r.float() + 0.5) * image_size / h + offset[0]
     b = boxes.float()
     return (b[:, 0] <= cx) & (cx < b[:, 2]) & (b[:, 1] <= cy) & (cy < b[:, 3])
 
@@ -168,8 +171,7 @@ def _largest_region_boxes(masks: np.ndarray) -> torch.Tensor:
         labels, _ = ndimage.label(mask, structure=eight)
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0  # background
-        ys, xs = np.nonzero(labels == sizes.argmax())
-        out[i] = torch.tensor([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        out[i] = _ink_box(torch.from_numpy(labels == sizes.argmax()), 0)
     return out
 
 
