@@ -65,7 +65,8 @@ class ViTConfig:
     fused_attn: bool | None = None
     # Priors for small data sets (the defaults are the paper's ViT, which is what HF computes). stem: "patch"
     # (linear patch embedding), "conv" (Xiao et al. 2021, "Early Convolutions Help Transformers See Better":
-    # stacked stride-2 3x3 convolutions, same token grid), "cct" (Hassani et al. 2021, Compact Convolutional
+    # stacked stride-2 3x3 convolutions, same token grid), "conv-centred" (the same with 4x4 kernels, so that each
+    # token's receptive field is centred on its patch), "cct" (Hassani et al. 2021, Compact Convolutional
     # Transformers: stride-1 3x3 convolutions, each followed by a stride-2 max-pool, same token grid) or "spt"
     # (Lee et al. 2021, Shifted Patch Tokenization: the image and four copies shifted diagonally by half a
     # patch, patchified together).
@@ -104,9 +105,10 @@ class ViTConfig:
         for name in ("qkv_bias", "lsa"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        if self.stem not in ("patch", "conv", "cct", "spt"):
-            raise ValueError(f"stem must be 'patch' (linear patch embedding), 'conv' (convolutional stem), 'cct' "
-                             f"(convolutional tokenizer) or 'spt' (shifted patch tokenization), got {self.stem!r}.")
+        if self.stem not in ("patch", "conv", "conv-centred", "cct", "spt"):
+            raise ValueError(f"stem must be 'patch' (linear patch embedding), 'conv' or 'conv-centred' (convolutional "
+                             f"stems), 'cct' (convolutional tokenizer) or 'spt' (shifted patch tokenization), got "
+                             f"{self.stem!r}.")
         if self.pos_embed not in ("learned", "sincos"):
             raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}.")
         if self.pos_embed == "sincos" and self.dim % 4:
@@ -114,7 +116,8 @@ class ViTConfig:
                              f"multiple of 4, got {self.dim}.")
         if self.stem == "spt" and self.patch_size < 2:
             raise ValueError("stem='spt' shifts by half a patch, so patch_size must be >= 2.")
-        if self.stem in ("conv", "cct") and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+        power_of_2 = self.patch_size >= 2 and not self.patch_size & (self.patch_size - 1)
+        if self.stem in ("conv", "conv-centred", "cct") and not power_of_2:
             raise ValueError(f"stem={self.stem!r} downsamples by 2 per convolution, so patch_size must be a power "
                              f"of 2 >= 2, got {self.patch_size}; use patch_size 2, 4, 8 or 16, or stem='patch'.")
         if self.fused_attn not in (None, True, False):
@@ -168,27 +171,32 @@ def use_fused_attention(fused_attn: bool | None, q: torch.Tensor) -> bool:
 
 
 class ConvStem(nn.Module):
-    """Convolutional stem: log2(P) 3x3 convolutions with BatchNorm and ReLU, widths doubling up to ``dim``, then
-    a 1x1 convolution to ``dim``. It yields the same (H/P) x (W/P) token grid as :class:`PatchEmbedding`, but
-    with overlapping receptive fields: a locality prior that a linear patch embedding lacks, which helps a ViT
-    most on small data sets. Two ways to halve the resolution per convolution:
+    """Convolutional stem: log2(P) 3x3 (or 4x4) convolutions with BatchNorm and ReLU, widths doubling up to
+    ``dim``, then a 1x1 convolution to ``dim``. It yields the same (H/P) x (W/P) token grid as
+    :class:`PatchEmbedding`, but with overlapping receptive fields: a locality prior that a linear patch embedding
+    lacks, which helps a ViT most on small data sets. Three ways to halve the resolution per convolution:
 
     - ``stem="conv"`` (Xiao et al. 2021, "Early Convolutions Help Transformers See Better"): stride-2
-      convolutions, cheap (each runs at the output resolution);
+      convolutions, cheap (each runs at the output resolution). A 3x3 stride-2 convolution with padding 1 centres
+      output i on input pixel 2i, half an input pixel before the middle (2i + 0.5) of the two it replaces, and the
+      halves add up: with P = 8 a token's receptive field is centred 3.5 px up and left of its patch's centre, so
+      maps drawn on the patch grid sit that far off the object;
+    - ``stem="conv-centred"``: the same with 4x4 kernels (padding 1), which centre output i on 2i + 0.5 exactly, so
+      every token's receptive field is centred on its own patch (16/9 the stem's multiply-adds);
     - ``stem="cct"`` (Hassani et al. 2021, "Escaping the Big Data Paradigm with Compact Transformers"):
       stride-1 convolutions, each followed by a 3x3 stride-2 max-pool, as in CCT's tokenizer. Each convolution
       sees every pixel at its input resolution (4x the multiply-adds), and the pooling adds a little
-      translation invariance: closer to a small CNN.
+      translation invariance: closer to a small CNN. Its 3x3 stride-2 pools shift the grid as ``"conv"`` does.
     """
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         n = cfg.patch_size.bit_length() - 1  # halvings: 2**n = patch_size
         widths = [max(16, cfg.dim // 2 ** (n - 1 - i)) for i in range(n)]
-        pool = cfg.stem == "cct"
+        pool, kernel = cfg.stem == "cct", 4 if cfg.stem == "conv-centred" else 3
         layers, c_in = [], cfg.in_channels
         for c_out in widths:
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=1 if pool else 2, padding=1, bias=False),
+            layers += [nn.Conv2d(c_in, c_out, kernel, stride=1 if pool else 2, padding=1, bias=False),
                        nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
             if pool:
                 layers.append(nn.MaxPool2d(3, stride=2, padding=1))
@@ -343,7 +351,8 @@ class VisionTransformer(nn.Module):
                         layer_norm_eps=layer_norm_eps, fused_attn=fused_attn, stem=stem, lsa=lsa,
                         pos_embed=pos_embed)
         self.config = cfg
-        stems = {"patch": PatchEmbedding, "conv": ConvStem, "cct": ConvStem, "spt": ShiftedPatchTokenizer}
+        stems = {"patch": PatchEmbedding, "conv": ConvStem, "conv-centred": ConvStem, "cct": ConvStem,
+                 "spt": ShiftedPatchTokenizer}
         self.patch_embed = stems[cfg.stem](cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         # A parameter either way (same state dict, HF-convertible); fixed sin-cos ones are not trained.

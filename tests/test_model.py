@@ -113,6 +113,23 @@ def test_save_and_load_model_round_trip(tmp_path):
         vh.load_model(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.parametrize("stem, rows, cols", [("conv", (17, 31), (25, 39)), ("conv-centred", (17, 38), (25, 46))])
+def test_conv_stem_receptive_field_and_where_it_is_centred(stem, rows, cols):
+    # Token (3, 4) of an 8x8-patch grid owns rows 24..31 and columns 32..39 (centre (27.5, 35.5)). Three stride-2
+    # 3x3 convolutions (padding 1) see pixels 8i-7 .. 8i+7: centred 3.5 px up and left of the patch. 4x4 kernels
+    # see 8i-7 .. 8i+14: centred on it.
+    torch.manual_seed(0)
+    stem_module = vh.VisionTransformer(image_size=64, patch_size=8, in_channels=1, num_classes=2, dim=32, depth=1,
+                                       heads=2, mlp_dim=8, stem=stem).eval().patch_embed
+    x = torch.randn(4, 1, 64, 64, requires_grad=True)
+    stem_module(x)[:, 3 * 8 + 4].abs().sum().backward()
+    seen_rows, seen_cols = x.grad.abs().sum((0, 1)).nonzero().unbind(1)
+    assert (seen_rows.min().item(), seen_rows.max().item()) == rows
+    assert (seen_cols.min().item(), seen_cols.max().item()) == cols
+    centre = ((rows[0] + rows[1]) / 2, (cols[0] + cols[1]) / 2)
+    assert centre == ((27.5 - 3.5, 35.5 - 3.5) if stem == "conv" else (27.5, 35.5))
+
+
 def test_conv_stem_keeps_the_token_grid_and_checks_the_patch_size():
     model = make(stem="conv")
     x = torch.randn(2, 3, 32, 32)
