@@ -1,9 +1,10 @@
 """How much of the localization gap is the stem's geometry? Scores the pointing game of the ViT that
 WeaklySupervisedLocalization.ipynb trained (its checkpoint in checkpoints/runs/) twice on the same test canvases:
 as the notebook scores it (the centre of the map's highest 8x8 cell) and with that point moved to where the token's
-receptive field is centred (measured from the token's input gradients). Writes results/stem-shift-check.json.
+receptive field is centred (measured from the token's input gradients). Writes results/stem-shift-check.json
+(results/stem-shift-check-<stem>.json for another stem than "conv").
 
-    python scripts/check_stem_shift.py --data-root ../shared/data
+    python scripts/check_stem_shift.py --data-root ../shared/data [--stem conv-centred]
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def receptive_field_offset(model: vh.VisionTransformer, samples: int = 20) -> tu
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", default="./data")
-    ap.add_argument("--stem", default="conv")
+    ap.add_argument("--stem", default="conv", help="the stem of the notebook's trained ViT (its checkpoint's name)")
     args = ap.parse_args()
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -54,7 +55,8 @@ def main() -> None:
     moved = localize.pointing_game(maps, boxes, 64, offset=(dy, dx)).float().mean().item()
     print(f"receptive-field centre - patch centre: ({dy:+.2f}, {dx:+.2f}) px")
     print(f"rollout pointing game: {scored:.2%} as scored, {moved:.2%} at the receptive-field centres")
-    records.save_results(ROOT / "results" / "stem-shift-check.json", metrics={
+    out = ROOT / "results" / f"stem-shift-check{'' if args.stem == 'conv' else '-' + args.stem}.json"
+    records.save_results(out, metrics={
         "receptive_field_offset_px": {"rows": dy, "columns": dx}, "rollout_pointing_game": scored,
         "rollout_pointing_game_at_receptive_field_centres": moved}, config={"stem": args.stem, "model": VIT,
         "checkpoint": str(path.relative_to(ROOT)), "n_test": 10_000}, seed=0,

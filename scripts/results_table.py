@@ -250,7 +250,9 @@ def localization_table(records) -> str:
         cfg = rec["config"]
         lines += [f"Measured by `WeaklySupervisedLocalization.ipynb` ([{name}](results/{name})) on {cfg['n_test']:,} "
                   f"cluttered-MNIST test canvases, on {hardware(rec)}, {rec['wall_time_s'] / 60:.0f} min in all: ViT "
-                  f"(stem `{m['stem']}`, chosen on validation) {pct(m['vit_test_acc'])} test accuracy with "
+                  f"(stem `{m['stem']}`, chosen on validation: "
+                  f"{', '.join(f'`{stem}` {pct(acc)}' for stem, acc in m['stem_val_acc'].items())} after "
+                  f"{cfg['stem_trial_tflop']:g} TFLOP each) {pct(m['vit_test_acc'])} test accuracy with "
                   f"{m['vit']['train_tflop']:.1f} TFLOP of training, small CNN {pct(m['cnn_test_acc'])} with "
                   f"{m['cnn']['train_tflop']:.1f} TFLOP; seed {rec['seed']}.\n",
                   "| map | model | pointing game | box accuracy (IoU >= 0.5) | threshold (chosen on validation) |",
