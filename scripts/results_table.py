@@ -28,12 +28,15 @@ def load_records(results_dir: Path) -> list[tuple[str, dict]]:
     return records
 
 
+_BF16 = {True: " (AVX512-BF16)", False: " (no native bf16)"}  # a CPU's native bf16 support, as tables say it
+
+
 def hardware(rec: dict) -> str:
     hw = rec["hardware"]
     if "gpu" in hw:
         return hw["gpu"]
     threads = rec.get("config", {}).get("threads", hw.get("torch_threads"))
-    bf16 = {True: " (AVX512-BF16)", False: " (no native bf16)"}.get(hw.get("cpu_native_bf16"), "")
+    bf16 = _BF16.get(hw.get("cpu_native_bf16"), "")
     return f"{hw['cpu']}{bf16}, {threads} of {hw['cpu_count']} CPU threads"
 
 
@@ -275,8 +278,7 @@ def _stretches(rec: dict) -> str:
     parts = cfg.get("stretches") or [{"threads": cfg.get("threads", hw.get("torch_threads")),
                                       "precision": cfg.get("precision"), "native_bf16": hw.get("cpu_native_bf16")}]
     machines = ", ".join(sorted({s.get("machine", hw["cpu"]) for s in parts}))
-    bf16 = {True: " (AVX512-BF16)", False: " (no native bf16)"}
-    flags = {bf16.get(s.get("native_bf16"), "") for s in parts}
+    flags = {_BF16.get(s.get("native_bf16"), "") for s in parts}
     threads = sorted({s["threads"] for s in parts})
     text = (f"{machines}{flags.pop() if len(flags) == 1 else ''}, {'/'.join(sorted({s['precision'] for s in parts}))}, "
             f"{threads[0] if len(threads) == 1 else f'{threads[0]}-{threads[-1]}'} of {hw['cpu_count']} CPU threads")

@@ -113,8 +113,9 @@ def test_save_and_load_model_round_trip(tmp_path):
         vh.load_model(tmp_path / "missing.safetensors")
 
 
-@pytest.mark.parametrize("stem, rows, cols", [("conv", (17, 31), (25, 39)), ("conv-centred", (17, 38), (25, 46))])
-def test_conv_stem_receptive_field_and_where_it_is_centred(stem, rows, cols):
+@pytest.mark.parametrize("stem, rows, cols, shift", [("conv", (17, 31), (25, 39), -3.5),
+                                                     ("conv-centred", (17, 38), (25, 46), 0.0)])
+def test_conv_stem_receptive_field_and_where_it_is_centred(stem, rows, cols, shift):
     # Token (3, 4) of an 8x8-patch grid owns rows 24..31 and columns 32..39 (centre (27.5, 35.5)). Three stride-2
     # 3x3 convolutions (padding 1) see pixels 8i-7 .. 8i+7: centred 3.5 px up and left of the patch. 4x4 kernels
     # see 8i-7 .. 8i+14: centred on it.
@@ -126,8 +127,8 @@ def test_conv_stem_receptive_field_and_where_it_is_centred(stem, rows, cols):
     seen_rows, seen_cols = x.grad.abs().sum((0, 1)).nonzero().unbind(1)
     assert (seen_rows.min().item(), seen_rows.max().item()) == rows
     assert (seen_cols.min().item(), seen_cols.max().item()) == cols
-    centre = ((rows[0] + rows[1]) / 2, (cols[0] + cols[1]) / 2)
-    assert centre == ((27.5 - 3.5, 35.5 - 3.5) if stem == "conv" else (27.5, 35.5))
+    centre = ((seen_rows.min() + seen_rows.max()).item() / 2, (seen_cols.min() + seen_cols.max()).item() / 2)
+    assert centre == (27.5 + shift, 35.5 + shift)  # the measured field's centre against the patch's
 
 
 def test_conv_stem_keeps_the_token_grid_and_checks_the_patch_size():
