@@ -238,6 +238,7 @@ def inductive_bias_table(records) -> str:
 
 
 _PRIORS = {"vit": "none (linear patch embedding, learned positions)", "conv-stem": "convolutional stem (stride-2 convolutions)",
+           "conv-centred": "convolutional stem, tokens centred on their patches (4x4 kernels)",
            "cct-stem": "CCT tokenizer (convolutions + max-pool)",
            "spt-lsa": "shifted patch tokenization + locality self-attention", "sincos": "fixed 2-D sin-cos positions",
            "cnn": "a small CNN instead of a ViT"}

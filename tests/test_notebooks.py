@@ -83,12 +83,14 @@ def test_inductive_bias_notebook(env):
     _run("InductiveBias.ipynb", env)
     record = _record(env, "InductiveBias")
     variants = record["metrics"]["variants"]
-    assert list(variants) == ["vit", "conv-stem", "cct-stem", "spt-lsa", "sincos", "cnn"]
+    assert list(variants) == ["vit", "conv-stem", "conv-centred", "cct-stem", "spt-lsa", "sincos", "cnn"]
     for v in variants.values():
         assert 0.0 <= v["test_acc"] <= 1.0 and v["epochs_run"] == 1 and v["train_images_per_s"] > 0
     params = {k: v["parameters"] for k, v in variants.items()}
     assert params["sincos"] < params["vit"] < params["spt-lsa"]  # fixed embeddings are not trained
     assert params["cct-stem"] == params["conv-stem"]  # same convolutions, stride 1 + pooling instead of stride 2
+    # 4x4 kernels instead of 3x3: 7 more weights per input-output channel pair (smoke widths 3 -> 16 -> 32)
+    assert params["conv-centred"] - params["conv-stem"] == 7 * (3 * 16 + 16 * 32)
     for fig in ("budget", "speed", "rollout", "position-similarity"):
         assert (env["out"] / "images" / "smoke" / f"inductive-bias-{fig}.png").stat().st_size > 1000
 
