@@ -261,6 +261,7 @@ class Attention(nn.Module):
         self.scale = self.head_dim ** -0.5
         self.attn_dropout = cfg.attn_dropout
         self.fused_attn = cfg.fused_attn
+        self.last_path: str | None = None  # "SDPA" or "explicit": the kernel the last forward pass took
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         # LSA: the softmax temperature is learned (as a log, starting at the usual 1/sqrt(d)).
@@ -279,7 +280,9 @@ class Attention(nn.Module):
         if self.log_scale is not None:  # LSA: learned temperature; a token may not attend to itself
             q = q * (self.log_scale.exp() / self.scale)  # so that the usual scaling gives exp(log_scale)
             mask = self.lsa_mask if self.lsa_mask.shape[0] == T else ~torch.eye(T, dtype=torch.bool, device=x.device)
-        if not return_attention and use_fused_attention(self.fused_attn, q):
+        fused = not return_attention and use_fused_attention(self.fused_attn, q)
+        self.last_path = "SDPA" if fused else "explicit"
+        if fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)  # (B, h, T, d)
         else:
             scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, T, T)

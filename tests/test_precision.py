@@ -144,7 +144,7 @@ def test_fit_records_its_choices(monkeypatch, capsys):
     hist = train.fit(tiny_vit(), loader(quadrant_data(32, 0)), epochs=1, device="cpu", progress=False)
     assert (hist.precision, hist.attention, hist.compiled, hist.device) == ("fp32", "SDPA (auto)", False, "cpu")
     out = capsys.readouterr().out
-    assert out.count("fit: cpu in fp32 (CPU without native bf16") == 1 and "attention SDPA (auto)" in out
+    assert out.count("fit: cpu in fp32 (CPU without native bf16") == 1 and "attention ran SDPA (auto)" in out
 
 
 def test_fp16_with_gradient_scaler_trains_on_cpu(monkeypatch):

@@ -115,7 +115,7 @@ def test_a_kill_during_the_checkpoint_write_keeps_the_previous_one(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         run(model(), *loaders(), path=path)
     monkeypatch.setattr(torch, "save", real_save)
-    assert ckpt.load(path)["epoch"] == 1  # the last complete checkpoint is intact
+    assert ckpt.load(path)["state"]["epoch"] == 1  # the last complete checkpoint is intact
     m = model()
     run(m, *loaders(), path=path, resume=True)
     assert_same_weights(straight()[0], m)
@@ -172,22 +172,29 @@ def test_resume_true_without_a_checkpoint_starts_the_run(tmp_path, capsys):
     assert "no checkpoint at" in capsys.readouterr().out and hist.epoch == [1] and hist.resumes == 0
 
 
-def test_resumed_time_budget_run_is_replanned_to_the_budget_left(tmp_path, capsys, monkeypatch):
+def test_a_resumed_time_budget_run_continues_on_its_budget_clock(tmp_path, capsys, monkeypatch):
+    """The schedule of a time-budget run is a function of the budget spent, which the checkpoint holds: the resumed
+    run goes on where the LR was, never higher, and ends when the whole budget (both stretches) is spent."""
     clock = FakeClock()  # every training image costs 1 ms
     monkeypatch.setattr(time, "perf_counter", clock)
     monkeypatch.setattr(Noisy, "forward", lambda self, x: clock.work(0.001) or x.float() / 255)
     path, budget = tmp_path / "run.pt", 3.0
     train_loader, val_loader = loaders()
-    with pytest.raises(KeyboardInterrupt):  # iteration 1 is the pace probe, 2 is epoch 1: stop at epoch 4
-        run(model(), StopsAt(train_loader, 5, 0), val_loader, path, epochs=1000, time_budget_s=budget)
+    with pytest.raises(KeyboardInterrupt):  # stop in epoch 4: the checkpoint holds 3 epochs
+        run(model(), StopsAt(train_loader, 4, 0), val_loader, path, epochs=1000, time_budget_s=budget,
+            warmup_fraction=0.0)
     saved = ckpt.load(path)
-    assert saved["time_budget_s"] == budget and saved["epoch"] == 3
-    hist = run(model(), *loaders(), path=path, resume=True, epochs=1000, time_budget_s=budget, verbose=True)
-    out = capsys.readouterr().out
-    assert "not bit-identical" in out and "re-planned to" in out and hist.resumes == 1
-    # the budget counts the first stretch too, and is spent: the run ends within one epoch of it
-    assert budget - max(hist.epoch_time_s) <= hist.wall_time_s <= budget + max(hist.epoch_time_s)
-    assert hist.stretches[0]["wall_time_s"] > 0 and len(hist.epoch) > 2
+    assert saved["identity"]["time_budget_s"] == budget and saved["state"]["epoch"] == 3
+    before = saved["state"]["history"]["lr"]
+    hist = run(model(), *loaders(), path=path, resume=True, epochs=1000, time_budget_s=budget, verbose=True,
+               warmup_fraction=0.0)
+    assert "resumed" in capsys.readouterr().out and hist.resumes == 1
+    assert hist.lr[:len(before)] == before and hist.lr[len(before)] <= before[-1]
+    peak = hist.lr.index(max(hist.lr))
+    assert all(b <= a for a, b in zip(hist.lr[peak:], hist.lr[peak + 1:]))
+    # the budget counts the first stretch too, and is spent: the run ends within one batch (16 ms) of it
+    assert abs(hist.wall_time_s - budget) <= 0.016 + 1e-9
+    assert hist.stretches[0]["wall_time_s"] > 0 and len(hist.epoch) > 3
 
 
 def test_a_bf16_run_resumed_without_native_bf16_continues_in_fp32(tmp_path, monkeypatch, capsys):
@@ -195,7 +202,7 @@ def test_a_bf16_run_resumed_without_native_bf16_continues_in_fp32(tmp_path, monk
     train_loader, val_loader = loaders()
     with pytest.raises(KeyboardInterrupt):
         run(model(), StopsAt(train_loader, 2, 0), val_loader, path, precision="bf16")
-    assert ckpt.load(path)["precision"] == "bf16"
+    assert ckpt.load(path)["state"]["history"]["precision"] == "bf16"
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     hist = run(model(), *loaders(), path=path, resume=True, precision="auto", verbose=True)
     assert "continuing in fp32" in capsys.readouterr().out

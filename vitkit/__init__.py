@@ -8,8 +8,9 @@
 Modules, each importing only ``vit_helpers`` and modules listed before it (nothing imports back up):
 ``checks`` (argument checks), ``baselines`` (the small CNN), ``sources`` (reading data sets, downloads), ``data``
 (loaders), ``runtime`` (device, seeds, precision, compile, notebook set-up), ``records`` (hardware, run records),
-``steps`` (the pieces of one training step), ``budget`` (how long a run is: steps, compute, time), ``checkpoint``
-(save and resume a run), ``train`` (fit, evaluate, History), ``recipes`` (named recipes), ``explain`` (attention
-maps of any ViT, explainers, faithfulness), ``localize`` (cluttered MNIST, pointing game, box accuracy), ``plots``
-(figures), ``explorer`` (the attention explorer widget).
+``config`` (FitConfig: every training knob), ``state`` (History and RunState: where a run stands), ``steps`` (the
+pieces of one training step), ``budget`` (how long a run is and where its learning rate stands), ``checkpoint``
+(save and resume a run), ``distributed`` (torchrun and DDP), ``train`` (fit, evaluate), ``recipes`` (named
+recipes), ``explain`` (attention maps of any ViT, explainers, faithfulness), ``localize`` (cluttered MNIST, pointing
+game, box accuracy), ``plots`` (figures), ``explorer`` (the attention explorer widget).
 """

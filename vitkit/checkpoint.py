@@ -1,7 +1,7 @@
 """Checkpoints that let a training run survive a disconnect: one file per run, written atomically at the end of every
-epoch, holding everything that decides what the run does next (weights, optimizer, schedule, gradient scaler,
-counters, the plan, the best epoch, the History and every random-number state), so that a resumed run continues the
-run that stopped. :func:`vitkit.train.fit` writes and reads them (``checkpoint=``, ``resume=True``).
+epoch, holding the weights, the optimizer, the gradient scaler and the :class:`~vitkit.state.RunState` (counters,
+plan, best epoch, History, every random-number state), so that a resumed run continues the run that stopped.
+:func:`vitkit.train.fit` writes and reads them (``checkpoint=``, ``resume=True``).
 
 A write goes to ``<name>.tmp`` first and then replaces the file in one rename, keeping the one before as
 ``<name>.prev``: a kill during the write leaves the last complete checkpoint in place.
@@ -20,12 +20,14 @@ import torch
 from torch import nn
 
 from vitkit.records import code_commit, hardware_info
+from vitkit.config import FitConfig
 from vitkit.runtime import precision_reason, resolve_precision
+from vitkit.state import RunState
 
 __all__ = ["CheckpointError", "save", "load", "run_identity", "check_identity", "rng_state", "set_rng_state",
            "stretch", "save_run", "open_run", "resumed_precision"]
 
-VERSION = 1
+VERSION = 2  # 1: the same content before RunState existed (read and converted by load)
 
 
 class CheckpointError(ValueError):
@@ -59,36 +61,48 @@ def load(path: str | Path) -> dict[str, Any]:
         alternative = f" or resume from the previous one, {prev.name} (rename it to {path.name})" if prev.is_file() else ""
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); start the run fresh "
                               f"(resume=False){alternative}.") from e
-    if not isinstance(state, dict) or state.get("version") != VERSION:
+    if not isinstance(state, dict) or state.get("version") not in (1, VERSION):
         raise CheckpointError(f"{path} is not a vitkit training checkpoint (version {VERSION}); start the run fresh "
                               "(resume=False) or pass the right file.")
-    return state
+    return _from_version_1(state) if state["version"] == 1 else state
 
 
-def run_identity(model: nn.Module, train_loader, settings: dict[str, Any], run_info: dict | None = None
-                 ) -> dict[str, Any]:
+def _from_version_1(old: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint written before RunState, in today's layout (its LR schedule was a function of the step too)."""
+    state = {"total_steps": old["plan"]["total_steps"], "epochs": old["plan"]["epochs"], "rng": [old["rng"]],
+             **{k: old[k] for k in ("epoch", "step", "images", "train_s", "finished", "best_state", "history")},
+             "elapsed_s": old["elapsed_s"]}
+    return {"version": VERSION, "identity": old["identity"], "model": old["model"], "optimizer": old["optimizer"],
+            "scaler": old["scaler"], "state": state}
+
+
+def run_identity(model: nn.Module, train_loader, cfg: FitConfig) -> dict[str, Any]:
     """What makes a checkpoint belong to a run: the model's config (its parameter shapes where it has no dataclass
-    config), the training set's source and batch size, fit's ``settings`` (epochs, lr, ...) and the caller's
-    ``run_info`` (seed, recipe, ...), which may not redefine the others."""
-    clash = sorted(set(run_info or {}) & ({"model", "dataset", "batch_size"} | set(settings)))
+    config), the training set's source and batch size, every setting of ``cfg`` that changes what the run computes
+    (:meth:`FitConfig.identity`) and the entries of ``cfg.run_info`` (seed, recipe, ...), which may not redefine the
+    others."""
+    settings = cfg.identity()
+    run_info = settings.pop("run_info") or {}
+    clash = sorted(set(run_info) & ({"model", "dataset", "batch_size"} | set(settings)))
     if clash:
         raise ValueError(f"run_info may not set {', '.join(map(repr, clash))}: fit records those itself; name your "
                          "entries otherwise (e.g. 'pretrained' for a model id).")
-    cfg = getattr(model, "config", None)
-    if is_dataclass(cfg):
-        model_id = asdict(cfg)
+    config = getattr(model, "config", None)
+    if is_dataclass(config):
+        model_id = asdict(config)
     else:
         model_id = {k: list(v.shape) for k, v in model.state_dict().items()}
     dataset = getattr(train_loader, "dataset", None)
     return {"model": model_id, "dataset": getattr(dataset, "source", None),
-            "batch_size": getattr(train_loader, "batch_size", None), **settings, **(run_info or {})}
+            "batch_size": getattr(train_loader, "batch_size", None), **settings, **run_info}
 
 
-def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
-    """:class:`CheckpointError` naming every setting in which the checkpoint's run differs from this one."""
+def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | Path, verbose: bool = True) -> None:
+    """:class:`CheckpointError` naming every setting in which the checkpoint's run differs from this one. Settings
+    that an older checkpoint did not record are named in one line and not compared."""
     differ = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
+    for key in sorted(set(saved) & set(current)):
+        a, b = saved[key], current[key]
         if a == b:
             continue
         if isinstance(a, dict) and isinstance(b, dict):
@@ -96,9 +110,14 @@ def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | P
             differ += [f"{key}.{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in fields[:5]]
         else:
             differ.append(f"{key}: checkpoint {a!r}, now {b!r}")
+    differ += [f"{key}: checkpoint {saved[key]!r}, now not set" for key in sorted(set(saved) - set(current))]
     if differ:
         raise CheckpointError(f"checkpoint {path} belongs to another run; it differs in " + "; ".join(differ)
                               + ". Resume with the run's own settings, or start fresh with another checkpoint path.")
+    lacking = sorted(set(current) - set(saved))
+    if lacking and verbose:
+        print(f"fit: {Path(path).name} was written by an older version, which did not record "
+              f"{', '.join(lacking)}; those are not checked")
 
 
 def rng_state(loader) -> dict[str, Any]:
@@ -127,35 +146,25 @@ def set_rng_state(state: dict[str, Any], loader) -> None:
         generator.set_state(state["loader"])
 
 
-# ----------------------------------------------------------------------------------------------------
-# What fit calls (its run object is passed in; this module does not import vitkit.train)
-# ----------------------------------------------------------------------------------------------------
-
-def stretch(opts, first_epoch: int) -> dict[str, Any]:
+def stretch(device: torch.device, precision: str, first_epoch: int) -> dict[str, Any]:
     """What runs this stretch of the run (from the start or a resume to the next stop)."""
-    hw = hardware_info(opts.device)
-    return {"first_epoch": first_epoch, "last_epoch": None, "wall_time_s": 0.0, "precision": opts.precision,
+    hw = hardware_info(device)
+    return {"first_epoch": first_epoch, "last_epoch": None, "wall_time_s": 0.0, "precision": precision,
             "machine": hw.get("gpu", hw["cpu"]), "native_bf16": hw["cpu_native_bf16"], "threads": hw["torch_threads"],
             "commit": code_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def save_run(run, loader, finished: bool) -> None:
-    """At the end of an epoch of ``fit``'s run: everything the rest of the run depends on, in one atomic write."""
-    current = run.hist.stretches[-1]
-    current["last_epoch"], current["wall_time_s"] = run.epoch, time.perf_counter() - run.start
-    run.hist.wall_time_s = run.elapsed()
-    cpu = lambda state: {k: v.detach().to("cpu", copy=True) for k, v in state.items()}  # noqa: E731
-    save(run.checkpoint, {
-        "identity": run.identity, "finished": finished, "epoch": run.epoch, "step": run.step, "images": run.images,
-        "train_s": run.train_s, "elapsed_s": run.elapsed(), "time_budget_s": run.opts.time_budget_s,
-        "plan": {"epochs": run.plan.epochs, "total_steps": run.plan.total_steps}, "precision": run.opts.precision,
-        "model": cpu(run.model.state_dict()), "optimizer": run.opt.state_dict(), "scheduler": run.sched.state_dict(),
-        "scaler": run.scaler.state_dict() if run.scaler else None, "best_state": run.best_state,
-        "history": run.hist.to_dict(), "rng": rng_state(loader)})
+def save_run(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+             state: RunState, identity: dict[str, Any]) -> None:
+    """Everything the rest of the run depends on, in one atomic write (``state.rng`` holds every process's RNG)."""
+    save(path, {"identity": identity, "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "state": state.to_dict()})
 
 
 def open_run(path: Path, resume: bool, identity: dict, verbose: bool) -> dict | None:
-    """The saved state to continue from, or None to start fresh; a checkpoint of another run raises before any work."""
+    """The saved run to continue from (``"state"`` a :class:`RunState`), or None to start fresh; a checkpoint of
+    another run raises before any work."""
     if not resume:
         if path.exists() and verbose:
             print(f"fit: starting fresh; {path} will be replaced after epoch 1 (pass resume=True to continue it)")
@@ -165,13 +174,12 @@ def open_run(path: Path, resume: bool, identity: dict, verbose: bool) -> dict | 
             print(f"fit: no checkpoint at {path} yet: starting the run")
         return None
     saved = load(path)
-    check_identity(saved["identity"], identity, path)
-    return saved
+    check_identity(saved["identity"], identity, path, verbose)
+    return {**saved, "state": RunState.from_dict(saved["state"])}
 
 
-def resumed_precision(saved: dict, device: torch.device, verbose: bool) -> str:
+def resumed_precision(precision: str, device: torch.device, verbose: bool) -> str:
     """The checkpoint's precision, unless this device lacks native support for it: then fp32, never emulated bf16."""
-    precision = saved["precision"]
     if precision == "bf16" and resolve_precision(device) != "bf16":
         if verbose:
             print(f"fit: the run started in bf16, which this {device.type} has no native support for "

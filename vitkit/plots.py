@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 import vit_helpers as vh
 from vitkit.checks import check_number
-from vitkit.train import History
 
 __all__ = ["denormalize", "upsample_masks", "attention_maps", "mask_grid", "training_curves", "image_grid",
            "patch_grid", "position_similarity", "confusion_counts", "confusion_matrix"]
@@ -161,14 +160,15 @@ def mask_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], *, mean: S
     return _finish(fig, save_path)
 
 
-def training_curves(history: History | dict, title: str = "Training", save_path: str | Path | None = None):
-    """Loss, accuracy (train and val, per epoch) and learning rate (per step)."""
+def training_curves(history, title: str = "Training", save_path: str | Path | None = None):
+    """Loss, accuracy (train and val, per epoch) and learning rate (per step) of the History that fit returns (or
+    its ``to_dict()``, e.g. a record's ``history``)."""
     import matplotlib.pyplot as plt
 
-    if not isinstance(history, (History, dict)):
+    h = history.to_dict() if hasattr(history, "to_dict") else history
+    if not isinstance(h, dict):
         raise TypeError(f"history must be the History that fit returns (or its to_dict()), got "
                         f"{type(history).__name__}.")
-    h = history.to_dict() if isinstance(history, History) else history
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for ax, key, label in ((axes[0], "loss", "loss"), (axes[1], "acc", "accuracy")):
         ax.plot(h["epoch"], h[f"train_{key}"], "o-", label="train")

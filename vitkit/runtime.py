@@ -1,6 +1,6 @@
-"""Where and how to run: the device, seeds, the precision (bf16 only where the hardware has it natively), whether to
-compile, and which attention path our model takes. ``fit``, ``evaluate``, the bench and the records all ask here,
-so that every hardware-dependent choice comes from one place.
+"""Where and how to run: the device, seeds, the precision (bf16 only where the hardware has it natively) and whether
+to compile. ``fit``, ``evaluate``, the bench and the records all ask here, so that every hardware-dependent choice
+comes from one place (the attention kernel is the model's own choice: ``vit_helpers.use_fused_attention``).
 """
 from __future__ import annotations
 
@@ -12,13 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from vit_helpers import ViTConfig
 from vitkit.checks import check_number
 
 __all__ = ["set_seed", "get_device", "cpu_has_native_bf16", "resolve_precision", "precision_reason", "autocast",
-           "resolve_compile", "attention_path", "NotebookSetup", "notebook_setup"]
+           "resolve_compile", "NotebookSetup", "notebook_setup"]
 
 
 def set_seed(seed: int) -> None:
@@ -118,32 +116,24 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def resolve_compile(compile: bool | str, device: torch.device, precision: str, total_steps: int) -> bool:
+def resolve_compile(compile: bool | str, device: torch.device, precision: str, total_steps: int,
+                    time_budget_s: float | None = None) -> bool:
     """``compile="auto"``: torch.compile where bench/bench_throughput.py measured a gain (GPUs; CPUs, where
     inductor fuses the explicit attention path and GELU: +17 % measured in fp32) and the run is long
-    enough to repay the 30-60 s of compilation. On a CPU only on Linux with a C++ compiler (inductor
-    builds C++ code; macOS and Windows need extra set-up)."""
+    enough to repay the 30-60 s of compilation: 300 optimizer steps on a GPU, 1000 on a CPU, or a time budget of
+    2 (GPU) or 10 (CPU) minutes. On a CPU only on Linux with a C++ compiler (inductor builds C++ code; macOS and
+    Windows need extra set-up)."""
     if compile not in (True, False, "auto"):
         raise ValueError(f"compile must be True, False or 'auto', got {compile!r}.")
     if compile != "auto":
         return compile
     if device.type == "cuda":
-        return total_steps >= 300
+        return total_steps >= 300 and (time_budget_s is None or time_budget_s >= 120)
     if device.type == "cpu" and platform.system() == "Linux":
         import shutil
-        return total_steps >= 1000 and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+        long_enough = total_steps >= 1000 and (time_budget_s is None or time_budget_s >= 600)
+        return long_enough and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
     return False
-
-
-def attention_path(model: nn.Module, device: torch.device, precision: str, compiled: bool) -> str:
-    """How our VisionTransformer's attention will run in training (for the set-up line and the record)."""
-    cfg = getattr(model, "config", None)
-    if not isinstance(cfg, ViTConfig):
-        return "the model's own"
-    if cfg.fused_attn is not None:
-        return "SDPA (forced)" if cfg.fused_attn else "explicit (forced)"
-    explicit = device.type == "cpu" and (precision in ("bf16", "fp16") or compiled)
-    return "explicit (auto)" if explicit else "SDPA (auto)"
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,23 @@
 """The pieces of one training step, shared by :func:`vitkit.train.fit` and the benchmark: the model's logits (ours or
-HF's), the optimizer with its parameter groups, MixUp/CutMix, the batch loss, and the pace probe a time budget plans
-with."""
+HF's), the optimizer with its parameter groups, and MixUp/CutMix with their loss."""
 from __future__ import annotations
 
-import copy
 import math
 import random
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitkit.runtime import autocast
 
-__all__ = ["model_logits", "num_classes", "make_optimizer", "param_groups", "batch_loss", "seconds_per_batch"]
+__all__ = ["model_logits", "num_classes", "make_optimizer", "param_groups", "mix", "mixed_loss"]
 
 
 def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits of ours or of a HF model (whose output object holds them as ``.logits``)."""
     out = model(x)
     return out.logits if hasattr(out, "logits") else out  # HF models return an output object
-
 
 
 def num_classes(model: nn.Module) -> int | None:
@@ -59,8 +54,12 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
     raise ValueError(f"unknown optimizer {name!r}; use 'adamw', 'adam' or 'sgd'.")
 
 
-def _mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: float):
-    """MixUp or CutMix (chosen with equal odds when both are on): returns x, y, y[perm], lam."""
+def mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: float
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """MixUp or CutMix (chosen with equal odds when both are on): ``(x, y_a, y_b, lam)``, the loss being
+    ``lam * CE(y_a) + (1 - lam) * CE(y_b)``. With both off: the batch unchanged, ``y_b = y_a``, ``lam = 1``."""
+    if mixup_alpha <= 0 and cutmix_alpha <= 0:
+        return x, y, y, 1.0
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or random.random() < 0.5)
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
     lam = float(np.random.beta(alpha, alpha))
@@ -79,41 +78,10 @@ def _mix(x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: flo
     return x, y, y[perm], lam
 
 
-def batch_loss(model, x, y, device, precision, label_smoothing, mixup_alpha, cutmix_alpha):
-    """Forward one batch, with MixUp/CutMix when on; returns ``(loss, fp32 logits)``."""
-    mixing = mixup_alpha > 0 or cutmix_alpha > 0
-    if mixing:
-        x, y_a, y_b, lam = _mix(x, y, mixup_alpha, cutmix_alpha)
-    with autocast(device, precision):
-        logits = model_logits(model, x).float()
-    if not mixing:
-        return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
-    loss = (lam * F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
-            + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing))
-    return loss, logits
-
-
-def seconds_per_batch(model: nn.Module, loader, make_optimizer, device, precision, steps: int = 8) -> float:
-    """Time a few training steps, data loading included, on a throw-away copy of the model (for
-    ``time_budget_s``). Eager mode: with ``compile`` the run is then somewhat faster than planned."""
-    probe = copy.deepcopy(model).to(device).train()
-    opt = make_optimizer(probe)
-    times, it = [], iter(loader)
-    for _ in range(steps + 2):
-        t0 = time.perf_counter()
-        try:
-            x, y = next(it)
-        except StopIteration:
-            break
-        x, y = x.to(device), y.to(device)
-        with autocast(device, precision):
-            loss = F.cross_entropy(model_logits(probe, x).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    del probe, opt
-    times = times[2:] or times  # drop warm-up steps
-    return float(np.median(times))
+def mixed_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: float,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy against the mixed targets of :func:`mix` (plain cross-entropy when ``lam == 1``)."""
+    loss = F.cross_entropy(logits, y_a, label_smoothing=label_smoothing)
+    if lam == 1.0:
+        return loss
+    return lam * loss + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)

@@ -1,17 +1,17 @@
-"""Training: :func:`fit` (warmup-cosine schedule per optimizer step, precision and compilation per device, time
-budgets, best-epoch restore, divergence guard), :func:`evaluate` and the :class:`History` of a run.
+"""Training: :func:`fit` (one loop: warmup-cosine schedule, precision and compilation per device, epoch, step,
+compute and time budgets, checkpoints and exact resume, best-epoch restore, divergence guard, TensorBoard, many
+processes under torchrun) and :func:`evaluate`.
 
-``fit`` reads top to bottom as a loop over small steps: check the arguments, plan the schedule (or resume a
-checkpoint), set up the run, then per epoch train, validate, re-plan and checkpoint, and finally restore the best
-weights.
+Every knob is a field of :class:`vitkit.config.FitConfig`; where a run stands is a :class:`vitkit.state.RunState`;
+how long it is and where its learning rate stands come from :mod:`vitkit.budget`.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,43 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vit_helpers import warmup_cosine_schedule
-from vitkit import budget
+import vit_helpers as vh
+from vitkit import budget, distributed
 from vitkit import checkpoint as ckpt
-from vitkit.budget import Plan
-from vitkit.checks import check_fit_args, check_labels
-from vitkit.runtime import attention_path, autocast, get_device, precision_reason, resolve_compile, resolve_precision
-from vitkit.steps import batch_loss, make_optimizer, model_logits, num_classes
+from vitkit.checks import check_labels
+from vitkit.config import FitConfig
+from vitkit.runtime import autocast, get_device, precision_reason, resolve_compile, resolve_precision
+from vitkit.state import History, RunState
+from vitkit.steps import make_optimizer, mix, mixed_loss, model_logits, num_classes
 
-__all__ = ["History", "fit", "evaluate", "TrainingDivergedError"]
-
-
-@dataclass
-class History:
-    """Per-epoch curves of a :func:`fit` run (train metrics are running averages over the epoch)."""
-    epoch: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    train_acc: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_acc: list[float] = field(default_factory=list)
-    epoch_time_s: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)  # per optimizer step
-    best_epoch: int | None = None
-    best_val_acc: float | None = None
-    total_steps: int = 0
-    wall_time_s: float = 0.0
-    train_images_per_s: float = 0.0  # training time only, validation excluded
-    device: str = ""
-    precision: str = ""  # what precision="auto" resolved to (resolve_precision)
-    attention: str = ""  # SDPA or explicit, and whether chosen automatically
-    compiled: bool = False  # torch.compile used
-    gflop_per_image: float = 0.0  # forward + backward of one training image (torch.utils.flop_counter)
-    train_tflop: float = 0.0  # training compute: gflop_per_image x training images processed
-    resumes: int = 0  # how often the run was resumed from its checkpoint
-    stretches: list[dict] = field(default_factory=list)  # per stretch between resumes: epochs, machine, precision, commit
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["FitConfig", "History", "fit", "evaluate", "TrainingDivergedError"]
 
 
 @torch.no_grad()
@@ -108,69 +81,128 @@ class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite; the message names the likely causes and what to change."""
 
 
-def _all_finite(state: dict[str, torch.Tensor]) -> bool:
-    return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+def fit(model: nn.Module, train_loader, val_loader=None, config: FitConfig | None = None, **overrides) -> History:
+    """Train ``model``; returns its :class:`History`. Settings: a :class:`FitConfig`, keywords (its field names), or
+    both (the keywords replace the config's fields): ``fit(model, loader, val, epochs=10, lr=2e-3)``.
+
+    The learning rate warms up linearly and decays along a cosine to 0, per optimizer step (``lr_update="epoch"``:
+    per epoch). A run lasts ``epochs``, capped by ``max_steps`` and ``max_tflop`` (compute: FLOPs of one training
+    image x images) or ended by ``time_budget_s`` (wall clock since fit began); under a time budget the schedule
+    follows the fraction of the budget spent, so it never jumps. With a ``val_loader`` the best validation epoch's
+    weights are restored at the end. A NaN or infinite loss stops the run with :class:`TrainingDivergedError`.
+
+    ``checkpoint``: a file written at the end of every epoch (atomically; the one before is kept as ``.prev``).
+    ``resume=True`` continues the run in it: a run stopped after epoch k and resumed ends with exactly the weights
+    of a run that never stopped (same device and precision; a time-budget run continues on its budget's clock). A
+    checkpoint of another run, a corrupt one or a finished one is reported before any training.
+
+    Under ``torchrun --nproc_per_node N`` the model trains with DistributedDataParallel: the loader's batch is the
+    global batch, and only rank 0 prints and writes. Works with HF models (logits or an output with ``.logits``).
+    """
+    cfg = FitConfig.build(config, **overrides)
+    batches = _check_inputs(model, train_loader, val_loader)
+    device = get_device(cfg.device)
+    dist = distributed.setup(device)
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    verbose = cfg.verbose and dist.main
+    identity, saved = None, None
+    if cfg.checkpoint is not None:
+        identity = ckpt.run_identity(model, train_loader, cfg)
+        saved = ckpt.open_run(Path(cfg.checkpoint), cfg.resume, identity, verbose)
+    if saved is not None and saved["state"].finished:
+        return _finished(model.to(device), saved, cfg, verbose)
+    precision = (resolve_precision(device, cfg.precision) if saved is None
+                 else ckpt.resumed_precision(saved["state"].history.precision, device, verbose))
+    loader = distributed.shard(train_loader, dist, seed=_loader_seed(train_loader))
+    run = _Run.start(model.to(device), loader, cfg, device, precision, dist, batches, identity, saved)
+    try:
+        _loop(run, loader, val_loader)
+    except KeyboardInterrupt:
+        run.say(f"fit: interrupted in epoch {run.state.epoch}; {cfg.checkpoint} holds the run after epoch "
+                f"{run.state.epoch - 1}: fit(..., resume=True) redoes epoch {run.state.epoch}"
+                if cfg.checkpoint is not None else "")
+        raise
+    finally:
+        run.close()
+    return run.finish()
 
 
-def _diverged(loss: torch.Tensor, x: torch.Tensor, epoch: int, batch: int, step: int, lr: float, precision: str,
-              restored_epoch: int | None) -> TrainingDivergedError:
-    data = "the batch itself contains NaN/inf inputs: clean the data first. " if not torch.isfinite(x).all() else ""
-    restored = (f"The weights of epoch {restored_epoch} (the best finite epoch) were restored into the model."
-                if restored_epoch else "The model's weights are left as they were when the loss went bad.")
-    return TrainingDivergedError(
-        f"training diverged: the loss became {loss.item()} at epoch {epoch}, batch {batch} (optimizer step {step}). "
-        f"{data}Likely causes: a learning rate too high for this model and batch (lr={lr:g}: try lr/10 or a "
-        f"longer warmup), no gradient clipping (try grad_clip=1.0), NaN/inf values in the data"
-        f"{', or fp16 overflow (try precision=' + repr('bf16') + ' or ' + repr('fp32') + ')' if precision == 'fp16' else ''}. "
-        f"{restored}")
+def _loop(run: "_Run", loader, val_loader) -> None:
+    """Epochs of optimizer steps; after each epoch: validate, keep the best weights, checkpoint."""
+    cfg, state, opt, scaler = run.cfg, run.state, run.opt, run.scaler
+    accumulation, batches = cfg.accumulation_steps, len(loader)
+    while not run.done():
+        state.epoch += 1
+        run.runner.train()
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler: this epoch's order
+            sampler.set_epoch(state.epoch)
+        t0, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=run.device)  # running sums stay on the device: no sync per step on GPUs
+        correct = torch.zeros((), device=run.device, dtype=torch.long)
+        for i, (x, y) in enumerate(loader):
+            check_labels(y, run.classes)  # on the CPU copy: no wait for a GPU
+            x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+            x, y_a, y_b, lam = mix(x, y, cfg.mixup_alpha, cfg.cutmix_alpha)  # unchanged when both are off
+            with autocast(run.device, run.precision):
+                logits = model_logits(run.runner, x).float()  # the one forward pass
+            loss = mixed_loss(logits, y_a, y_b, lam, cfg.label_smoothing)
+            if (run.device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss):  # free on a CPU
+                raise run.diverged(loss.item(), x, i + 1)
+            scaler.scale(loss / accumulation).backward()  # the scaler is a no-op unless fp16
+            if (i + 1) % accumulation == 0 or i + 1 == batches:
+                lr = cfg.lr * run.lr_factor()
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                scaler.unscale_(opt)  # clip the true gradients
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+                scaler.step(opt)  # skipped when fp16 gradients overflowed
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                state.history.lr.append(lr)
+                state.step += 1
+                run.log_step(loss, lr)
+            loss_sum += loss.detach() * y.numel()
+            correct += (logits.argmax(-1) == y).sum()  # against the unmixed labels
+            seen += y.numel()
+            run.show(i, batches, loss_sum, correct, seen)
+            if state.step >= state.total_steps or run.time_is_up():
+                break
+        run.end_epoch(t0, loss_sum.item(), correct.item(), seen, i + 1, val_loader)
 
 
-@dataclass(frozen=True)
-class _Options:
-    """The per-step settings of one :func:`fit` call."""
-    device: torch.device
-    precision: str
-    lr: float
-    label_smoothing: float
-    mixup_alpha: float
-    cutmix_alpha: float
-    grad_clip: float | None
-    accumulation_steps: int
-    warmup_steps: int | None
-    warmup_fraction: float
-    time_budget_s: float | None
-    progress: bool
-    verbose: bool
+def _check_inputs(model, train_loader, val_loader) -> int:
+    """The model and loaders, checked before any work; returns the number of batches per epoch."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if val_loader is not None and not hasattr(val_loader, "__iter__"):
+        raise TypeError(f"val_loader must be a DataLoader (or None), got {type(val_loader).__name__}.")
+    try:
+        batches = len(train_loader)
+    except TypeError:
+        raise TypeError(f"train_loader must have a length (a DataLoader over a map-style data set), "
+                        f"got {type(train_loader).__name__}.") from None
+    if batches == 0:
+        raise ValueError("train_loader yields no batches: the training set is empty (or smaller than the batch "
+                         "size with drop_last=True).")
+    return batches
 
 
-@dataclass
-class _Run:
-    """The state of one :func:`fit` call, handed from step to step."""
-    model: nn.Module
-    runner: nn.Module  # the compiled model, or the model itself; both share the parameters
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler | None
-    plan: Plan
-    opts: _Options
-    hist: History
-    bar: Any
-    start: float
-    epoch: int = 0
-    step: int = 0
-    images: int = 0
-    train_s: float = 0.0
-    best_state: dict[str, torch.Tensor] | None = None
-    steady_from: float | None = None  # when epoch 1's steady pace began (after compilation and warm-up)
-    epoch_end: float | None = None  # when the last epoch ended (the pace of the next one is timed from it)
-    image_flops: float = 0.0  # forward + backward FLOPs of one training image
-    elapsed_before: float = 0.0  # wall time of the stretches before a resume
-    checkpoint: Path | None = None
-    identity: dict | None = None
-    num_classes: int | None = None  # to check the labels against
+def _loader_seed(loader) -> int:
+    """The seed a DistributedSampler shuffles with: the loader's own generator's, so that it is the run's."""
+    generator = getattr(loader, "generator", None)
+    return int(generator.initial_seed()) % 2 ** 31 if generator is not None else 0
 
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.perf_counter() - self.start
+
+def _attention_report(model: nn.Module) -> str:
+    """The attention path our model took in its last forward pass, as its Attention modules recorded it."""
+    paths = sorted({m.last_path for m in model.modules() if isinstance(m, vh.Attention) and m.last_path})
+    if not isinstance(getattr(model, "config", None), vh.ViTConfig) or not paths:
+        return "the model's own"
+    chosen = "auto" if model.config.fused_attn is None else "forced"
+    return f"{' + '.join(paths)} ({chosen})"
 
 
 def _import_cpp_extension_quietly() -> None:
@@ -191,267 +223,228 @@ def _import_cpp_extension_quietly() -> None:
         logger.setLevel(level)
 
 
-def _start(model, make_opt, plan: Plan, opts: _Options, compile) -> _Run:
-    """Compile (where it pays), optimizer, gradient scaler (fp16), schedule, History and the one progress bar."""
-    from tqdm.auto import tqdm
+@dataclasses.dataclass
+class _Run:
+    """One fit call's objects, private to this module: the loop above reads them; the state it saves is typed."""
+    cfg: FitConfig
+    model: nn.Module
+    runner: nn.Module  # what the loop calls: the model, wrapped for DDP and compiled where that applies
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    state: RunState
+    device: torch.device
+    precision: str
+    dist: distributed.Dist
+    loader: Any  # the training loader as this process reads it
+    bar: Any
+    writer: Any  # a TensorBoard SummaryWriter, or None
+    identity: dict | None
+    classes: int | None
+    image_flops: float
+    batches: int
+    start: float  # time.perf_counter() when this stretch began
+    now_s: float = 0.0  # the run's wall time at the last optimizer step (rank 0's under torchrun)
+    first_epoch: int = 1  # of this stretch
 
-    compiled = resolve_compile(compile, opts.device, opts.precision, plan.total_steps)
-    if compiled:
-        _import_cpp_extension_quietly()
-    opt = make_opt(model)
-    hist = History(total_steps=plan.total_steps, precision=opts.precision, compiled=compiled, device=str(opts.device),
-                   attention=attention_path(model, opts.device, opts.precision, compiled))
-    if opts.verbose:
-        print(f"fit: {opts.device} in {opts.precision} ({precision_reason(opts.device, opts.precision)}), attention "
-              f"{hist.attention}, torch.compile {'on' if compiled else 'off'}, torch threads "
-              f"{torch.get_num_threads()}, {plan.total_steps} optimizer steps", flush=True)
-    # One bar over the whole run, so that its remaining time is the run's (validation not included).
-    # TQDM_DISABLE=1 (tqdm's own switch) turns it off too: scripts/execute_notebooks.py stores outputs without bars.
-    bars_off = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-    bar = tqdm(total=plan.bar_total(opts), unit="batch", disable=not opts.progress or bars_off, dynamic_ncols=True)
-    return _Run(model=model, runner=torch.compile(model) if compiled else model, opt=opt,
-                sched=warmup_cosine_schedule(opt, plan.warmup(opts), plan.total_steps),
-                scaler=torch.amp.GradScaler(opts.device.type) if opts.precision == "fp16" else None,  # fp16 underflows
-                plan=plan, opts=opts, hist=hist, bar=bar, start=time.perf_counter())
+    @classmethod
+    def start(cls, model, loader, cfg: FitConfig, device, precision, dist, batches, identity, saved) -> "_Run":
+        """Plan (or restore), optimizer, gradient scaler, compilation, DDP, progress bar and TensorBoard."""
+        start = time.perf_counter()
+        image_flops = budget.flops_per_image(model, loader, device)
+        steps_per_epoch = math.ceil(batches / cfg.accumulation_steps)
+        if saved is None:
+            total = budget.planned_steps(cfg, steps_per_epoch, (getattr(loader, "batch_size", None) or 1) * dist.world
+                                         * cfg.accumulation_steps, image_flops)
+            state = RunState(total_steps=total, epochs=math.ceil(total / steps_per_epoch))
+        else:
+            state = saved["state"]
+            model.load_state_dict(saved["model"])
+        opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 gradients underflow
+        if saved is not None:
+            opt.load_state_dict(saved["optimizer"])
+            if saved["scaler"]:
+                scaler.load_state_dict(saved["scaler"])
+        compiled = resolve_compile(cfg.compile, device, precision, state.total_steps, cfg.time_budget_s)
+        if compiled:
+            _import_cpp_extension_quietly()
+        runner = model
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        runner = torch.compile(runner) if compiled else runner
+        hist = state.history
+        hist.device, hist.precision, hist.compiled, hist.world_size = str(device), precision, compiled, dist.world
+        first_epoch = state.epoch + 1
+        if saved is not None:
+            hist.resumes += 1
+            ckpt.set_rng_state(state.rng[min(dist.rank, len(state.rng) - 1)], loader)
+        hist.stretches.append(ckpt.stretch(device, precision, first_epoch))
+        verbose = cfg.verbose and dist.main
+        if verbose:
+            resumed = (f"resumed {cfg.checkpoint} after epoch {state.epoch} (optimizer step {state.step}, "
+                       f"{state.elapsed_s / 60:.1f} min so far, resume {hist.resumes}); " if saved is not None else "")
+            length = (f"a {cfg.time_budget_s / 60:.1f}-minute budget" if cfg.time_budget_s is not None
+                      else f"{state.total_steps} optimizer steps")
+            print(f"fit: {resumed}{device} in {precision} ({precision_reason(device, precision)}), torch.compile "
+                  f"{'on' if compiled else 'off'}, {torch.get_num_threads()} torch threads"
+                  f"{f', {dist.world} processes' if dist.world > 1 else ''}, {length}", flush=True)
+        run = cls(cfg=cfg, model=model, runner=runner, opt=opt, scaler=scaler, state=state, device=device,
+                  precision=precision, dist=dist, loader=loader, bar=None, writer=None, identity=identity, classes=num_classes(model),
+                  image_flops=image_flops, batches=batches, start=start, first_epoch=first_epoch)
+        run.now_s = run.elapsed()
+        run.bar = run._make_bar(loader)
+        if cfg.log_dir is not None and dist.main:
+            from torch.utils.tensorboard import SummaryWriter
+            run.writer = SummaryWriter(log_dir=str(cfg.log_dir))
+        return run
+
+    def elapsed(self) -> float:
+        """Wall time of the whole run: the stretches before a resume, and this one."""
+        return self.state.elapsed_s + time.perf_counter() - self.start
+
+    def lr_factor(self) -> float:
+        """The schedule at this optimizer step. Under a time budget rank 0's clock decides, sent to every process."""
+        if self.cfg.time_budget_s is not None:
+            self.now_s = distributed.broadcast([self.elapsed()], self.dist)[0]
+        s = self.state
+        return budget.lr_factor(self.cfg, s.step, s.total_steps, s.epoch, s.epochs, self.now_s)
+
+    def time_is_up(self) -> bool:
+        return budget.time_is_up(self.cfg, self.now_s, self.state.end_reserve_s)
+
+    def done(self) -> bool:
+        s = self.state
+        return s.epoch >= s.epochs or s.step >= s.total_steps or self.time_is_up()
+
+    def say(self, text: str) -> None:
+        """One line from rank 0, under the progress bar."""
+        if text and self.cfg.verbose and self.dist.main:
+            from tqdm.auto import tqdm
+            tqdm.write(text)
+
+    def _make_bar(self, loader):
+        """One bar over the whole run, so that its time left is the run's: batches, or a time budget's seconds.
+        TQDM_DISABLE=1 (tqdm's own switch) turns it off too: scripts/execute_notebooks.py stores no bars."""
+        from tqdm.auto import tqdm
+
+        bars_off = os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+        off = not self.cfg.progress or bars_off or not self.dist.main
+        s = self.state
+        if self.cfg.time_budget_s is not None:
+            bar = tqdm(total=round(self.cfg.time_budget_s), unit="s", disable=off, dynamic_ncols=True)
+            bar.update(min(bar.total, round(self.now_s)))
+            return bar
+        total = min(s.epochs * self.batches, s.total_steps * self.cfg.accumulation_steps)
+        bar = tqdm(total=total, unit="batch", disable=off, dynamic_ncols=True)
+        bar.update(min(total, s.epoch * self.batches))
+        return bar
+
+    def show(self, i: int, batches: int, loss_sum, correct, seen: int) -> None:
+        """Advance the bar; every 25 batches, the epoch's running loss and accuracy."""
+        if self.cfg.time_budget_s is not None:
+            self.bar.update(max(0, min(self.bar.total, round(self.now_s)) - self.bar.n))
+        else:
+            self.bar.update(1)
+        if not self.bar.disable and (i % 25 == 0 or i + 1 == batches):
+            self.bar.set_description(f"epoch {self.state.epoch}/{self.state.epochs}", refresh=False)
+            self.bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+
+    def log_step(self, loss: torch.Tensor, lr: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("step/train_loss", loss.item(), self.state.step)
+            self.writer.add_scalar("step/lr", lr, self.state.step)
+
+    def diverged(self, loss: float, x: torch.Tensor | None, batch: int) -> TrainingDivergedError:
+        """The one place a bad loss is handled: close the bar, put the best finite epoch's weights back, explain."""
+        self.bar.close()
+        restored = None
+        if self.state.best_state is not None:
+            self.model.load_state_dict(self.state.best_state)
+            restored = self.state.history.best_epoch
+        data = ("the batch itself contains NaN/inf inputs: clean the data first. "
+                if x is not None and not torch.isfinite(x).all() else "")
+        kept = (f"The weights of epoch {restored} (the best finite epoch) were restored into the model."
+                if restored else "The model's weights are left as they were when the loss went bad.")
+        fp16 = f", or fp16 overflow (try precision={'bf16'!r} or {'fp32'!r})" if self.precision == "fp16" else ""
+        where = f"batch {batch}" if x is not None else f"the mean over its {batch} batches"
+        return TrainingDivergedError(
+            f"training diverged: the loss became {loss} at epoch {self.state.epoch}, {where} (optimizer step "
+            f"{self.state.step}). {data}Likely causes: a learning rate too high for this model and batch "
+            f"(lr={self.cfg.lr:g}: try lr/10 or a longer warmup), no gradient clipping (try grad_clip=1.0), NaN/inf "
+            f"values in the data{fp16}. {kept}")
+
+    def end_epoch(self, t0: float, loss_sum: float, correct: float, seen: int, batches_run: int, val_loader) -> None:
+        """Epoch statistics (summed over processes), validation, best weights, log line, TensorBoard, checkpoint."""
+        s, hist, cfg = self.state, self.state.history, self.cfg
+        train_end = time.perf_counter()
+        loss_sum, correct, seen = distributed.all_sum([loss_sum, correct, seen], self.dist)
+        s.images += int(seen)
+        s.train_s += train_end - t0
+        hist.epoch.append(s.epoch)
+        hist.train_loss.append(loss_sum / seen)
+        hist.train_acc.append(correct / seen)
+        hist.attention = _attention_report(self.model)
+        if not math.isfinite(hist.train_loss[-1]):  # a bad step the GPU's sampled check missed
+            raise self.diverged(hist.train_loss[-1], None, batches_run)
+        if val_loader is not None:
+            val = evaluate(self.model, val_loader, self.device, self.precision)  # eager: no recompiles
+            hist.val_loss.append(val["loss"])
+            hist.val_acc.append(val["acc"])
+            if hist.best_val_acc is None or val["acc"] > hist.best_val_acc:
+                best = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                if all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point()):
+                    hist.best_val_acc, hist.best_epoch, s.best_state = val["acc"], s.epoch, best
+        if s.epoch == self.first_epoch:
+            self.say(f"fit: attention ran {hist.attention}")
+        val_txt = f" | val loss {hist.val_loss[-1]:.4f} acc {hist.val_acc[-1]:.4f}" if val_loader is not None else ""
+        self.say(f"epoch {s.epoch:3d} | train loss {hist.train_loss[-1]:.4f} acc {hist.train_acc[-1]:.4f}{val_txt} | "
+                 f"{time.perf_counter() - t0:.1f}s")
+        if self.writer is not None:
+            for name, values in (("train_loss", hist.train_loss), ("train_acc", hist.train_acc),
+                                 ("val_loss", hist.val_loss), ("val_acc", hist.val_acc)):
+                if values:
+                    self.writer.add_scalar(f"epoch/{name}", values[-1], s.epoch)
+        s.finished = s.epoch >= s.epochs or s.step >= s.total_steps or budget.time_is_up(
+            cfg, self.elapsed(), s.end_reserve_s)
+        if cfg.checkpoint is not None:
+            rng = distributed.gather(ckpt.rng_state(self.loader), self.dist)  # every process's
+        if cfg.checkpoint is not None and self.dist.main:
+            hist.wall_time_s = self.elapsed()
+            stretch = hist.stretches[-1]
+            stretch["last_epoch"], stretch["wall_time_s"] = s.epoch, time.perf_counter() - self.start
+            s.rng = rng
+            saved = dataclasses.replace(s, elapsed_s=self.elapsed())  # the whole run's wall time so far
+            ckpt.save_run(Path(cfg.checkpoint), self.model, self.opt, self.scaler, saved, self.identity)
+        hist.epoch_time_s.append(time.perf_counter() - t0)  # training, validation and checkpoint
+        s.end_reserve_s = time.perf_counter() - train_end  # what the end of an epoch costs a time budget
+        self.now_s = distributed.broadcast([self.elapsed()], self.dist)[0]
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+    def finish(self) -> History:
+        """Record time, pace and compute, and put the best validation epoch's weights back."""
+        s, hist = self.state, self.state.history
+        hist.wall_time_s = self.elapsed()
+        hist.total_steps = s.step
+        hist.stretches[-1]["last_epoch"] = s.epoch
+        hist.stretches[-1]["wall_time_s"] = time.perf_counter() - self.start
+        hist.train_images_per_s = s.images / max(1e-9, s.train_s)  # training only, validation excluded
+        hist.gflop_per_image, hist.train_tflop = self.image_flops / 1e9, self.image_flops * s.images / 1e12
+        if self.cfg.restore_best and s.best_state is not None:
+            self.model.load_state_dict(s.best_state)
+        return hist
 
 
-def _optimizer_step(run: _Run) -> None:
-    """Unscale (fp16), clip, step, zero the gradients, log the LR and advance the schedule."""
-    opt, scaler = run.opt, run.scaler
-    if scaler:
-        scaler.unscale_(opt)  # clip the true gradients
-    if run.opts.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.opts.grad_clip)
-    if scaler:
-        scaler.step(opt)  # skipped when the scaled gradients overflowed
-        scaler.update()
-    else:
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    run.hist.lr.append(opt.param_groups[0]["lr"])
-    run.sched.step()
-    run.step += 1
-
-
-def _stop_diverged(run: _Run, loss, x, batch: int) -> None:
-    """Close the bar, restore the best finite epoch's weights if there are any, and raise."""
-    run.bar.close()
-    restored = None
-    if run.best_state is not None:
-        run.model.load_state_dict(run.best_state)
-        restored = run.hist.best_epoch
-    raise _diverged(loss, x, run.epoch, batch, run.step, run.opts.lr, run.opts.precision, restored)
-
-
-def _train_epoch(run: _Run, loader) -> tuple[float, float, int]:
-    """One pass over ``loader`` (or up to the planned last step); returns (start, end, index of the last batch)."""
-    opts, device = run.opts, run.opts.device
-    run.runner.train()
-    t0, seen = time.perf_counter(), 0
-    loss_sum = torch.zeros((), device=device)  # running sums stay on the device: no sync per step on GPUs
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    run.bar.set_description(f"epoch {run.epoch}/{run.plan.epochs}")
-    for i, (x, y) in enumerate(loader):
-        run.bar.update(1)
-        if run.epoch == 1 and i == run.plan.steady_batch:  # time the pace from here (see vitkit.budget)
-            run.steady_from = time.perf_counter()
-        check_labels(y, run.num_classes)  # on the CPU copy: no wait for a GPU
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, logits = batch_loss(run.runner, x, y, device, opts.precision, opts.label_smoothing, opts.mixup_alpha,
-                                   opts.cutmix_alpha)
-        # A NaN/inf loss: checked every step on a CPU (free) and at the progress updates on a GPU.
-        if (device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss):
-            _stop_diverged(run, loss, x, i + 1)
-        scaled = loss / opts.accumulation_steps
-        (run.scaler.scale(scaled) if run.scaler else scaled).backward()
-        last_batch = i + 1 == run.plan.batches_per_epoch
-        if (i + 1) % opts.accumulation_steps == 0 or last_batch:
-            _optimizer_step(run)
-        loss_sum += loss.detach() * y.numel()
-        correct += (logits.argmax(-1) == y).sum()  # against the unmixed labels
-        seen += y.numel()
-        if opts.progress and (i % 25 == 0 or last_batch):
-            run.bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
-        if run.step >= run.plan.total_steps:
-            break
-    train_end = time.perf_counter()
-    run.images += seen
-    run.train_s += train_end - t0
-    run.hist.epoch.append(run.epoch)
-    run.hist.train_loss.append(loss_sum.item() / seen)
-    run.hist.train_acc.append(correct.item() / seen)
-    if not math.isfinite(run.hist.train_loss[-1]):  # a bad step the GPU check above did not sample
-        raise _diverged(loss_sum, x, run.epoch, i + 1, run.step, opts.lr, opts.precision, None)
-    return t0, train_end, i
-
-
-def _validate(run: _Run, val_loader, t0: float) -> None:
-    """Validation loss and accuracy; keep a copy of the weights when the accuracy is the best so far."""
-    hist = run.hist
-    if val_loader is not None:
-        val = evaluate(run.model, val_loader, run.opts.device, run.opts.precision)  # eager: no recompiles
-        hist.val_loss.append(val["loss"])
-        hist.val_acc.append(val["acc"])
-        if hist.best_val_acc is None or val["acc"] > hist.best_val_acc:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()}
-            if _all_finite(state):
-                hist.best_val_acc, hist.best_epoch, run.best_state = val["acc"], run.epoch, state
-    hist.epoch_time_s.append(time.perf_counter() - t0)
-
-
-def _log_epoch(run: _Run) -> None:
-    from tqdm.auto import tqdm
-
-    h = run.hist
-    val_txt = "" if not h.val_acc else f" | val loss {h.val_loss[-1]:.4f} acc {h.val_acc[-1]:.4f}"
-    tqdm.write(f"epoch {run.epoch:3d} | train loss {h.train_loss[-1]:.4f} acc {h.train_acc[-1]:.4f}"
-               f"{val_txt} | {h.epoch_time_s[-1]:.1f}s")
-
-
-def _restore(run: _Run, saved: dict, loader) -> None:
-    """Put a checkpoint's state into a freshly set-up run, so that the next epoch is the one the run would have run."""
-    run.model.load_state_dict(saved["model"])
-    run.opt.load_state_dict(saved["optimizer"])
-    run.sched.load_state_dict(saved["scheduler"])
-    if run.scaler is not None and saved["scaler"] is not None:
-        run.scaler.load_state_dict(saved["scaler"])
-    run.epoch, run.step, run.images, run.train_s = saved["epoch"], saved["step"], saved["images"], saved["train_s"]
-    run.elapsed_before, run.best_state = saved["elapsed_s"], saved["best_state"]
-    stretch = run.hist.stretches[-1]
-    stretch["first_epoch"] = run.epoch + 1
-    run.hist = History(**{**saved["history"], "precision": run.opts.precision, "device": run.hist.device,
-                          "attention": run.hist.attention, "compiled": run.hist.compiled})
-    run.hist.resumes += 1
-    run.hist.stretches.append(stretch)
-    ckpt.set_rng_state(saved["rng"], loader)
-    run.bar.update(min(run.bar.total, run.epoch * run.plan.batches_per_epoch))
-    if run.opts.verbose:
-        print(f"fit: resumed {run.checkpoint} after epoch {run.epoch} (optimizer step {run.step}, "
-              f"{run.elapsed_before / 60:.1f} min so far, resume {run.hist.resumes})")
-    if run.opts.time_budget_s is not None and run.hist.epoch_time_s:
-        if run.opts.verbose:
-            print("fit: a resumed time-budget run is re-planned to the budget left; it is not bit-identical to a run "
-                  "that never stopped")
-        epoch_s = sorted(run.hist.epoch_time_s)[len(run.hist.epoch_time_s) // 2]
-        budget.fit_budget(run, epoch_s, f"the recorded {epoch_s:.0f} s/epoch")
-    run.epoch_end = time.perf_counter()
-
-
-def _finished(model: nn.Module, saved: dict, restore_best: bool, verbose: bool) -> History:
+def _finished(model: nn.Module, saved: dict, cfg: FitConfig, verbose: bool) -> History:
     """Resuming a run that already ended: its final (or best) weights and its History, with no training."""
-    model.load_state_dict(saved["best_state"] if restore_best and saved["best_state"] is not None else saved["model"])
-    hist = History(**saved["history"])
+    state = saved["state"]
+    best = cfg.restore_best and state.best_state is not None
+    model.load_state_dict(state.best_state if best else saved["model"])
     if verbose:
-        print(f"fit: the run in this checkpoint finished after {saved['epoch']} epochs; returning its History "
+        print(f"fit: the run in this checkpoint finished after {state.epoch} epochs; returning its History "
               "(nothing to train)")
-    return hist
-
-
-def _finish(run: _Run, restore_best: bool) -> History:
-    """Close the bar, record time and pace, and put the best validation epoch's weights back."""
-    run.bar.close()
-    run.hist.wall_time_s = run.elapsed()
-    run.hist.train_images_per_s = run.images / max(1e-9, run.train_s)  # training only, validation excluded
-    run.hist.gflop_per_image, run.hist.train_tflop = run.image_flops / 1e9, run.image_flops * run.images / 1e12
-    if restore_best and run.best_state is not None:
-        run.model.load_state_dict(run.best_state)
-    return run.hist
-
-
-def _end_epoch(run: _Run, train_loader, val_loader, t0: float, train_end: float, last_batch: int) -> bool:
-    """Validate, re-plan a time budget, log, checkpoint; True when the run is done."""
-    _validate(run, val_loader, t0)
-    if run.opts.time_budget_s is not None:
-        budget.replan_after_epoch(run, t0, train_end, last_batch)
-    if run.opts.verbose:
-        _log_epoch(run)
-    done = run.step >= run.plan.total_steps or run.epoch >= run.plan.epochs
-    if run.checkpoint is not None:
-        saving = time.perf_counter()
-        ckpt.save_run(run, train_loader, finished=done)
-        run.hist.epoch_time_s[-1] += time.perf_counter() - saving  # part of what an epoch costs
-    return done
-
-
-def _interrupted(run: _Run) -> None:
-    """Ctrl-C (or a kill that Python sees): the checkpoint keeps the last complete epoch; say how to go on."""
-    run.bar.close()
-    if run.checkpoint is not None and run.opts.verbose:
-        print(f"fit: interrupted in epoch {run.epoch}; {run.checkpoint} holds the run after epoch "
-              f"{run.epoch - 1}: fit(..., resume=True) redoes epoch {run.epoch}")
-
-
-def fit(model: nn.Module, train_loader, val_loader=None, *, epochs: int, lr: float = 1e-3,
-        optimizer: str = "adamw", weight_decay: float = 0.05, momentum: float = 0.9,
-        warmup_fraction: float = 0.2, warmup_steps: int | None = None, label_smoothing: float = 0.0,
-        grad_clip: float | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
-        accumulation_steps: int = 1, max_steps: int | None = None, device: torch.device | str | None = None,
-        precision: str = "auto", compile: bool | str = "auto", time_budget_s: float | None = None,
-        max_tflop: float | None = None,
-        restore_best: bool = True, progress: bool = True, verbose: bool = True,
-        checkpoint: str | Path | None = None, resume: bool = False, run_info: dict | None = None) -> History:
-    """Train ``model`` with the warmup-cosine schedule stepped per optimizer step; returns a :class:`History`.
-
-    optimizer: ``"adamw"`` (decoupled weight decay, not on biases/norms/embeddings), ``"adam"`` or ``"sgd"``
-    (momentum). ``warmup_steps`` overrides ``warmup_fraction`` (the original notebooks used 1/5).
-    ``accumulation_steps`` sums gradients over several batches per optimizer step (big effective batches);
-    ``max_steps`` caps the optimizer steps (the schedule is fitted to the cap).
-    ``precision="auto"`` picks the fastest precision that trains correctly on the device
-    (:func:`vitkit.runtime.resolve_precision`: bf16 on recent GPUs and on CPUs with AVX512-BF16/AMX, fp16 with a
-    gradient scaler on older GPUs, fp32 elsewhere); ``"bf16"``, ``"fp16"`` or ``"fp32"`` force one.
-    ``compile``: ``torch.compile`` the model (``"auto"``: where it pays, see :func:`vitkit.runtime.resolve_compile`).
-    ``time_budget_s`` times a few steps on a copy of the model first and shortens the schedule so that
-    training and validation fit the budget, and re-plans after every epoch at the steady pace; ``max_tflop`` plans
-    the schedule to a compute budget (FLOPs of one training image x images, see :mod:`vitkit.budget`). With a
-    ``val_loader``, the weights of the best validation epoch are restored at the end. A NaN or infinite loss
-    stops the run with :class:`TrainingDivergedError`.
-    ``progress`` shows one tqdm bar (with the run's time left); ``verbose`` prints the set-up and one line per
-    epoch. Works with HF models (anything whose output is logits or has ``.logits``).
-
-    ``checkpoint``: a file written at the end of every epoch (atomically; the one before is kept as ``.prev``) that
-    holds the whole state of the run. ``resume=True`` continues the run in it: a run stopped after epoch k (Ctrl-C,
-    a kill, a lost notebook) and resumed ends with exactly the weights of a run that never stopped (same device and
-    precision; a time-budget run is re-planned to the budget left instead). ``run_info`` (e.g. recipe, seed)
-    joins the model config, data set, batch size and fit's settings in what a checkpoint must match to be resumed;
-    a mismatch, a corrupt file or a finished run is reported before any training.
-    """
-    batches_per_epoch = check_fit_args(
-        model, train_loader, val_loader, checkpoint, resume, epochs=epochs, lr=lr, optimizer=optimizer,
-        weight_decay=weight_decay, momentum=momentum, warmup_fraction=warmup_fraction, warmup_steps=warmup_steps,
-        label_smoothing=label_smoothing, grad_clip=grad_clip, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
-        accumulation_steps=accumulation_steps, max_steps=max_steps, time_budget_s=time_budget_s, max_tflop=max_tflop)
-    device = get_device(device)
-    saved, identity = None, None
-    if checkpoint is not None:
-        settings = dict(epochs=epochs, max_steps=max_steps, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                        time_budget_s=time_budget_s, **({"max_tflop": max_tflop} if max_tflop is not None else {}))
-        identity = ckpt.run_identity(model, train_loader, settings, run_info)
-        saved = ckpt.open_run(Path(checkpoint), resume, identity, verbose)
-    if saved is not None and saved["finished"]:
-        return _finished(model.to(device), saved, restore_best, verbose)
-    precision = resolve_precision(device, precision) if saved is None else ckpt.resumed_precision(saved, device, verbose)
-    opts = _Options(device, precision, lr, label_smoothing, mixup_alpha, cutmix_alpha, grad_clip, accumulation_steps,
-                    warmup_steps, warmup_fraction, time_budget_s, progress, verbose)
-    model.to(device)
-    make_opt = lambda m: make_optimizer(m, optimizer, lr, weight_decay, momentum, device)  # noqa: E731
-    image_flops = budget.flops_per_image(model, train_loader, device)
-    plan = (Plan(**saved["plan"], batches_per_epoch=batches_per_epoch,
-                 steps_per_epoch=math.ceil(batches_per_epoch / accumulation_steps)) if saved is not None
-            else budget.plan(model, train_loader, val_loader, make_opt, opts, epochs, batches_per_epoch, max_steps,
-                             max_tflop, image_flops))
-    run = _start(model, make_opt, plan, opts, compile)
-    run.checkpoint, run.identity = (Path(checkpoint) if checkpoint is not None else None), identity
-    run.num_classes, run.image_flops = num_classes(model), image_flops
-    run.hist.stretches.append(ckpt.stretch(opts, 1))
-    if saved is not None:
-        _restore(run, saved, train_loader)
-    try:
-        while run.epoch < plan.epochs:  # not a range: a re-plan may add epochs
-            run.epoch += 1
-            t0, train_end, last_batch = _train_epoch(run, train_loader)
-            if _end_epoch(run, train_loader, val_loader, t0, train_end, last_batch):
-                break
-    except KeyboardInterrupt:
-        _interrupted(run)
-        raise
-    return _finish(run, restore_best)
+    return state.history
