@@ -45,6 +45,14 @@ def _apply_overrides(recipe: dict, items: list[str], ap: argparse.ArgumentParser
     return overrides
 
 
+def _relative(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` where it lies under it (records hold no machine paths), else its name."""
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", choices=sorted(recipes.RECIPES))
@@ -130,7 +138,7 @@ def main() -> None:
                "train_images_per_s": hist.train_images_per_s, "test_n": test["n"],
                "parameters": vh.count_parameters(model), **flips}
     chosen = {"precision": hist.precision, "attention": hist.attention, "compiled": hist.compiled,
-              "run_checkpoint": str(checkpoint_path), "stretches": hist.stretches}
+              "run_checkpoint": _relative(checkpoint_path, out), "stretches": hist.stretches}
     config = {"recipe": args.recipe, **recipe, "overrides": overrides, "budget_min": args.budget_min,
               "max_tflop": args.max_tflop,
               "threads": torch.get_num_threads(),

@@ -13,7 +13,7 @@ import torch
 
 import vit_helpers as vh
 from vitkit import data, explain, plots, records, sources, train
-from test_train import loader, quadrant_data, tiny_vit
+from conftest import loader, quadrant_data, tiny_vit
 
 CFG = dict(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=16, depth=2, heads=2, mlp_dim=32)
 

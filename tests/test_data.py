@@ -1,48 +1,8 @@
-import struct
-
 import pytest
 import torch
-from PIL import Image
 
 import vit_helpers as vh
 from vitkit import data, plots, recipes, sources, train
-
-
-def write_idx(folder, prefix, images, labels):
-    folder.mkdir(parents=True, exist_ok=True)
-    n, h, w = images.shape
-    (folder / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, h, w) + images.numpy().tobytes())
-    (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
-
-
-@pytest.fixture
-def fake_mnist(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    train = torch.randint(0, 256, (60, 28, 28), dtype=torch.uint8, generator=g)
-    test = torch.randint(0, 256, (20, 28, 28), dtype=torch.uint8, generator=g)
-    raw = tmp_path / "MNIST" / "raw"
-    write_idx(raw, "train", train, torch.arange(60, dtype=torch.uint8) % 10)
-    write_idx(raw, "t10k", test, torch.arange(20, dtype=torch.uint8) % 10)
-    return tmp_path, train, test
-
-
-@pytest.fixture
-def fake_cifar_folders(tmp_path):
-    g = torch.Generator().manual_seed(0)
-    images = {}
-    for split, n in (("train", 12), ("test", 4)):
-        for cls in ("cat", "dog", "ship"):
-            folder = tmp_path / "cifar10-jpeg" / split / cls
-            folder.mkdir(parents=True)
-            for i in range(n):
-                img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g)
-                pil = Image.fromarray(img.permute(1, 2, 0).numpy())
-                if i % 2:
-                    pil.save(folder / f"{i:04d}.jpg", quality=95)
-                else:
-                    pil.save(folder / f"{i:04d}.png")
-                    images[(split, cls, i)] = img
-    return tmp_path, images
 
 
 def test_mnist_idx_files_load_with_split_sizes(fake_mnist):

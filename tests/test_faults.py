@@ -13,15 +13,15 @@ import torch
 
 import vit_helpers as vh
 from vitkit import data, runtime, train, explain, records
-from test_data import fake_cifar_folders, fake_mnist, write_idx  # noqa: F401 (fixtures)
-from test_train import loader, quadrant_data, tiny_vit
+from conftest import write_idx
+from conftest import loader, quadrant_data, tiny_vit
 
 
 # --- DataLoader workers under spawn and forkserver (macOS, Windows, Python 3.14 on Linux) -----------------
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
-def test_inverted_mnist_loads_in_spawned_workers(fake_mnist, method):  # noqa: F811
+def test_inverted_mnist_loads_in_spawned_workers(fake_mnist, method):
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"{method} is not available on this platform")
     root, _, _ = fake_mnist
@@ -110,7 +110,7 @@ def test_empty_or_unsized_training_data():
 
 # --- image folders ------------------------------------------------------------------------------------------
 
-def test_hidden_folders_are_not_classes(fake_cifar_folders):  # noqa: F811
+def test_hidden_folders_are_not_classes(fake_cifar_folders):
     root, _ = fake_cifar_folders
     (root / "cifar10-jpeg" / "train" / ".ipynb_checkpoints").mkdir()
     (root / "cifar10-jpeg" / "train" / "cat" / ".hidden.jpg").write_bytes(b"not an image")
@@ -119,14 +119,14 @@ def test_hidden_folders_are_not_classes(fake_cifar_folders):  # noqa: F811
     assert train.labels.bincount().tolist() == [12, 12, 12]
 
 
-def test_class_folders_that_differ_between_splits_are_reported(fake_cifar_folders):  # noqa: F811
+def test_class_folders_that_differ_between_splits_are_reported(fake_cifar_folders):
     root, _ = fake_cifar_folders
     (root / "cifar10-jpeg" / "test" / "ship").rename(root / "cifar10-jpeg" / "test" / "boat")
     with pytest.raises(ValueError, match=r"extra \['boat'\], missing \['ship'\]"):
         data.load_cifar10(root, download=False)
 
 
-def test_undecodable_image_is_named(fake_cifar_folders):  # noqa: F811
+def test_undecodable_image_is_named(fake_cifar_folders):
     root, _ = fake_cifar_folders
     bad = root / "cifar10-jpeg" / "train" / "dog" / "9999.jpg"
     bad.write_bytes(b"\xff\xd8 truncated")
@@ -136,7 +136,7 @@ def test_undecodable_image_is_named(fake_cifar_folders):  # noqa: F811
 
 # --- MNIST files --------------------------------------------------------------------------------------------
 
-def test_truncated_idx_file_is_named(fake_mnist):  # noqa: F811
+def test_truncated_idx_file_is_named(fake_mnist):
     root, _, _ = fake_mnist
     path = root / "MNIST" / "raw" / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-100])
@@ -160,7 +160,7 @@ def test_gz_files_alone_are_enough(tmp_path):
     assert torch.equal(train.images, expected[0].images) and torch.equal(test.labels, expected[1].labels)
 
 
-def test_swapped_or_mismatched_idx_files_are_named(fake_mnist):  # noqa: F811
+def test_swapped_or_mismatched_idx_files_are_named(fake_mnist):
     root, _, _ = fake_mnist
     raw = root / "MNIST" / "raw"
     images = (raw / "t10k-images-idx3-ubyte").read_bytes()

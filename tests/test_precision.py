@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import vit_helpers as vh
 from vitkit import runtime, train
-from test_train import loader, quadrant_data, tiny_vit
+from conftest import loader, quadrant_data, tiny_vit
 
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512vl\n"

@@ -9,7 +9,7 @@ import torch
 import vit_helpers as vh
 from vitkit import checkpoint as ckpt
 from vitkit import data, runtime, train
-from test_train import FakeClock, quadrant_data
+from conftest import FakeClock, quadrant_data
 
 EPOCHS = 3
 

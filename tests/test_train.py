@@ -6,27 +6,7 @@ import torch.nn.functional as F
 
 import vit_helpers as vh
 from vitkit import data, runtime, train, recipes, explain, records
-
-
-def quadrant_data(n, seed):
-    """4 classes: the bright quadrant of a 16x16 image is the label."""
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 4
-    images = torch.randint(0, 60, (n, 1, 16, 16), dtype=torch.uint8, generator=g)
-    for i, c in enumerate(labels.tolist()):
-        r, col = divmod(c, 2)
-        images[i, 0, 8 * r:8 * r + 8, 8 * col:8 * col + 8] += 180
-    return data.InMemoryImages(images, labels, ["tl", "tr", "bl", "br"])
-
-
-def loader(ds, batch_size=32, shuffle=False):
-    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle,
-                                       generator=torch.Generator().manual_seed(0))
-
-
-def tiny_vit():
-    return vh.VisionTransformer(image_size=16, patch_size=8, in_channels=1, num_classes=4, dim=16, depth=1, heads=2,
-                                mlp_dim=32)
+from conftest import ROOT, FakeClock, loader, quadrant_data, tiny_vit
 
 
 def test_loss_falls_and_model_learns():
@@ -125,20 +105,6 @@ def test_time_budget_shortens_the_schedule():
                      device="cpu", precision="fp32", progress=False, verbose=False)
     assert 1 <= hist.total_steps < 50 * 32
     assert len(hist.lr) == hist.total_steps
-
-
-class FakeClock:
-    """time.perf_counter for runs whose work costs what the test says (``work``): the budget logic becomes exact,
-    not a timed test."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def work(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class PacedLoader:
@@ -301,3 +267,31 @@ def test_the_cifar10_fast_recipe_is_the_recorded_run():
     recipe = recipes.get_recipe("cifar10-fast")
     assert {k: record["config"][k] for k in ("model", "data", "fit")} == recipe
     assert record["metrics"]["train_tflop"] <= 160 and record["metrics"]["test_acc"] >= 0.80
+
+
+def test_tensorboard_logs_loss_accuracy_and_lr_per_step_and_epoch(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runtime.set_seed(0)
+    hist = train.fit(tiny_vit(), loader(quadrant_data(64, 0), batch_size=16), loader(quadrant_data(32, 1)), epochs=2,
+                     log_dir=tmp_path / "tb", device="cpu", precision="fp32", progress=False, verbose=False)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    assert [v for _, v in scalars["step/lr"]] == pytest.approx(hist.lr)
+    assert [s for s, _ in scalars["step/lr"]] == list(range(1, 9)) and len(scalars["step/train_loss"]) == 8
+    for name in ("train_loss", "train_acc", "val_loss", "val_acc"):
+        assert scalars[f"epoch/{name}"] == [(e, pytest.approx(v)) for e, v in zip(hist.epoch, getattr(hist, name))]
+
+
+@pytest.mark.slow
+def test_tensorboard_is_imported_only_when_asked_for():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; sys.path.insert(0, '.'); sys.path.insert(0, 'tests'); from conftest import *; "
+            "from vitkit import train; train.fit(tiny_vit(), loader(quadrant_data(16, 0)), epochs=1, device='cpu', "
+            "precision='fp32', progress=False, verbose=False); print('tensorboard' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
