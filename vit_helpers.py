@@ -14,7 +14,8 @@ Only torch and the standard library are imported at import time (transformers an
 functions that need them). Data, training, explanations, plots and run records live in the notebooks' harness,
 the ``vitkit`` package next to this file; this file never imports it. MIT licence (see the README).
 
-Sections, in reading order: config, blocks, model, schedule, rollout, HF interop, weights.
+Sections, in reading order: config, blocks, model, schedule, rollout, HF interop, weights, and last the input
+checks that every public function calls before any work.
 """
 
 from __future__ import annotations
@@ -75,54 +76,15 @@ class ViTConfig:
     lsa: bool = False
     # "learned" position embeddings (the paper) or fixed 2-D "sincos" ones (MoCo v3 / MAE); CLS gets zeros.
     pos_embed: str = "learned"
+    # Multiply the patch embeddings by sqrt(dim) before the positions are added (as the Transformer paper scales
+    # its token embeddings; the original notebooks did so): the patches then outweigh N(0, 1) positions.
+    embed_scale: bool = False
+    # "trunc_normal": N(0, 0.02) truncated weights, zero biases (HF, timm); "torch": PyTorch's own defaults for
+    # every Linear, Conv2d and LayerNorm and N(0, 1) CLS token and positions (a model written in plain PyTorch).
+    init: str = "trunc_normal"
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads",
-                     "mlp_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}.")
-        if self.image_size % self.patch_size:
-            raise ValueError(
-                f"patch_size={self.patch_size} does not divide image_size={self.image_size}; choose a patch "
-                f"size that divides the image size (e.g. {_divisors_hint(self.image_size)}) or resize the images.")
-        if self.dim % self.heads:
-            raise ValueError(f"heads={self.heads} does not divide dim={self.dim}; choose heads among "
-                             f"{_divisors_hint(self.dim)} or change dim.")
-        for name in ("dropout", "attn_dropout", "layer_norm_eps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r}).")
-        for name in ("dropout", "attn_dropout"):
-            p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}.")
-        if not (math.isfinite(self.layer_norm_eps) and self.layer_norm_eps > 0):
-            raise ValueError(f"layer_norm_eps must be a finite number > 0 (HF's default: 1e-12), got "
-                             f"{self.layer_norm_eps}.")
-        for name in ("qkv_bias", "lsa"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}.")
-        if self.stem not in ("patch", "conv", "conv-centred", "cct", "spt"):
-            raise ValueError(f"stem must be 'patch' (linear patch embedding), 'conv' or 'conv-centred' (convolutional "
-                             f"stems), 'cct' (convolutional tokenizer) or 'spt' (shifted patch tokenization), got "
-                             f"{self.stem!r}.")
-        if self.pos_embed not in ("learned", "sincos"):
-            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}.")
-        if self.pos_embed == "sincos" and self.dim % 4:
-            raise ValueError(f"pos_embed='sincos' splits dim into 4 (sin/cos of rows/columns), so dim must be a "
-                             f"multiple of 4, got {self.dim}.")
-        if self.stem == "spt" and self.patch_size < 2:
-            raise ValueError("stem='spt' shifts by half a patch, so patch_size must be >= 2.")
-        power_of_2 = self.patch_size >= 2 and not self.patch_size & (self.patch_size - 1)
-        if self.stem in ("conv", "conv-centred", "cct") and not power_of_2:
-            raise ValueError(f"stem={self.stem!r} downsamples by 2 per convolution, so patch_size must be a power "
-                             f"of 2 >= 2, got {self.patch_size}; use patch_size 2, 4, 8 or 16, or stem='patch'.")
-        if self.fused_attn not in (None, True, False):
-            raise TypeError(f"fused_attn must be None (pick per device and dtype), True (SDPA) or False (explicit), "
-                            f"got {self.fused_attn!r}.")
+        _check_config(self)  # the checks, with their messages, are in the last section of this file
 
     @property
     def grid_size(self) -> int:
@@ -133,10 +95,6 @@ class ViTConfig:
     def num_tokens(self) -> int:
         """Sequence length T: one CLS token plus one token per patch."""
         return 1 + self.grid_size ** 2
-
-
-def _divisors_hint(n: int) -> str:
-    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d > 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -343,16 +301,12 @@ class VisionTransformer(nn.Module):
     probabilities (before attention dropout), with ``T = 1 + (image_size // patch_size) ** 2``.
     """
 
-    def __init__(self, *, image_size: int, patch_size: int, in_channels: int, num_classes: int, dim: int,
-                 depth: int, heads: int, mlp_dim: int, dropout: float = 0.0, attn_dropout: float = 0.0,
-                 qkv_bias: bool = True, layer_norm_eps: float = 1e-12, fused_attn: bool | None = None,
-                 stem: str = "patch", lsa: bool = False, pos_embed: str = "learned"):
+    def __init__(self, config: ViTConfig | None = None, **options):
         super().__init__()
-        cfg = ViTConfig(image_size=image_size, patch_size=patch_size, in_channels=in_channels,
-                        num_classes=num_classes, dim=dim, depth=depth, heads=heads, mlp_dim=mlp_dim,
-                        dropout=dropout, attn_dropout=attn_dropout, qkv_bias=qkv_bias,
-                        layer_norm_eps=layer_norm_eps, fused_attn=fused_attn, stem=stem, lsa=lsa,
-                        pos_embed=pos_embed)
+        cfg = config if config is not None else ViTConfig(**options)  # VisionTransformer(cfg) or keywords
+        if options and config is not None:
+            raise TypeError("pass a ViTConfig or keyword options, not both: VisionTransformer(cfg) or "
+                            "VisionTransformer(image_size=..., ...); dataclasses.replace(cfg, ...) changes a field.")
         self.config = cfg
         stems = {"patch": PatchEmbedding, "conv": ConvStem, "conv-centred": ConvStem, "cct": ConvStem,
                  "spt": ShiftedPatchTokenizer}
@@ -368,63 +322,42 @@ class VisionTransformer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ViTConfig) -> "VisionTransformer":
-        return cls(**asdict(cfg))
+        return cls(cfg)
 
     def reset_parameters(self) -> None:
-        """Normal(0, 0.02) truncated at +-2 std for weights, CLS token and position embeddings; zero biases;
-        unit LayerNorms. (HF and timm call ``trunc_normal_(std=0.02)``, whose default bounds are +-2 in
-        absolute value, i.e. +-100 std: effectively untruncated.)"""
+        """``init="trunc_normal"``: Normal(0, 0.02) truncated at +-2 std for weights, CLS token and position
+        embeddings; zero biases; unit LayerNorms. (HF and timm call ``trunc_normal_(std=0.02)``, whose default
+        bounds are +-2 in absolute value, i.e. +-100 std: effectively untruncated.) ``init="torch"``: each
+        module's own ``reset_parameters`` (PyTorch's defaults) and N(0, 1) CLS token and positions."""
+        torch_init = self.config.init == "torch"
         for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
+            if torch_init and isinstance(m, (nn.Linear, nn.Conv2d, nn.LayerNorm)):
+                m.reset_parameters()
+            elif isinstance(m, (nn.Linear, nn.Conv2d)):
                 _trunc_normal(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        _trunc_normal(self.cls_token)
+        init = nn.init.normal_ if torch_init else _trunc_normal
+        init(self.cls_token)
         if self.config.pos_embed == "sincos":
             with torch.no_grad():
                 self.pos_embed.copy_(sincos_position_embedding(self.config.grid_size, self.config.dim))
         else:
-            _trunc_normal(self.pos_embed)
+            init(self.pos_embed)
         for m in self.modules():
             if isinstance(m, Attention) and m.log_scale is not None:
                 nn.init.constant_(m.log_scale, math.log(m.scale))
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        cfg = self.config
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor of shape (B, {cfg.in_channels}, {cfg.image_size}, "
-                            f"{cfg.image_size}), got {type(x).__name__}.")
-        if x.ndim != 4:
-            hint = " Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else ""
-            raise ValueError(f"expected a 4-D batch (B, C, H, W), got shape {tuple(x.shape)}.{hint}")
-        if not x.is_floating_point():
-            raise TypeError(f"expected float images, got {x.dtype}: convert with x.float() / 255 and normalise "
-                            f"them as in training (the loaders of vit_helpers do both).")
-        weights = self.cls_token.dtype
-        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
-            raise TypeError(f"the images are {x.dtype} but the model's weights are {weights}: convert the batch with "
-                            f"x.to({weights}) (x.float() for float32), or the model with model.to({x.dtype}).")
-        if x.shape[1] != cfg.in_channels and x.shape[-1] == cfg.in_channels and x.shape[1] == cfg.image_size:
-            raise ValueError(f"got a channels-last batch {tuple(x.shape)} (B, H, W, C); the model expects "
-                             f"(B, C, H, W): use x.permute(0, 3, 1, 2).")
-        if x.shape[1] != cfg.in_channels:
-            raise ValueError(
-                f"expected {cfg.in_channels} channel(s), got {x.shape[1]} (shape {tuple(x.shape)}). Convert the "
-                f"images (e.g. .expand(-1, 3, -1, -1) or .mean(1, keepdim=True)) or build the model with "
-                f"in_channels={x.shape[1]}.")
-        if tuple(x.shape[-2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"expected {cfg.image_size}x{cfg.image_size} images, got "
-                             f"{x.shape[-2]}x{x.shape[-1]}. Resize the input or build the model with "
-                             f"image_size={x.shape[-1]}.")
-
     def forward_features(self, x: torch.Tensor, return_attentions: bool = False
                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Image batch -> normalised tokens ``(B, T, D)`` (and the attention maps if asked)."""
-        self._check_input(x)
+        _check_images(self.config, x, self.cls_token.dtype)
         tokens = self.patch_embed(x)  # (B, N, D)
+        if self.config.embed_scale:
+            tokens = tokens * math.sqrt(self.config.dim)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, D)
         x = torch.cat([cls, tokens], dim=1) + self.pos_embed  # (B, T, D), T = N + 1
         x = self.drop(x)
@@ -469,17 +402,7 @@ def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, 
     Step it once per optimizer step. Factor: ``step / warmup_steps`` while ``step < warmup_steps``, then
     ``0.5 * (1 + cos(pi * (step - warmup_steps) / (total_steps - warmup_steps)))``; 0 after ``total_steps``.
     """
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
-    for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
-    if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} must be between 0 and total_steps={total_steps}; "
-                         f"lower warmup_steps (the original used total_steps // 5) or raise total_steps.")
-
+    _check_schedule(optimizer, warmup_steps, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine_factor(warmup_steps, total_steps))
 
 
@@ -497,73 +420,68 @@ def warmup_cosine_factor(warmup_steps: int, total_steps: int):
 # Attention rollout
 # ----------------------------------------------------------------------------------------------------
 
+def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
+                   discard_ratio: float = 0.0) -> torch.Tensor:
+    """Rolled-out attention ``(B, T, T)``: each row is a distribution over input tokens (sums to 1).
+
+    Per layer: fuse heads (mean/max/min), optionally zero the lowest ``discard_ratio`` fraction of the
+    fused ``T x T`` matrix per sample (the CLS->CLS entry is protected, as in the reference
+    implementation by Gildenblat), add the identity for the residual path, renormalise rows, then
+    multiply layer by layer with later layers on the left: ``A_L @ ... @ A_1``.
+    """
+    layers = _check_attentions(attentions)
+    _check_rollout_options(head_fusion, discard_ratio)
+    means = [a.detach().float().mean(dim=1) for a in layers]  # (B, heads, T, T) -> (B, T, T) per layer
+    _check_probabilities(layers, means)
+    B, _, T, _ = layers[0].shape
+    eye = torch.eye(T, device=layers[0].device, dtype=torch.float32)
+    result = eye.expand(B, T, T)
+    num_discard = int(T * T * discard_ratio)
+    for attn, mean in zip(layers, means):
+        fused = mean if head_fusion == "mean" else _fuse_heads(attn.detach().float(), head_fusion)  # (B, T, T)
+        if num_discard:
+            fused = _discard_lowest(fused, num_discard)
+        a = fused + eye
+        a = a / a.sum(dim=-1, keepdim=True)
+        result = a @ result  # later layers on the left
+    return result
+
+
+def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
+                      discard_ratio: float = 0.0, grid_size: tuple[int, int] | None = None,
+                      num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Attention rollout map ``(B, grid_h, grid_w)``: the CLS row of :func:`rollout_matrix` over patches.
+
+    Accepts the tuple from ``VisionTransformer(..., return_attentions=True)`` or HF's
+    ``outputs.attentions``. Not rescaled: plotting scales each map to [0, 1]. The grid is square unless
+    ``grid_size=(h, w)`` is given. ``num_prefix_tokens``: tokens before the patches (1: CLS; DeiT with a
+    distillation token: 2; ViTs with k registers: 1 + k); the map is read from the first (CLS) row.
+    """
+    result = rollout_matrix(attentions, head_fusion, discard_ratio)  # (B, T, T)
+    return token_map(result[:, 0], num_prefix_tokens, grid_size)  # CLS row -> (B, h, w)
+
+
+def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_fusion: str = "mean",
+                      grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1,
+                      token: int = 0) -> torch.Tensor:
+    """Raw attention of the CLS token to the patches in one layer (no rollout): ``(B, grid_h, grid_w)``.
+    ``token``: read another token's row instead (patch (r, c) of a w-wide grid is token ``prefix + r * w + c``)."""
+    layers = _check_attentions(attentions)
+    _check_layer_and_token(layer, token, len(layers), layers[0].shape[-1])
+    _check_probabilities(layers, [a.detach().float().mean(dim=1) for a in layers])
+    row = layers[layer].detach().float()[:, :, token]  # (B, heads, T): the token's row (CLS by default)
+    return token_map(_fuse_heads(row, head_fusion), num_prefix_tokens, grid_size)  # (B, h, w)
+
+
+def token_map(values: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int] | None) -> torch.Tensor:
+    """Per-token values ``(B, T)`` -> per-patch map ``(B, h, w)``: drop the prefix tokens (CLS, distillation,
+    registers), then square unless ``grid_size=(h, w)`` is given."""
+    B, T = values.shape
+    h, w = _check_grid(T, num_prefix_tokens, grid_size)
+    return values[:, num_prefix_tokens:].reshape(B, h, w)
+
+
 _HEAD_FUSIONS = ("mean", "max", "min")
-
-
-def _check_attentions(attentions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The layers as a list, each a float tensor (B, heads, T, T) of one shape; their values are checked by
-    :func:`_check_probabilities` on the head means the rollout computes anyway."""
-    if isinstance(attentions, torch.Tensor):
-        raise TypeError("attentions must be a tuple/list of per-layer tensors (B, heads, T, T), got one tensor; "
-                        "wrap a single layer as (attn,).")
-    try:
-        layers = list(attentions) if attentions is not None else []  # a tuple, a list or a generator of layers
-    except TypeError:
-        raise TypeError(f"attentions must be a tuple/list of per-layer tensors (B, heads, T, T), got "
-                        f"{type(attentions).__name__}.") from None
-    if not layers:
-        raise ValueError("attentions is empty: call the model with return_attentions=True (ours) or "
-                         "output_attentions=True with attn_implementation='eager' (HF).")
-    first = layers[0]
-    for i, a in enumerate(layers):
-        if not isinstance(a, torch.Tensor):
-            raise TypeError(f"attentions[{i}] is {type(a).__name__}, expected a torch.Tensor "
-                            "(HF returns None per layer under sdpa: load with attn_implementation='eager').")
-        if a.ndim != 4 or a.shape[-1] != a.shape[-2]:
-            raise ValueError(f"attentions[{i}] has shape {tuple(a.shape)}; each layer must be (B, heads, T, T).")
-        if a.shape != first.shape:
-            raise ValueError(f"attentions have inconsistent shapes: layer 0 is {tuple(first.shape)}, layer {i} "
-                             f"is {tuple(a.shape)}; pass the attentions of one forward pass of one model.")
-        if not a.is_floating_point():
-            raise TypeError(f"attentions[{i}] has dtype {a.dtype}; attention probabilities are floats.")
-    return layers
-
-
-_PROBABILITY_TOL = 1e-2  # bf16/fp16 attention rows sum to 1 within about 1e-2
-
-
-def _check_probabilities(layers: list[torch.Tensor], head_means: list[torch.Tensor]) -> None:
-    """ValueError unless every row of every head is a probability distribution (finite, >= 0, sums to 1).
-
-    One cheap test on the head means, which rollout needs anyway and which are 1/heads the size: a NaN/inf, a
-    negative entry or a row that does not sum to 1 in any head shows in the mean (as NaN/inf, a negative mean or a
-    mean row sum off by more than the tolerance, or is averaged out only by another head's error in the opposite
-    direction). Only when it fails does the per-head check run, to word the error."""
-    means = torch.stack(head_means)  # (L, B, T, T)
-    sums = means.sum(-1)  # (L, B, T)
-    if bool(torch.isfinite(sums).all() & (means.amin() >= -_PROBABILITY_TOL)
-            & ((sums - 1).abs().amax() <= _PROBABILITY_TOL)):
-        return
-    for i, a in enumerate(layers):
-        _explain_probabilities(a.detach().float(), f"attentions[{i}]")
-    _explain_probabilities(means, "the head-averaged attentions")
-
-
-def _explain_probabilities(a: torch.Tensor, name: str) -> None:
-    """The detailed check behind :func:`_check_probabilities`: raises naming what is wrong with ``a``."""
-    tol, problem = _PROBABILITY_TOL, None
-    if not torch.isfinite(a).all():
-        problem = "it holds NaN or inf values"
-    elif a.min() < -tol:
-        problem = f"it holds negative values (min {a.min().item():.3g})"
-    else:
-        sums = a.sum(-1)
-        if (sums - 1).abs().max() > tol:
-            problem = f"its rows sum to {sums.min().item():.4g}..{sums.max().item():.4g}, not 1"
-    if problem:
-        raise ValueError(f"{name} is not a set of attention probabilities: {problem}. Pass post-softmax attention "
-                         "weights from a model in eval mode (ours: model(x, return_attentions=True); HF: "
-                         "output_attentions=True with attn_implementation='eager'), not raw scores or log-probabilities.")
 
 
 def _fuse_heads(attn: torch.Tensor, head_fusion: str) -> torch.Tensor:
@@ -589,111 +507,6 @@ def _discard_lowest(fused: torch.Tensor, num_discard: int) -> torch.Tensor:
         return flat.scatter(1, drop, 0.0).reshape(B, T, T)
     keep = ranking.topk(num_keep, dim=-1, largest=True).indices
     return torch.zeros_like(flat).scatter(1, keep, flat.gather(1, keep)).reshape(B, T, T)
-
-
-def rollout_matrix(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
-                   discard_ratio: float = 0.0) -> torch.Tensor:
-    """Rolled-out attention ``(B, T, T)``: each row is a distribution over input tokens (sums to 1).
-
-    Per layer: fuse heads (mean/max/min), optionally zero the lowest ``discard_ratio`` fraction of the
-    fused ``T x T`` matrix per sample (the CLS->CLS entry is protected, as in the reference
-    implementation by Gildenblat), add the identity for the residual path, renormalise rows, then
-    multiply layer by layer with later layers on the left: ``A_L @ ... @ A_1``.
-    """
-    layers = _check_attentions(attentions)
-    if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)):
-        raise TypeError(f"discard_ratio must be a number in [0, 1), got {type(discard_ratio).__name__} "
-                        f"({discard_ratio!r}).")
-    if not 0.0 <= discard_ratio < 1.0:
-        raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}.")
-    if head_fusion not in _HEAD_FUSIONS:
-        raise ValueError(f"unknown head_fusion {head_fusion!r}; use one of {', '.join(_HEAD_FUSIONS)}.")
-    means = [a.detach().float().mean(dim=1) for a in layers]  # (B, heads, T, T) -> (B, T, T) per layer
-    _check_probabilities(layers, means)
-    B, _, T, _ = layers[0].shape
-    eye = torch.eye(T, device=layers[0].device, dtype=torch.float32)
-    result = eye.expand(B, T, T)
-    num_discard = int(T * T * discard_ratio)
-    for attn, mean in zip(layers, means):
-        fused = mean if head_fusion == "mean" else _fuse_heads(attn.detach().float(), head_fusion)  # (B, T, T)
-        if num_discard:
-            fused = _discard_lowest(fused, num_discard)
-        a = fused + eye
-        a = a / a.sum(dim=-1, keepdim=True)
-        result = a @ result  # later layers on the left
-    return result
-
-
-def _prefix_hint(T: int) -> str:
-    """Suggests the smallest prefix-token count (2..17) that would leave a square grid of patches."""
-    k = next((k for k in range(2, 18) if T - k > 0 and math.isqrt(T - k) ** 2 == T - k), None)
-    if k is None:
-        return ""
-    side = math.isqrt(T - k)
-    return (f" If the model has more prefix tokens than CLS (DeiT's distillation token: 2; k register tokens: 1 + k),"
-            f" pass num_prefix_tokens: num_prefix_tokens={k} would leave a square {side}x{side} grid.")
-
-
-def token_map(values: torch.Tensor, num_prefix_tokens: int, grid_size: tuple[int, int] | None) -> torch.Tensor:
-    """Per-token values ``(B, T)`` -> per-patch map ``(B, h, w)``: drop the prefix tokens (CLS, distillation,
-    registers), then square unless ``grid_size=(h, w)`` is given."""
-    B, T = values.shape
-    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or not 0 <= num_prefix_tokens < T:
-        raise ValueError(f"num_prefix_tokens must be an int in [0, {T - 1}] (1 for CLS only), got {num_prefix_tokens!r}.")
-    patches = values[:, num_prefix_tokens:]
-    N = T - num_prefix_tokens
-    if isinstance(grid_size, int) and not isinstance(grid_size, bool):
-        grid_size = (grid_size, grid_size)  # one int: a square grid
-    if grid_size is not None and not (isinstance(grid_size, (tuple, list)) and len(grid_size) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid_size)):
-        raise ValueError(f"grid_size must be (h, w), two positive ints (or one int for a square grid), got "
-                         f"{grid_size!r}.")
-    if grid_size is None:
-        side = math.isqrt(N)
-        if side * side != N:
-            raise ValueError(f"{N} patch tokens (T={T} minus {num_prefix_tokens} prefix token(s)) do not form a "
-                             f"square grid.{_prefix_hint(T)} For a non-square image pass grid_size=(h, w) with "
-                             f"h*w={N}.")
-        grid_size = (side, side)
-    h, w = grid_size
-    if h * w != N:
-        raise ValueError(f"grid_size={tuple(grid_size)} holds {h * w} patches but the attentions have {N} "
-                         f"patch tokens (T={T} minus {num_prefix_tokens} prefix token(s)); pass grid_size with "
-                         f"h*w={N}.{_prefix_hint(T)}")
-    return patches.reshape(B, h, w)
-
-
-def attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str = "mean",
-                      discard_ratio: float = 0.0, grid_size: tuple[int, int] | None = None,
-                      num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Attention rollout map ``(B, grid_h, grid_w)``: the CLS row of :func:`rollout_matrix` over patches.
-
-    Accepts the tuple from ``VisionTransformer(..., return_attentions=True)`` or HF's
-    ``outputs.attentions``. Not rescaled: plotting scales each map to [0, 1]. The grid is square unless
-    ``grid_size=(h, w)`` is given. ``num_prefix_tokens``: tokens before the patches (1: CLS; DeiT with a
-    distillation token: 2; ViTs with k registers: 1 + k); the map is read from the first (CLS) row.
-    """
-    result = rollout_matrix(attentions, head_fusion, discard_ratio)  # (B, T, T)
-    return token_map(result[:, 0], num_prefix_tokens, grid_size)  # CLS row -> (B, h, w)
-
-
-def cls_attention_map(attentions: Sequence[torch.Tensor], layer: int = -1, head_fusion: str = "mean",
-                      grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1,
-                      token: int = 0) -> torch.Tensor:
-    """Raw attention of the CLS token to the patches in one layer (no rollout): ``(B, grid_h, grid_w)``.
-    ``token``: read another token's row instead (patch (r, c) of a w-wide grid is token ``prefix + r * w + c``)."""
-    layers = _check_attentions(attentions)
-    T = layers[0].shape[-1]
-    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < T:
-        raise ValueError(f"token must be an int in [0, {T - 1}] (0: CLS), got {token!r}.")
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise TypeError(f"layer must be an int (a layer index; -1 for the last), got {type(layer).__name__} "
-                        f"({layer!r}).")
-    if not -len(layers) <= layer < len(layers):
-        raise ValueError(f"layer={layer} is out of range for {len(layers)} layers (use -1 for the last).")
-    _check_probabilities(layers, [a.detach().float().mean(dim=1) for a in layers])
-    row = layers[layer].detach().float()[:, :, token]  # (B, heads, T): the token's row (CLS by default)
-    return token_map(_fuse_heads(row, head_fusion), num_prefix_tokens, grid_size)  # (B, h, w)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -777,12 +590,12 @@ def from_hf(hf_model) -> VisionTransformer:
                         "and replace our model.head afterwards.")
     if config.hidden_act != "gelu":
         raise ValueError(f"HF config hidden_act={config.hidden_act!r}; VisionTransformer uses exact GELU ('gelu').")
-    model = VisionTransformer(
+    model = VisionTransformer(ViTConfig(
         image_size=_square(config.image_size, "image_size"), patch_size=_square(config.patch_size, "patch_size"),
         in_channels=config.num_channels, num_classes=config.num_labels, dim=config.hidden_size,
         depth=config.num_hidden_layers, heads=config.num_attention_heads, mlp_dim=config.intermediate_size,
         dropout=config.hidden_dropout_prob, attn_dropout=config.attention_probs_dropout_prob,
-        qkv_bias=config.qkv_bias, layer_norm_eps=config.layer_norm_eps)
+        qkv_bias=config.qkv_bias, layer_norm_eps=config.layer_norm_eps))  # the rest: HF's ViT (patch stem, ...)
     sd = _hf_state_dict_v5(hf_model)
     ours = {our_key: sd[hf_key] for our_key, hf_key in _hf_name_pairs(config.num_hidden_layers)}
     for i in range(config.num_hidden_layers):
@@ -885,41 +698,234 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Vi
                          "as weights/mnist-fast.safetensors.") from e
     if "vit_config" not in header:
         raise ValueError(f"{path} was not written by vit_helpers.save_model (no vit_config in its header).")
-    model = VisionTransformer.from_config(ViTConfig(**json.loads(header.pop("vit_config"))))
+    model = VisionTransformer(ViTConfig(**json.loads(header.pop("vit_config"))))
     model.load_state_dict(load_file(str(path)))
     return model.to(device).eval(), {k: json.loads(v) for k, v in header.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
-# Names that moved to the harness (vitkit/): old snippets fail with a message saying where they went
+# Input checks: every public function above checks its arguments here, before any work, with a message that
+# names the problem and the fix
 # ----------------------------------------------------------------------------------------------------
 
-_MOVED = {
-    "data": "CIFAR10_MEAN CIFAR10_STD MNIST_MEAN MNIST_STD default_data_root InMemoryImages Loaders InvertUint8 "
-            "train_eval_loader load_image_folder load_cifar10 load_mnist load_image cifar10_loaders mnist_loaders",
-    "runtime": "set_seed get_device cpu_has_native_bf16 resolve_precision",
-    "train": "History evaluate fit TrainingDivergedError",
-    "recipes": "RECIPES get_recipe finetune_recipe FINETUNE_RECIPE",
-    "explain": "ModelAttentions forward_with_attentions explain_random explain_raw_attention explain_rollout "
-               "explain_gradient_rollout explain_input_x_gradient EXPLAINERS explain remove_patches "
-               "perturbation_curve mass_on_mask top_k",
-    "records": "hardware_info save_results",
-    "plots": "denormalize upsample_masks",
-}
-_RENAMED = {  # old vit_helpers name -> new home
-    "plot_attention_maps": "plots.attention_maps", "plot_mask_grid": "plots.mask_grid",
-    "plot_history": "plots.training_curves", "plot_images": "plots.image_grid", "plot_patch_grid": "plots.patch_grid",
-    "plot_position_similarity": "plots.position_similarity", "plot_confusion_matrix": "plots.confusion_matrix",
-    "confusion_matrix": "plots.confusion_counts",
-}
+def _check_config(cfg: ViTConfig) -> None:
+    """Every field of a ViTConfig, with a message naming it and the fix."""
+    for name in ("image_size", "patch_size", "in_channels", "num_classes", "dim", "depth", "heads",
+                 "mlp_dim"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
+    if cfg.image_size % cfg.patch_size:
+        raise ValueError(
+            f"patch_size={cfg.patch_size} does not divide image_size={cfg.image_size}; choose a patch "
+            f"size that divides the image size (e.g. {_divisors_hint(cfg.image_size)}) or resize the images.")
+    if cfg.dim % cfg.heads:
+        raise ValueError(f"heads={cfg.heads} does not divide dim={cfg.dim}; choose heads among "
+                         f"{_divisors_hint(cfg.dim)} or change dim.")
+    for name in ("dropout", "attn_dropout", "layer_norm_eps"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r}).")
+    for name in ("dropout", "attn_dropout"):
+        p = getattr(cfg, name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {p}.")
+    if not (math.isfinite(cfg.layer_norm_eps) and cfg.layer_norm_eps > 0):
+        raise ValueError(f"layer_norm_eps must be a finite number > 0 (HF's default: 1e-12), got "
+                         f"{cfg.layer_norm_eps}.")
+    for name in ("qkv_bias", "lsa", "embed_scale"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise TypeError(f"{name} must be True or False, got {getattr(cfg, name)!r}.")
+    if cfg.stem not in ("patch", "conv", "conv-centred", "cct", "spt"):
+        raise ValueError(f"stem must be 'patch' (linear patch embedding), 'conv' or 'conv-centred' (convolutional "
+                         f"stems), 'cct' (convolutional tokenizer) or 'spt' (shifted patch tokenization), got "
+                         f"{cfg.stem!r}.")
+    if cfg.pos_embed not in ("learned", "sincos"):
+        raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {cfg.pos_embed!r}.")
+    if cfg.pos_embed == "sincos" and cfg.dim % 4:
+        raise ValueError(f"pos_embed='sincos' splits dim into 4 (sin/cos of rows/columns), so dim must be a "
+                         f"multiple of 4, got {cfg.dim}.")
+    if cfg.stem == "spt" and cfg.patch_size < 2:
+        raise ValueError("stem='spt' shifts by half a patch, so patch_size must be >= 2.")
+    power_of_2 = cfg.patch_size >= 2 and not cfg.patch_size & (cfg.patch_size - 1)
+    if cfg.stem in ("conv", "conv-centred", "cct") and not power_of_2:
+        raise ValueError(f"stem={cfg.stem!r} downsamples by 2 per convolution, so patch_size must be a power "
+                         f"of 2 >= 2, got {cfg.patch_size}; use patch_size 2, 4, 8 or 16, or stem='patch'.")
+    if cfg.init not in ("trunc_normal", "torch"):
+        raise ValueError(f"init must be 'trunc_normal' (N(0, 0.02), as HF and timm) or 'torch' (PyTorch's module "
+                         f"defaults, N(0, 1) CLS and positions), got {cfg.init!r}.")
+    if cfg.fused_attn not in (None, True, False):
+        raise TypeError(f"fused_attn must be None (pick per device and dtype), True (SDPA) or False (explicit), "
+                        f"got {cfg.fused_attn!r}.")
 
 
-def __getattr__(name: str):
-    """``vh.fit`` and the other names that moved out raise an AttributeError naming their new home."""
-    home = _RENAMED.get(name) or next((f"{m}.{name}" for m, names in _MOVED.items() if name in names.split()), None)
-    if home is None:
-        raise AttributeError(f"module 'vit_helpers' has no attribute {name!r}")
-    module, new = home.split(".")
-    raise AttributeError(f"vit_helpers.{name} moved to the notebooks' harness: vitkit.{home} "
-                         f"(from vitkit import {module}; {module}.{new}(...)). vit_helpers.py keeps the model, the "
-                         "schedule, rollout, HF interop and save/load_model.")
+def _divisors_hint(n: int) -> str:
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0 and d > 1)
+
+
+def _check_images(cfg: ViTConfig, x: torch.Tensor, weights: torch.dtype) -> None:
+    """A batch the model can take: (B, C, H, W) floats of the configured size and channels, the weights' dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (B, {cfg.in_channels}, {cfg.image_size}, "
+                        f"{cfg.image_size}), got {type(x).__name__}.")
+    if x.ndim != 4:
+        hint = " Add a batch dimension with x.unsqueeze(0)." if x.ndim == 3 else ""
+        raise ValueError(f"expected a 4-D batch (B, C, H, W), got shape {tuple(x.shape)}.{hint}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected float images, got {x.dtype}: convert with x.float() / 255 and normalise "
+                        f"them as in training (the loaders of vit_helpers do both).")
+    if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"the images are {x.dtype} but the model's weights are {weights}: convert the batch with "
+                        f"x.to({weights}) (x.float() for float32), or the model with model.to({x.dtype}).")
+    if x.shape[1] != cfg.in_channels and x.shape[-1] == cfg.in_channels and x.shape[1] == cfg.image_size:
+        raise ValueError(f"got a channels-last batch {tuple(x.shape)} (B, H, W, C); the model expects "
+                         f"(B, C, H, W): use x.permute(0, 3, 1, 2).")
+    if x.shape[1] != cfg.in_channels:
+        raise ValueError(
+            f"expected {cfg.in_channels} channel(s), got {x.shape[1]} (shape {tuple(x.shape)}). Convert the "
+            f"images (e.g. .expand(-1, 3, -1, -1) or .mean(1, keepdim=True)) or build the model with "
+            f"in_channels={x.shape[1]}.")
+    if tuple(x.shape[-2:]) != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"expected {cfg.image_size}x{cfg.image_size} images, got "
+                         f"{x.shape[-2]}x{x.shape[-1]}. Resize the input or build the model with "
+                         f"image_size={x.shape[-1]}.")
+
+
+def _check_schedule(optimizer, warmup_steps, total_steps) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+    for name, value in (("warmup_steps", warmup_steps), ("total_steps", total_steps)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}.")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    if not 0 <= warmup_steps <= total_steps:
+        raise ValueError(f"warmup_steps={warmup_steps} must be between 0 and total_steps={total_steps}; "
+                         f"lower warmup_steps (the original used total_steps // 5) or raise total_steps.")
+
+
+def _check_attentions(attentions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The layers as a list, each a float tensor (B, heads, T, T) of one shape; their values are checked by
+    :func:`_check_probabilities` on the head means the rollout computes anyway."""
+    if isinstance(attentions, torch.Tensor):
+        raise TypeError("attentions must be a tuple/list of per-layer tensors (B, heads, T, T), got one tensor; "
+                        "wrap a single layer as (attn,).")
+    try:
+        layers = list(attentions) if attentions is not None else []  # a tuple, a list or a generator of layers
+    except TypeError:
+        raise TypeError(f"attentions must be a tuple/list of per-layer tensors (B, heads, T, T), got "
+                        f"{type(attentions).__name__}.") from None
+    if not layers:
+        raise ValueError("attentions is empty: call the model with return_attentions=True (ours) or "
+                         "output_attentions=True with attn_implementation='eager' (HF).")
+    first = layers[0]
+    for i, a in enumerate(layers):
+        if not isinstance(a, torch.Tensor):
+            raise TypeError(f"attentions[{i}] is {type(a).__name__}, expected a torch.Tensor "
+                            "(HF returns None per layer under sdpa: load with attn_implementation='eager').")
+        if a.ndim != 4 or a.shape[-1] != a.shape[-2]:
+            raise ValueError(f"attentions[{i}] has shape {tuple(a.shape)}; each layer must be (B, heads, T, T).")
+        if a.shape != first.shape:
+            raise ValueError(f"attentions have inconsistent shapes: layer 0 is {tuple(first.shape)}, layer {i} "
+                             f"is {tuple(a.shape)}; pass the attentions of one forward pass of one model.")
+        if not a.is_floating_point():
+            raise TypeError(f"attentions[{i}] has dtype {a.dtype}; attention probabilities are floats.")
+    if first.shape[0] == 0:
+        raise ValueError(f"attentions hold a batch of 0 images (shape {tuple(first.shape)}); pass the attentions of "
+                         "at least one image.")
+    return layers
+
+
+_PROBABILITY_TOL = 1e-2  # bf16/fp16 attention rows sum to 1 within about 1e-2
+
+
+def _check_probabilities(layers: list[torch.Tensor], head_means: list[torch.Tensor]) -> None:
+    """ValueError unless every row of every head is a probability distribution (finite, >= 0, sums to 1).
+
+    One cheap test on the head means, which rollout needs anyway and which are 1/heads the size: a NaN/inf, a
+    negative entry or a row that does not sum to 1 in any head shows in the mean (as NaN/inf, a negative mean or a
+    mean row sum off by more than the tolerance, or is averaged out only by another head's error in the opposite
+    direction). Only when it fails does the per-head check run, to word the error."""
+    means = torch.stack(head_means)  # (L, B, T, T)
+    sums = means.sum(-1)  # (L, B, T)
+    if bool(torch.isfinite(sums).all() & (means.amin() >= -_PROBABILITY_TOL)
+            & ((sums - 1).abs().amax() <= _PROBABILITY_TOL)):
+        return
+    for i, a in enumerate(layers):
+        _explain_probabilities(a.detach().float(), f"attentions[{i}]")
+    _explain_probabilities(means, "the head-averaged attentions")
+
+
+def _explain_probabilities(a: torch.Tensor, name: str) -> None:
+    """The detailed check behind :func:`_check_probabilities`: raises naming what is wrong with ``a``."""
+    tol, problem = _PROBABILITY_TOL, None
+    if not torch.isfinite(a).all():
+        problem = "it holds NaN or inf values"
+    elif a.min() < -tol:
+        problem = f"it holds negative values (min {a.min().item():.3g})"
+    else:
+        sums = a.sum(-1)
+        if (sums - 1).abs().max() > tol:
+            problem = f"its rows sum to {sums.min().item():.4g}..{sums.max().item():.4g}, not 1"
+    if problem:
+        raise ValueError(f"{name} is not a set of attention probabilities: {problem}. Pass post-softmax attention "
+                         "weights from a model in eval mode (ours: model(x, return_attentions=True); HF: "
+                         "output_attentions=True with attn_implementation='eager'), not raw scores or log-probabilities.")
+
+
+def _prefix_hint(T: int) -> str:
+    """Suggests the smallest prefix-token count (2..17) that would leave a square grid of patches."""
+    k = next((k for k in range(2, 18) if T - k > 0 and math.isqrt(T - k) ** 2 == T - k), None)
+    if k is None:
+        return ""
+    side = math.isqrt(T - k)
+    return (f" If the model has more prefix tokens than CLS (DeiT's distillation token: 2; k register tokens: 1 + k),"
+            f" pass num_prefix_tokens: num_prefix_tokens={k} would leave a square {side}x{side} grid.")
+
+
+def _check_rollout_options(head_fusion, discard_ratio) -> None:
+    if isinstance(discard_ratio, bool) or not isinstance(discard_ratio, (int, float)):
+        raise TypeError(f"discard_ratio must be a number in [0, 1), got {type(discard_ratio).__name__} "
+                        f"({discard_ratio!r}).")
+    if not 0.0 <= discard_ratio < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1), got {discard_ratio}.")
+    if head_fusion not in _HEAD_FUSIONS:
+        raise ValueError(f"unknown head_fusion {head_fusion!r}; use one of {', '.join(_HEAD_FUSIONS)}.")
+
+
+def _check_layer_and_token(layer, token, num_layers: int, T: int) -> None:
+    if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < T:
+        raise ValueError(f"token must be an int in [0, {T - 1}] (0: CLS), got {token!r}.")
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise TypeError(f"layer must be an int (a layer index; -1 for the last), got {type(layer).__name__} "
+                        f"({layer!r}).")
+    if not -num_layers <= layer < num_layers:
+        raise ValueError(f"layer={layer} is out of range for {num_layers} layers (use -1 for the last).")
+
+
+def _check_grid(T: int, num_prefix_tokens, grid_size) -> tuple[int, int]:
+    """The (h, w) patch grid of ``T`` tokens after ``num_prefix_tokens``: ``grid_size`` checked, or the square."""
+    if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or not 0 <= num_prefix_tokens < T:
+        raise ValueError(f"num_prefix_tokens must be an int in [0, {T - 1}] (1 for CLS only), got {num_prefix_tokens!r}.")
+    N = T - num_prefix_tokens
+    if isinstance(grid_size, int) and not isinstance(grid_size, bool):
+        grid_size = (grid_size, grid_size)  # one int: a square grid
+    if grid_size is not None and not (isinstance(grid_size, (tuple, list)) and len(grid_size) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid_size)):
+        raise ValueError(f"grid_size must be (h, w), two positive ints (or one int for a square grid), got "
+                         f"{grid_size!r}.")
+    if grid_size is None:
+        side = math.isqrt(N)
+        if side * side != N:
+            raise ValueError(f"{N} patch tokens (T={T} minus {num_prefix_tokens} prefix token(s)) do not form a "
+                             f"square grid.{_prefix_hint(T)} For a non-square image pass grid_size=(h, w) with "
+                             f"h*w={N}.")
+        return side, side
+    h, w = grid_size
+    if h * w != N:
+        raise ValueError(f"grid_size={tuple(grid_size)} holds {h * w} patches but the attentions have {N} "
+                         f"patch tokens (T={T} minus {num_prefix_tokens} prefix token(s)); pass grid_size with "
+                         f"h*w={N}.{_prefix_hint(T)}")
+    return h, w

@@ -38,7 +38,7 @@ from smoke_env import NOTEBOOKS  # noqa: E402
 
 STAMP_KEY = "vit_run"  # notebook metadata key of the run stamp
 STAMP_CELL = "run-stamp"  # id of the first (markdown) cell that says where the outputs come from
-MAX_OUTPUT_BYTES = 10_000_000  # all notebooks' stored outputs together (issue 20: the repository stays light)
+MAX_OUTPUT_BYTES = 10_000_000  # all notebooks' stored outputs together: the repository stays light to clone
 _MACHINE_PATH = re.compile(r"(?<![\w.~-])(/(?:home|root|work|Users|tmp|mnt|private|opt|srv|content)/|[A-Za-z]:\\)")
 _TIMESTAMP = re.compile(r"\b\d{4}-\d\d-\d\d[ T]\d\d:\d\d|^[IWE]\d{4} \d\d:\d\d:\d\d", re.M)
 _RECORD_LINE = re.compile(r"^record (\S+\.json)$", re.M)

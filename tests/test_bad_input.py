@@ -3,7 +3,6 @@ do, before work starts; where the meaning is unambiguous the input is accepted; 
 pixel in evaluation) gives a result that says so."""
 import gzip
 import socket
-import struct
 import threading
 import time
 import warnings
@@ -175,13 +174,14 @@ def test_confusion_matrix_refuses_classes_it_would_drop():
 
 # --- files and downloads --------------------------------------------------------------------------------------
 
-def test_truncated_gz_idx_file_is_named(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    payload = gzip.compress(struct.pack(">II", 2049, 10) + bytes(10))
+def test_truncated_gz_idx_file_is_named(fake_mnist):
+    root, _, _ = fake_mnist
+    raw = root / "MNIST" / "raw"
+    payload = gzip.compress((raw / "train-labels-idx1-ubyte").read_bytes())
+    (raw / "train-labels-idx1-ubyte").unlink()
     (raw / "train-labels-idx1-ubyte.gz").write_bytes(payload[: len(payload) // 2])
     with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte.gz is truncated or corrupt .*delete it"):
-        sources._read_idx(raw / "train-labels-idx1-ubyte.gz", "labels")
+        sources.load_mnist(root, download=False)
 
 
 def test_load_image_accepts_home_paths_and_file_urls(tmp_path, monkeypatch):
@@ -279,3 +279,16 @@ def test_a_download_that_trickles_is_bounded_in_all(slow_server, tmp_path, monke
 def test_further_bad_input_is_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_the_last_unclear_inputs_are_named():
+    with pytest.raises(ValueError, match=r"attentions hold a batch of 0 images"):
+        vh.attention_rollout((torch.rand(0, 2, 5, 5),))
+    with pytest.raises(ValueError, match="per_row must be a positive int, got 0"):
+        plots.attention_maps(torch.rand(2, 1, 8, 8), torch.rand(2, 2, 2), per_row=0)
+    with pytest.raises(TypeError, match="fit got unknown setting.*'lrr'.*FitConfig's fields are: epochs"):
+        train.fit(tiny_vit(), loader(quadrant_data(8, 0)), epochs=1, lrr=0.1)
+    with pytest.raises(TypeError, match=r"fit needs epochs=\.\.\. \(or a FitConfig\)"):
+        train.fit(tiny_vit(), loader(quadrant_data(8, 0)))
+    with pytest.raises(ValueError, match="lr_update must be 'step'"):
+        train.FitConfig(epochs=1, lr_update="batch")

@@ -44,7 +44,9 @@ def test_clutter_never_covers_the_digits_box_beyond_the_set_fraction(digits):
     assert places.shape == (40, spec.fragments, 2)
     for box, fragments in zip(boxes, places):
         for x, y in fragments.tolist():
-            assert localize._overlap(box, x, y, spec.fragment) <= spec.max_overlap * spec.fragment ** 2
+            inside = (min(int(box[2]), x + spec.fragment) - max(int(box[0]), x),
+                      min(int(box[3]), y + spec.fragment) - max(int(box[1]), y))  # the fragment's pixels in the box
+            assert max(0, inside[0]) * max(0, inside[1]) <= spec.max_overlap * spec.fragment ** 2
             assert 0 <= x <= spec.canvas - spec.fragment and 0 <= y <= spec.canvas - spec.fragment
 
 

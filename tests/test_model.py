@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -143,3 +145,47 @@ def test_conv_stem_keeps_the_token_grid_and_checks_the_patch_size():
                              mlp_dim=8, stem="conv")
     with pytest.raises(ValueError, match="stem must be 'patch'"):
         make(stem="cnn")
+
+
+def test_a_config_or_its_keywords_build_the_same_model():
+    cfg = vh.ViTConfig(image_size=16, patch_size=4, in_channels=3, num_classes=5, dim=32, depth=2, heads=4, mlp_dim=64)
+    torch.manual_seed(0)
+    a = vh.VisionTransformer(cfg)
+    torch.manual_seed(0)
+    b = vh.VisionTransformer(**dataclasses.asdict(cfg))
+    assert a.config == b.config and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                                            b.state_dict().values()))
+    with pytest.raises(TypeError, match="pass a ViTConfig or keyword options, not both"):
+        vh.VisionTransformer(cfg, dim=64)
+
+
+def test_embed_scale_multiplies_the_patch_embeddings_by_sqrt_dim():
+    """The patch embedding is linear, so scaling its output by sqrt(D) is scaling its weights and bias by sqrt(D)."""
+    kwargs = dict(image_size=16, patch_size=4, in_channels=3, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=32)
+    scaled = vh.VisionTransformer(**kwargs, embed_scale=True).eval()
+    plain = vh.VisionTransformer(**kwargs).eval()
+    state = scaled.state_dict()
+    for name in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+        state[name] = state[name] * 4.0  # sqrt(16)
+    plain.load_state_dict(state)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(scaled(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_init_uses_pytorch_defaults_and_unit_normal_embeddings():
+    torch.manual_seed(0)
+    model = vh.VisionTransformer(image_size=32, patch_size=4, in_channels=3, num_classes=10, dim=128, depth=2, heads=4,
+                                 mlp_dim=1024, init="torch")
+    fc1 = model.blocks[0].mlp.fc1  # PyTorch's Linear: weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    bound = 1 / 128 ** 0.5
+    assert fc1.weight.abs().max() <= bound and fc1.bias.abs().max() <= bound
+    assert fc1.weight.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.02)  # the uniform's std
+    assert fc1.bias.abs().mean().item() == pytest.approx(bound / 2, rel=0.1)  # not zero, as trunc_normal's are
+    assert torch.equal(model.norm.weight, torch.ones(128)) and torch.equal(model.norm.bias, torch.zeros(128))
+    assert model.pos_embed.std().item() == pytest.approx(1.0, rel=0.03)  # N(0, 1): 65 x 128 values
+    assert model.cls_token.std().item() == pytest.approx(1.0, rel=0.2)
+    default = vh.VisionTransformer(**{**dataclasses.asdict(model.config), "init": "trunc_normal"})
+    # N(0, 0.02) truncated at +-2 std has std 0.02 x 0.8796
+    assert default.pos_embed.std().item() == pytest.approx(0.02 * 0.8796, rel=0.03) and not default.head.bias.any()
+    with pytest.raises(ValueError, match="init must be 'trunc_normal'"):
+        vh.VisionTransformer(**{**dataclasses.asdict(model.config), "init": "xavier"})

@@ -209,13 +209,11 @@ def test_a_bf16_run_resumed_without_native_bf16_continues_in_fp32(tmp_path, monk
     assert [s["precision"] for s in hist.stretches] == ["bf16", "fp32"] and hist.precision == "fp32"
 
 
-def test_our_loaders_start_fresh_workers_each_epoch():
+def test_our_loaders_start_fresh_workers_each_epoch(fake_mnist):
     """Persistent workers would carry their RNG from epoch to epoch, which a resumed run cannot rebuild; fresh workers
     are seeded from the loader's generator, which the checkpoint holds."""
-    ds = data.InMemoryImages(torch.zeros(40, 1, 8, 8, dtype=torch.uint8), torch.zeros(40), ["a"])
-    loaders_ = data._make_loaders(ds, ds, name="mnist", batch_size=4, val_size=8, augment="none", mean=(0.5,),
-                                  std=(0.5,), resize=None, invert=False, seed=0, train_limit=None, test_limit=None,
-                                  num_workers=2)
+    root, _, _ = fake_mnist
+    loaders_ = data.mnist_loaders(root, batch_size=4, val_size=8, num_workers=2, download=False)
     assert loaders_.train.num_workers == 2 and loaders_.train.persistent_workers is False
     assert loaders_.train.generator is not None
 

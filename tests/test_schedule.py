@@ -50,3 +50,17 @@ def test_bad_arguments(warmup, total, error, message):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(error, match=message):
         vh.warmup_cosine_schedule(opt, warmup, total)
+
+
+def test_lr_update_epoch_steps_the_schedule_once_per_epoch_with_epoch_1_at_zero():
+    """The original notebooks' schedule: WarmupCosineSchedule(warmup=epochs // 5, total=epochs) stepped per epoch. For
+    30 epochs: warmup 6, so epochs 1-6 at 0, 1/6, ..., 5/6 of the peak, then 0.5 (1 + cos(pi (e - 7) / 24))."""
+    from conftest import loader, quadrant_data, tiny_vit
+    from vitkit import train
+
+    expected = [(e - 1) / 6 if e <= 6 else 0.5 * (1 + math.cos(math.pi * (e - 7) / 24)) for e in range(1, 31)]
+    hist = train.fit(tiny_vit(), loader(quadrant_data(16, 0), batch_size=8), epochs=30, lr=1e-3, lr_update="epoch",
+                     optimizer="adam", weight_decay=0.0, device="cpu", precision="fp32", compile=False,
+                     progress=False, verbose=False)
+    assert hist.lr == pytest.approx([1e-3 * f for e in expected for f in (e, e)])  # 2 steps an epoch, same LR
+    assert hist.lr[:2] == [0.0, 0.0] and hist.lr[12] == pytest.approx(1e-3)

@@ -72,7 +72,7 @@ def _build_transform(train: bool, augment: str, mean, std, image_size: int, resi
     return v2.Compose(ops)
 
 
-def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, name: str, batch_size: int,
+def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, batch_size: int,
                   val_size: int, augment: str, mean, std, resize: int | None, invert: bool, seed: int,
                   train_limit: int | None, test_limit: int | None, num_workers: int | None) -> Loaders:
     n = len(train_full)
@@ -143,7 +143,7 @@ def _loaders(name: str, load, channels: int, root, **settings) -> Loaders:
     """Check the loader settings (before any file is read), load the splits, then split and wrap them."""
     _check_loader_args(name, channels=channels, root=root, **settings)
     train, test = load()
-    return _make_loaders(train, test, name=name, **settings)
+    return _make_loaders(train, test, **settings)
 
 
 def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,

@@ -20,7 +20,7 @@ from torch import nn
 
 import vit_helpers as vh
 from vitkit.explain import ModelAttentions, attentions_and_gradients, gradient_rollout_matrix
-from vitkit.plots import _to_hwc, denormalize, upsample_masks
+from vitkit.plots import denormalize, to_hwc, upsample_masks
 
 __all__ = ["METHODS", "attention_view", "AttentionExplorer"]
 
@@ -141,7 +141,7 @@ class AttentionExplorer:
 
     def _display_image(self, index: int):
         img = self.images[index]
-        return _to_hwc(denormalize(img, self.mean, self.std) if self.mean is not None else img.clamp(0, 1))
+        return to_hwc(denormalize(img, self.mean, self.std) if self.mean is not None else img.clamp(0, 1))
 
     def _forward(self, index: int) -> tuple[ModelAttentions, tuple[torch.Tensor, ...]]:
         """Attentions and the gradients of the predicted class for image ``index`` (cached), in eval mode."""

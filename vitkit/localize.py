@@ -27,7 +27,8 @@ __all__ = ["ClutterSpec", "cluttered_mnist", "pointing_game", "box_iou", "box_fr
 
 @dataclass(frozen=True)
 class ClutterSpec:
-    """The data set's fixed parameters (the compute-budget issue's specification)."""
+    """The data set's fixed parameters: 64x64 canvases, one digit of 20-32 px and clutter fragments
+    of other digits, placed at random."""
     canvas: int = 64
     min_side: int = 20
     max_side: int = 32

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import vit_helpers as vh
 from vitkit.checks import check_number
 
-__all__ = ["denormalize", "upsample_masks", "attention_maps", "mask_grid", "training_curves", "image_grid",
+__all__ = ["denormalize", "upsample_masks", "to_hwc", "attention_maps", "mask_grid", "training_curves", "image_grid",
            "patch_grid", "position_similarity", "confusion_counts", "confusion_matrix"]
 
 
@@ -28,7 +28,7 @@ def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) ->
     return (x * std_t + mean_t).clamp(0, 1)
 
 
-def _to_hwc(img: torch.Tensor) -> np.ndarray:
+def to_hwc(img: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [0, 1] -> (H, W, 3) numpy for imshow."""
     img = img.detach().float().cpu()
     if img.shape[0] == 1:
@@ -111,6 +111,8 @@ def attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequence[
 
     images = _check_images(images, mean, std, titles)
     masks = _check_masks(masks, len(images))
+    if per_row is not None:
+        check_number("per_row", per_row, low=1, integer=True, hint="It is the number of image triplets per row.")
     n = len(images)
     per_row = per_row or (1 if n <= 3 else min(4, n))
     rows = math.ceil(n / per_row)
@@ -121,7 +123,7 @@ def attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequence[
         ax.axis("off")
     for i in range(n):
         r, c = divmod(i, per_row)
-        img = _to_hwc(images[i])
+        img = to_hwc(images[i])
         overlay = _overlay(img, up[i], colormap, alpha)
         name = titles[i] if titles is not None else f"#{i}"
         for j, (panel, label) in enumerate(((img, "original"), (up[i].numpy(), "mask"), (overlay, "overlay"))):
@@ -147,7 +149,7 @@ def mask_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], *, mean: S
     upsampled = {name: upsample_masks(m.cpu(), tuple(images.shape[-2:])) for name, m in columns.items()}
     fig, axes = plt.subplots(n, k + 1, figsize=(1.7 * (k + 1), 1.8 * n), squeeze=False)
     for i in range(n):
-        img = _to_hwc(images[i])
+        img = to_hwc(images[i])
         axes[i, 0].imshow(img)
         axes[i, 0].set_title(row_titles[i] if row_titles is not None else "original", fontsize=8)
         for j, (name, masks) in enumerate(upsampled.items(), start=1):
@@ -204,7 +206,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, mea
         ax.axis("off")
     for i in range(n):
         ax = axes.flat[i]
-        ax.imshow(_to_hwc(images[i]))
+        ax.imshow(to_hwc(images[i]))
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
     if suptitle:
@@ -233,7 +235,7 @@ def patch_grid(image: torch.Tensor, patch_size: int, *, mean: Sequence[float] | 
     patches = patches.permute(1, 2, 0, 3, 4).reshape(gh * gw, C, patch_size, patch_size)  # (N, C, P, P)
     fig = plt.figure(figsize=(10, 4.5))
     ax = fig.add_subplot(1, 2, 1)
-    ax.imshow(_to_hwc(image), extent=(0, W, H, 0))
+    ax.imshow(to_hwc(image), extent=(0, W, H, 0))
     for k in range(1, gh):
         ax.axhline(k * patch_size, color="white", lw=0.8)
     for k in range(1, gw):
@@ -244,7 +246,7 @@ def patch_grid(image: torch.Tensor, patch_size: int, *, mean: Sequence[float] | 
     sub = fig.add_gridspec(gh, gw, left=0.55, right=0.98, top=0.88, bottom=0.1, wspace=0.08, hspace=0.08)
     for idx in range(gh * gw):
         pax = fig.add_subplot(sub[idx // gw, idx % gw])
-        pax.imshow(_to_hwc(patches[idx]))
+        pax.imshow(to_hwc(patches[idx]))
         pax.axis("off")
     fig.text(0.765, 0.93, "patches in token order (row-major)", ha="center")
     return _finish(fig, save_path, tight=False)  # the patch panel has its own grid spec

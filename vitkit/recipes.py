@@ -9,7 +9,7 @@ from typing import Any
 
 from vitkit.checks import check_number
 
-__all__ = ["RECIPES", "get_recipe", "finetune_recipe", "FINETUNE_RECIPE"]
+__all__ = ["RECIPES", "get_recipe", "finetune_recipe"]
 
 
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -41,9 +41,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "fit": dict(epochs=100, optimizer="adamw", lr=2e-3, weight_decay=0.05, warmup_fraction=0.05,
                     label_smoothing=0.1, grad_clip=1.0),
     },
-    # Our best model per training FLOP on CIFAR-10 (the compute-budget issue, 18): CCT's tokenizer taken down to a
-    # 4x4 token grid (patch 8: three stride-1 3x3 convolutions of widths 32-64-128, each followed by a stride-2
-    # max-pool) and 4 blocks of width 128: 0.115 GFLOP per training image, a third of cifar10-cpu with the same
+    # Our best model per training FLOP on CIFAR-10: CCT's tokenizer taken down to a 4x4 token grid (patch 8: three
+    # stride-1 3x3 convolutions of widths 32-64-128, each followed by a stride-2 max-pool) and 4 blocks of width 128: 0.115 GFLOP per training image, a third of cifar10-cpu with the same
     # tokenizer at patch 4, so a budget buys three times the epochs. Batch 64. Measured with fit(max_tflop=160):
     # 82.85 % test, 83.87 % with flip test-time augmentation (results/cifar10-cpu-cct-p8-bs64-t160.json, the
     # cifar10-cpu recipe with exactly these settings). Run it with a budget: --max-tflop or --budget-min.
@@ -104,5 +103,3 @@ def finetune_recipe(steps: int = 500) -> dict[str, dict[str, Any]]:
                     momentum=0.9, weight_decay=0.0, grad_clip=1.0, accumulation_steps=8),
     }
 
-
-FINETUNE_RECIPE: dict[str, dict[str, Any]] = finetune_recipe(500)  # the 500-step default
