@@ -295,3 +295,19 @@ def test_tensorboard_is_imported_only_when_asked_for():
             "precision='fp32', progress=False, verbose=False); print('tensorboard' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
+
+
+def test_compilation_in_the_first_step_does_not_use_up_the_warmup(monkeypatch):
+    """The first batch costs 3 s of a 6-second budget (as compilation can on a CPU), the others 10 ms: the schedule's
+    clock starts after that step, so the LR still warms up over many steps and then decays to 0 on time."""
+    import time
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    loader_ = PacedLoader(clock, s=3.0, s_after=0.01, switch_at=0.5)  # only the first batch is slow
+    runtime.set_seed(0)
+    hist = train.fit(tiny_vit(), loader_, epochs=1000, time_budget_s=6.0, warmup_fraction=0.1, device="cpu",
+                     compile=False, precision="fp32", progress=False, verbose=False)
+    peak = hist.lr.index(max(hist.lr))
+    assert hist.lr[0] == 0.0 and 25 <= peak <= 35  # 10 % of the 3 s left at 10 ms a step: 30 steps of warmup
+    assert max(hist.lr) == pytest.approx(1e-3, rel=0.05)
+    assert abs(hist.wall_time_s - 6.0) <= 0.01 and hist.lr[-1] < 0.01 * max(hist.lr)

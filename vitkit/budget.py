@@ -4,8 +4,10 @@
   one training image, counted once with ``torch.utils.flop_counter``), fixes the number of optimizer steps; the
   warmup-cosine schedule is a function of the step.
 * A wall-clock budget (``time_budget_s``) fixes no step count: the schedule is a function of the fraction of the
-  budget spent (wall time since fit began, compilation, validation and checkpoints included). It is continuous
-  and, after warmup, never increases, whatever the pace does; the run stops when the budget is spent.
+  budget spent (wall time since fit began; validation and checkpoints included). It is continuous and, after
+  warmup, never increases, whatever the pace does; the run stops when the budget is spent. Its clock starts when
+  the first optimizer step has finished: that step pays for compilation (30-60 s on a CPU), which would otherwise
+  use up a short warmup before the second step; the budget still pays for it.
 """
 from __future__ import annotations
 
@@ -58,14 +60,18 @@ def planned_steps(cfg: FitConfig, steps_per_epoch: int, images_per_step: int, im
     return total
 
 
-def progress(cfg: FitConfig, step: int, total_steps: int, elapsed_s: float) -> float:
-    """How far through its budget the run is, in [0, 1]: wall time / ``time_budget_s``, else step / planned steps."""
-    if cfg.time_budget_s is not None:
-        return min(1.0, elapsed_s / cfg.time_budget_s)
-    return min(1.0, step / total_steps)
+def progress(cfg: FitConfig, step: int, total_steps: int, elapsed_s: float, start_s: float | None = None) -> float:
+    """How far through its budget the run is, in [0, 1]: step / planned steps, or under a time budget the wall time
+    since ``start_s`` (the end of the first optimizer step; None before it) over what the budget had left then."""
+    if cfg.time_budget_s is None:
+        return min(1.0, step / total_steps)
+    if start_s is None:
+        return 0.0
+    return min(1.0, max(0.0, elapsed_s - start_s) / max(1e-9, cfg.time_budget_s - start_s))
 
 
-def lr_factor(cfg: FitConfig, step: int, total_steps: int, epoch: int, epochs: int, elapsed_s: float) -> float:
+def lr_factor(cfg: FitConfig, step: int, total_steps: int, epoch: int, epochs: int, elapsed_s: float,
+              start_s: float | None = None) -> float:
     """The multiplier of ``cfg.lr`` for optimizer step ``step`` (0-based) in epoch ``epoch`` (1-based): linear
     warmup, then cosine decay to 0 (:func:`vit_helpers.warmup_cosine_factor`), counted in
 
@@ -77,7 +83,7 @@ def lr_factor(cfg: FitConfig, step: int, total_steps: int, epoch: int, epochs: i
         return warmup_cosine_factor(cfg.warmup(epochs), epochs)(epoch - 1)
     if cfg.time_budget_s is None:
         return warmup_cosine_factor(cfg.warmup(total_steps), total_steps)(step)
-    p = progress(cfg, step, total_steps, elapsed_s)
+    p = progress(cfg, step, total_steps, elapsed_s, start_s)
     if cfg.warmup_steps is not None:  # warm up by steps; the decay cannot know when they end
         ramp = step / cfg.warmup_steps if cfg.warmup_steps else 1.0
         return min(ramp, 0.5 * (1.0 + math.cos(math.pi * p)))

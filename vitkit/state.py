@@ -60,6 +60,7 @@ class RunState:
     finished: bool = False
     best_state: dict[str, torch.Tensor] | None = None  # a CPU copy of the best validation epoch's weights
     end_reserve_s: float = 0.0  # a time budget keeps this much for the last validation and checkpoint
+    clock_start_s: float | None = None  # a time budget's schedule clock starts after the first optimizer step
     history: History = field(default_factory=History)
     rng: list[dict[str, Any]] = field(default_factory=list)  # per process: torch, CUDA, Python, NumPy, loader
 

@@ -305,10 +305,12 @@ class _Run:
 
     def lr_factor(self) -> float:
         """The schedule at this optimizer step. Under a time budget rank 0's clock decides, sent to every process."""
+        s = self.state
         if self.cfg.time_budget_s is not None:
             self.now_s = distributed.broadcast([self.elapsed()], self.dist)[0]
-        s = self.state
-        return budget.lr_factor(self.cfg, s.step, s.total_steps, s.epoch, s.epochs, self.now_s)
+            if s.step == 1 and s.clock_start_s is None:  # the first step (and its compilation) has just ended
+                s.clock_start_s = self.now_s
+        return budget.lr_factor(self.cfg, s.step, s.total_steps, s.epoch, s.epochs, self.now_s, s.clock_start_s)
 
     def time_is_up(self) -> bool:
         return budget.time_is_up(self.cfg, self.now_s, self.state.end_reserve_s)
