@@ -215,8 +215,7 @@ def main():
     all_ips = {}
     for device in devices:
         auto = runtime.resolve_precision(device)
-        long_run = 10_000  # fit's compile="auto" decides for a long run
-        fit_default = (auto, compile_models and runtime.resolve_compile("auto", device, auto, long_run))
+        fit_default = (auto, compile_models and runtime.resolve_compile("auto", device, auto, long_run=True))
         results["fit_default"][device.type] = {"precision": auto, "compiled": fit_default[1]}
         precisions = ["fp32"]
         if device.type == "cuda" or runtime.cpu_has_native_bf16() or args.bf16:

@@ -2,6 +2,7 @@
 
     python scripts/train_recipe.py mnist-strong --data-root ../shared/data --threads 1 --budget-min 45
     python scripts/train_recipe.py cifar10-seed --data-root ../shared/data --precision fp32 --tag full --resume
+    torchrun --nproc_per_node 4 scripts/train_recipe.py cifar10-strong --data-root <data> --tag ddp4
 
 Every epoch ends with a checkpoint (default checkpoints/runs/<recipe>-<tag>.pt): if the run stops (Ctrl-C, a kill, the
 end of a session), the same command with --resume continues it where the last complete epoch ended.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +55,7 @@ def _relative(path: Path, base: Path) -> str:
         return path.name
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", choices=sorted(recipes.RECIPES))
     ap.add_argument("--data-root", default=data.default_data_root())
@@ -61,7 +63,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice, one per core)")
     ap.add_argument("--notes", default="", help="written to the record (e.g. what else ran on the machine)")
-    ap.add_argument("--budget-min", type=float, default=None, help="wall-clock budget; the schedule is fitted to it")
+    ap.add_argument("--budget-min", type=float, default=None, help="wall-clock budget; the schedule follows it")
     ap.add_argument("--max-tflop", type=float, default=None,
                     help="training-compute budget in TFLOP (FLOPs per training image x images); the schedule fits it")
     ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
@@ -83,26 +85,21 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None,
                     help="written after every epoch (default: checkpoints/runs/<recipe>-<tag>.pt under --out-dir)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --checkpoint (starts it if there is none)")
+    ap.add_argument("--log-dir", default=None, help="TensorBoard event files (tensorboard --logdir <it>)")
     ap.add_argument("--out-dir", default=str(ROOT), help="results/, images/ and checkpoints/ go under it")
-    args = ap.parse_args()
+    return ap
 
-    out = Path(args.out_dir)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    runtime.set_seed(args.seed)
+
+def _recipe(args, ap) -> tuple[dict, dict]:
+    """The recipe with the command line's changes, and the ``--set`` overrides on their own."""
     recipe = recipes.get_recipe(args.recipe)
-    if args.epochs:
-        recipe["fit"]["epochs"] = args.epochs
-    if args.lr is not None:
-        recipe["fit"]["lr"] = args.lr
-    if args.warmup_fraction is not None:
-        recipe["fit"]["warmup_fraction"] = args.warmup_fraction
-    overrides = _apply_overrides(recipe, args.set, ap)
-    device = runtime.get_device(args.device)
-    dataset_name = args.recipe.split("-")[0]
-    loader_fn = data.mnist_loaders if dataset_name == "mnist" else data.cifar10_loaders
-    loaders = loader_fn(args.data_root, seed=args.seed, val_size=args.val_size, train_limit=args.train_limit,
-                        **recipe["data"])
+    for key, value in (("epochs", args.epochs), ("lr", args.lr), ("warmup_fraction", args.warmup_fraction)):
+        if value is not None:
+            recipe["fit"][key] = value
+    return recipe, _apply_overrides(recipe, args.set, ap)
+
+
+def _model(args, recipe: dict) -> vh.VisionTransformer:
     model = vh.VisionTransformer(**recipe["model"])
     if args.init_from:
         start_model, _ = vh.load_model(args.init_from)
@@ -110,40 +107,72 @@ def main() -> None:
             raise SystemExit(f"--init-from {args.init_from} holds a model with config {start_model.config}, but recipe "
                              f"{args.recipe} builds {model.config}; pass a checkpoint of the same recipe.")
         model.load_state_dict(start_model.state_dict())
-    budget_s = args.budget_min * 60 if args.budget_min else None
-    name = f"{args.recipe}-{args.tag}"
-    checkpoint_path = Path(args.checkpoint or out / "checkpoints" / "runs" / f"{name}.pt")
-    hist = train.fit(model, loaders.train, loaders.val, device=device, time_budget_s=budget_s,
-                     max_tflop=args.max_tflop, precision=args.precision, progress=sys.stderr.isatty(),
-                     checkpoint=checkpoint_path, resume=args.resume, run_info={"recipe": args.recipe, "seed": args.seed, "tag": args.tag,
-                                                   "init_from": args.init_from, "val_size": args.val_size,
-                                                   "train_limit": args.train_limit,
-                                                   **({"overrides": overrides} if overrides else {})}, **recipe["fit"])
-    fit_end = time.perf_counter()
+    return model
+
+
+def _evaluate(model, loaders, device, checkpoint_path: Path, cifar: bool) -> dict:
+    """Test accuracy of the tested (best validation epoch's) model, with flip TTA on CIFAR-10 (chosen on
+    validation, reported on test), and of the last epoch's model for comparison."""
     test = train.evaluate(model, loaders.test, device)
-    flips = {}
-    if dataset_name == "cifar10":  # test-time flip augmentation: chosen on validation, reported on test
-        flips = {"val_acc_flip": train.evaluate(model, loaders.val, device, flip=True)["acc"],
-                 "test_acc_flip": train.evaluate(model, loaders.test, device, flip=True)["acc"]}
-    # The original notebooks reported the last epoch's model; our protocol reports the best validation epoch's.
+    out = {"test_acc": test["acc"], "test_loss": test["loss"], "test_n": test["n"]}
+    if cifar:
+        out["val_acc_flip"] = train.evaluate(model, loaders.val, device, flip=True)["acc"]
+        out["test_acc_flip"] = train.evaluate(model, loaders.test, device, flip=True)["acc"]
     final_model = copy.deepcopy(model)
     final_model.load_state_dict(ckpt.load(checkpoint_path)["model"])
-    final_test = train.evaluate(final_model, loaders.test, device)
+    out["final_epoch_test_acc"] = train.evaluate(final_model, loaders.test, device)["acc"]
+    return out
+
+
+def _rollout_figure(model, loaders, device, title: str, path: Path) -> None:
+    """Attention rollout of 12 test digits (MNIST recipes)."""
+    x, y = next(iter(loaders.test))
+    x = x[:12].to(device)
+    model.eval()
+    with torch.no_grad():
+        logits, attentions = model(x, return_attentions=True)
+    titles = [f"label {int(t)} / pred {int(p)}" for t, p in zip(y[:12], logits.argmax(-1))]
+    plots.attention_maps(x.cpu(), vh.attention_rollout(attentions).cpu(), mean=loaders.test.dataset.mean,
+                         std=loaders.test.dataset.std, titles=titles, suptitle=title, save_path=path)
+
+
+def main() -> None:
+    ap = _parser()
+    args = ap.parse_args()
+    out = Path(args.out_dir)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    runtime.set_seed(args.seed)
+    recipe, overrides = _recipe(args, ap)
+    device = runtime.get_device(args.device)
+    dataset_name = args.recipe.split("-")[0]
+    loader_fn = data.mnist_loaders if dataset_name == "mnist" else data.cifar10_loaders
+    loaders = loader_fn(args.data_root, seed=args.seed, val_size=args.val_size, train_limit=args.train_limit,
+                        **recipe["data"])
+    model = _model(args, recipe)
+    name = f"{args.recipe}-{args.tag}"
+    checkpoint_path = Path(args.checkpoint or out / "checkpoints" / "runs" / f"{name}.pt")
+    run_info = {"recipe": args.recipe, "seed": args.seed, "tag": args.tag, "init_from": args.init_from,
+                "val_size": args.val_size, "train_limit": args.train_limit, **({"overrides": overrides} if overrides else {})}
+    hist = train.fit(model, loaders.train, loaders.val, device=device, precision=args.precision,
+                     time_budget_s=args.budget_min * 60 if args.budget_min is not None else None,
+                     max_tflop=args.max_tflop, progress=sys.stderr.isatty(), checkpoint=checkpoint_path,
+                     resume=args.resume, log_dir=args.log_dir, run_info=run_info, **recipe["fit"])
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 evaluates and writes
+        return
+    fit_end = time.perf_counter()
+    metrics = _evaluate(model, loaders, device, checkpoint_path, cifar=dataset_name == "cifar10")
     wall = hist.wall_time_s + time.perf_counter() - fit_end  # every stretch of the run, and the evaluation
-    metrics = {"test_acc": test["acc"], "test_loss": test["loss"], "final_epoch_test_acc": final_test["acc"],
-               "best_val_acc": hist.best_val_acc, "resumes": hist.resumes, "train_tflop": hist.train_tflop,
-               "gflop_per_image": hist.gflop_per_image,
-               "best_epoch": hist.best_epoch, "final_train_acc": hist.train_acc[-1],
-               "epochs_run": len(hist.epoch), "optimizer_steps": hist.total_steps,
-               "train_images_per_s": hist.train_images_per_s, "test_n": test["n"],
-               "parameters": vh.count_parameters(model), **flips}
-    chosen = {"precision": hist.precision, "attention": hist.attention, "compiled": hist.compiled,
-              "run_checkpoint": _relative(checkpoint_path, out), "stretches": hist.stretches}
+    metrics |= {"best_val_acc": hist.best_val_acc, "resumes": hist.resumes, "train_tflop": hist.train_tflop,
+                "gflop_per_image": hist.gflop_per_image, "best_epoch": hist.best_epoch,
+                "final_train_acc": hist.train_acc[-1], "epochs_run": len(hist.epoch),
+                "optimizer_steps": hist.total_steps, "train_images_per_s": hist.train_images_per_s,
+                "parameters": vh.count_parameters(model)}
     config = {"recipe": args.recipe, **recipe, "overrides": overrides, "budget_min": args.budget_min,
-              "max_tflop": args.max_tflop,
-              "threads": torch.get_num_threads(),
-              "train_limit": args.train_limit, "val_size": len(loaders.val.dataset), "init_from": args.init_from,
-              **chosen}
+              "max_tflop": args.max_tflop, "threads": torch.get_num_threads(), "train_limit": args.train_limit,
+              "val_size": len(loaders.val.dataset), "init_from": args.init_from, "precision": hist.precision,
+              "attention": hist.attention, "compiled": hist.compiled, "world_size": hist.world_size,
+              "run_checkpoint": _relative(checkpoint_path, out), "stretches": hist.stretches}
     path = records.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
                                 dataset=loaders.train.dataset.source, wall_time_s=wall, device=device,
                                 history=hist.to_dict() | {"lr": hist.lr[:: max(1, len(hist.lr) // 200)]},
@@ -151,23 +180,14 @@ def main() -> None:
     plots.training_curves(hist, title=f"{args.recipe} ({device.type}, {wall / 60:.0f} min)",
                           save_path=out / "images" / f"{name}-curves.png")
     if dataset_name == "mnist":
-        x, y = next(iter(loaders.test))
-        x = x[:12].to(device)
-        model.eval()
-        with torch.no_grad():
-            logits, attentions = model(x, return_attentions=True)
-        masks = vh.attention_rollout(attentions)
-        titles = [f"label {int(t)} / pred {int(p)}" for t, p in zip(y[:12], logits.argmax(-1))]
-        plots.attention_maps(x.cpu(), masks.cpu(), mean=loaders.test.dataset.mean,
-                             std=loaders.test.dataset.std, titles=titles,
-                             suptitle=f"Attention rollout, {args.recipe} (test digits)",
-                             save_path=out / "images" / f"{name}-rollout.png")
+        _rollout_figure(model, loaders, device, f"Attention rollout, {args.recipe} (test digits)",
+                        out / "images" / f"{name}-rollout.png")
     # git-ignored; copy it to weights/ to ship it (the notebooks load weights/*.safetensors with vh.load_model)
-    vh.save_model(model, out / "checkpoints" / f"{name}.safetensors", recipe=args.recipe, test_acc=test["acc"],
+    vh.save_model(model, out / "checkpoints" / f"{name}.safetensors", recipe=args.recipe, test_acc=metrics["test_acc"],
                   record=f"results/{name}.json")
-    print(f"{name}: test acc {test['acc']:.4f} (best val {hist.best_val_acc:.4f} at epoch {hist.best_epoch}; the last "
-          f"epoch's model: {final_test['acc']:.4f}), {len(hist.epoch)} epochs, {wall / 60:.1f} min, "
-          f"{hist.resumes} resume(s) -> {path}")
+    print(f"{name}: test acc {metrics['test_acc']:.4f} (best val {hist.best_val_acc:.4f} at epoch {hist.best_epoch}; "
+          f"the last epoch's model: {metrics['final_epoch_test_acc']:.4f}), {len(hist.epoch)} epochs, "
+          f"{wall / 60:.1f} min, {hist.resumes} resume(s) -> {_relative(path, out)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -146,3 +147,54 @@ def test_the_readmes_copy_sets_work_alone(title, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                           env={"PATH": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": ""})
     assert proc.returncode == 0, f"{title}: {sets[title]} alone fail:\n{proc.stderr[-2000:]}"
+
+
+@pytest.mark.slow
+def test_pip_install_editable_makes_both_importable_from_any_folder(tmp_path):
+    """`pip install -e .` (no downloads: the running environment's packages are reused through a .pth file)."""
+    import site
+    import venv
+
+    env = tmp_path / "env"
+    venv.create(env, with_pip=False)
+    python = env / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "-e",
+                              str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stdout[-2000:] + install.stderr[-2000:]
+    probe = subprocess.run([str(python), "-c", "import vit_helpers, vitkit.train; print(vit_helpers.__file__); "
+                            "print(vitkit.train.__file__)"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert [Path(p).resolve() for p in probe.stdout.split()] == [ROOT / "vit_helpers.py", ROOT / "vitkit" / "train.py"]
+
+
+@pytest.mark.parametrize("name, most", [("time_budget_s", 3), ("lr", 3)])
+def test_a_setting_followed_from_fit_passes_through_at_most_three_modules(name, most):
+    """A trace of a smoke run: the functions the run calls that read ``name`` (as an attribute or an argument) lie in
+    at most three modules (the generic ones that handle every field alike, FitConfig.identity and the checkpoint's
+    identity, are not reading it)."""
+    import sys as _sys
+
+    from conftest import loader, quadrant_data, tiny_vit
+    from vitkit import train
+
+    touched: list[str] = []
+
+    def profile(frame, event, arg):
+        code = frame.f_code
+        if event == "call" and name in code.co_names + code.co_varnames:
+            path = Path(code.co_filename)
+            if path.is_relative_to(ROOT) and "tests" not in path.parts:
+                module = path.relative_to(ROOT).as_posix()
+                if not touched or touched[-1] != module:
+                    touched.append(module)
+
+    _sys.setprofile(profile)
+    try:
+        train.fit(tiny_vit(), loader(quadrant_data(16, 0)), epochs=1, lr=1e-3, time_budget_s=30.0, device="cpu",
+                  precision="fp32", compile=False, progress=False, verbose=False)
+    finally:
+        _sys.setprofile(None)
+    assert len(set(touched)) <= most, touched

@@ -102,21 +102,27 @@ def test_both_attention_paths_compute_the_same_function():
 def test_compile_choice(monkeypatch):
     import platform
     import shutil
+    from vitkit import budget
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(platform, "system", lambda: "Linux")
     monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++")
-    assert runtime.resolve_compile("auto", cpu, "fp32", 10_000) is True  # +17 % measured on a 2-core CPU
+    assert runtime.resolve_compile("auto", cpu, "fp32", True) is True  # +17 % measured on a 2-core CPU
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert runtime.resolve_compile("auto", cpu, "fp32", 10_000) is False  # inductor needs a C++ compiler
+    assert runtime.resolve_compile("auto", cpu, "fp32", True) is False  # inductor needs a C++ compiler
     monkeypatch.setattr(platform, "system", lambda: "Darwin")
-    assert runtime.resolve_compile("auto", cpu, "fp32", 10_000) is False
-    assert runtime.resolve_compile("auto", cpu, "fp32", 100) is False  # too short to repay compilation
-    assert runtime.resolve_compile("auto", cuda, "bf16", 10_000) is True
-    assert runtime.resolve_compile("auto", cuda, "bf16", 10) is False  # too short to repay compilation
-    assert runtime.resolve_compile(True, cpu, "fp32", 1) is True
-    assert runtime.resolve_compile(False, cuda, "bf16", 10_000) is False
+    assert runtime.resolve_compile("auto", cpu, "fp32", True) is False
+    assert runtime.resolve_compile("auto", cuda, "bf16", True) is True
+    assert runtime.resolve_compile("auto", cuda, "bf16", False) is False  # too short to repay compilation
+    assert runtime.resolve_compile(True, cpu, "fp32", False) is True
+    assert runtime.resolve_compile(False, cuda, "bf16", True) is False
     with pytest.raises(ValueError, match="compile must be True, False or 'auto'"):
-        runtime.resolve_compile("yes", cpu, "fp32", 1)
+        runtime.resolve_compile("yes", cpu, "fp32", True)
+    cfg = train.FitConfig(epochs=1)
+    assert budget.repays_compilation(cfg, 1000, "cpu") and not budget.repays_compilation(cfg, 999, "cpu")
+    assert budget.repays_compilation(cfg, 300, "cuda") and not budget.repays_compilation(cfg, 299, "cuda")
+    short = train.FitConfig(epochs=100, time_budget_s=60)  # a minute: compilation would eat half of it
+    assert not budget.repays_compilation(short, 10_000, "cpu") and not budget.repays_compilation(short, 10_000, "cuda")
+    assert budget.repays_compilation(train.FitConfig(epochs=100, time_budget_s=600), 10_000, "cpu")
 
 
 @pytest.mark.slow

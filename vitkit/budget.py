@@ -21,7 +21,7 @@ from vit_helpers import warmup_cosine_factor
 from vitkit.config import FitConfig
 from vitkit.steps import model_logits
 
-__all__ = ["flops_per_image", "planned_steps", "progress", "lr_factor", "time_is_up"]
+__all__ = ["flops_per_image", "planned_steps", "progress", "lr_factor", "time_is_up", "repays_compilation"]
 
 
 def _input_shape(model: nn.Module, loader) -> tuple[int, ...]:
@@ -91,6 +91,13 @@ def lr_factor(cfg: FitConfig, step: int, total_steps: int, epoch: int, epochs: i
     if p < w:
         return p / w
     return 0.5 * (1.0 + math.cos(math.pi * (p - w) / (1.0 - w))) if w < 1 else 1.0
+
+
+def repays_compilation(cfg: FitConfig, total_steps: int, device_type: str) -> bool:
+    """Whether the run is long enough to repay 30-60 s of torch.compile: 300 optimizer steps and a 2-minute time
+    budget on a GPU; 1,000 steps and a 10-minute budget elsewhere."""
+    steps, seconds = (300, 120) if device_type == "cuda" else (1000, 600)
+    return total_steps >= steps and (cfg.time_budget_s is None or cfg.time_budget_s >= seconds)
 
 
 def time_is_up(cfg: FitConfig, elapsed_s: float, reserve_s: float) -> bool:

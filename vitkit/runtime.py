@@ -116,23 +116,20 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def resolve_compile(compile: bool | str, device: torch.device, precision: str, total_steps: int,
-                    time_budget_s: float | None = None) -> bool:
+def resolve_compile(compile: bool | str, device: torch.device, precision: str, long_run: bool) -> bool:
     """``compile="auto"``: torch.compile where bench/bench_throughput.py measured a gain (GPUs; CPUs, where
-    inductor fuses the explicit attention path and GELU: +17 % measured in fp32) and the run is long
-    enough to repay the 30-60 s of compilation: 300 optimizer steps on a GPU, 1000 on a CPU, or a time budget of
-    2 (GPU) or 10 (CPU) minutes. On a CPU only on Linux with a C++ compiler (inductor builds C++ code; macOS and
-    Windows need extra set-up)."""
+    inductor fuses the explicit attention path and GELU: +17 % measured in fp32) and the run is long enough to
+    repay the 30-60 s of compilation (``long_run``: :func:`vitkit.budget.repays_compilation`). On a CPU only on
+    Linux with a C++ compiler (inductor builds C++ code; macOS and Windows need extra set-up)."""
     if compile not in (True, False, "auto"):
         raise ValueError(f"compile must be True, False or 'auto', got {compile!r}.")
     if compile != "auto":
         return compile
     if device.type == "cuda":
-        return total_steps >= 300 and (time_budget_s is None or time_budget_s >= 120)
+        return long_run
     if device.type == "cpu" and platform.system() == "Linux":
         import shutil
-        long_enough = total_steps >= 1000 and (time_budget_s is None or time_budget_s >= 600)
-        return long_enough and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+        return long_run and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
     return False
 
 

@@ -265,7 +265,8 @@ class _Run:
             opt.load_state_dict(saved["optimizer"])
             if saved["scaler"]:
                 scaler.load_state_dict(saved["scaler"])
-        compiled = resolve_compile(cfg.compile, device, precision, state.total_steps, cfg.time_budget_s)
+        compiled = resolve_compile(cfg.compile, device, precision,
+                                   budget.repays_compilation(cfg, state.total_steps, device.type))
         if compiled:
             _import_cpp_extension_quietly()
         runner = model
