@@ -76,9 +76,10 @@ class ViTConfig:
     lsa: bool = False
     # "learned" position embeddings (the paper) or fixed 2-D "sincos" ones (MoCo v3 / MAE); CLS gets zeros.
     pos_embed: str = "learned"
-    # Multiply the patch embeddings by sqrt(dim) before the positions are added (as the Transformer paper scales
-    # its token embeddings; the original notebooks did so): the patches then outweigh N(0, 1) positions.
+    # Multiply the token embeddings (CLS and patches) by sqrt(dim) before the positions are added, as the
+    # Transformer paper scales its token embeddings (and the original notebooks did): tokens outweigh N(0, 1) positions.
     embed_scale: bool = False
+    mlp_dropout: float = 0.0  # inside each MLP, after the GELU (not in HF's ViT, whose MLP has none)
     # "trunc_normal": N(0, 0.02) truncated weights, zero biases (HF, timm); "torch": PyTorch's own defaults for
     # every Linear, Conv2d and LayerNorm and N(0, 1) CLS token and positions (a model written in plain PyTorch).
     init: str = "trunc_normal"
@@ -254,15 +255,16 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Linear -> exact (erf) GELU -> Linear."""
+    """Linear -> exact (erf) GELU -> (dropout) -> Linear."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.dim, cfg.mlp_dim)
         self.fc2 = nn.Linear(cfg.mlp_dim, cfg.dim)
+        self.drop = nn.Dropout(cfg.mlp_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.drop(F.gelu(self.fc1(x))))
 
 
 class Block(nn.Module):
@@ -356,10 +358,11 @@ class VisionTransformer(nn.Module):
         """Image batch -> normalised tokens ``(B, T, D)`` (and the attention maps if asked)."""
         _check_images(self.config, x, self.cls_token.dtype)
         tokens = self.patch_embed(x)  # (B, N, D)
-        if self.config.embed_scale:
-            tokens = tokens * math.sqrt(self.config.dim)
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, tokens], dim=1) + self.pos_embed  # (B, T, D), T = N + 1
+        x = torch.cat([cls, tokens], dim=1)  # (B, T, D), T = N + 1
+        if self.config.embed_scale:
+            x = x * math.sqrt(self.config.dim)
+        x = x + self.pos_embed
         x = self.drop(x)
         attentions = []
         for block in self.blocks:
@@ -724,11 +727,11 @@ def _check_config(cfg: ViTConfig) -> None:
     if cfg.dim % cfg.heads:
         raise ValueError(f"heads={cfg.heads} does not divide dim={cfg.dim}; choose heads among "
                          f"{_divisors_hint(cfg.dim)} or change dim.")
-    for name in ("dropout", "attn_dropout", "layer_norm_eps"):
+    for name in ("dropout", "attn_dropout", "mlp_dropout", "layer_norm_eps"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r}).")
-    for name in ("dropout", "attn_dropout"):
+    for name in ("dropout", "attn_dropout", "mlp_dropout"):
         p = getattr(cfg, name)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {p}.")

@@ -76,7 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override one recipe entry, e.g. --set model.stem=cct --set data.batch_size=64 (repeatable; "
                     "values are Python literals, else strings); use a new --tag for a new variant")
-    ap.add_argument("--val-size", type=int, default=5000, help="images held out of the training split")
+    ap.add_argument("--val-size", type=int, default=None,
+                    help="images held out of the training split (default: the recipe's, else 5000)")
     ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset (smoke runs)")
     ap.add_argument("--tag", default="cpu", help="suffix of the output files")
     ap.add_argument("--device", default=None)
@@ -99,7 +100,17 @@ def _recipe(args, ap) -> tuple[dict, dict]:
     return recipe, _apply_overrides(recipe, args.set, ap)
 
 
-def _model(args, recipe: dict) -> vh.VisionTransformer:
+def _model(args, recipe: dict):
+    """Our ViT (``model``), HF's from scratch (``hf_model``: PyTorch's init for its classifier, as the original's
+    separate Linear had) or a pretrained HF ViT to fine-tune (``pretrained``: needs the hub or a local copy)."""
+    if "hf_model" in recipe or "pretrained" in recipe:
+        from transformers import ViTConfig, ViTForImageClassification
+        if "pretrained" in recipe:
+            return ViTForImageClassification.from_pretrained(recipe["pretrained"], num_labels=10,
+                                                             attn_implementation="sdpa")
+        model = ViTForImageClassification._from_config(ViTConfig(**recipe["hf_model"]), attn_implementation="sdpa")
+        model.classifier.reset_parameters()
+        return model
     model = vh.VisionTransformer(**recipe["model"])
     if args.init_from:
         start_model, _ = vh.load_model(args.init_from)
@@ -112,9 +123,11 @@ def _model(args, recipe: dict) -> vh.VisionTransformer:
 
 def _evaluate(model, loaders, device, checkpoint_path: Path, cifar: bool) -> dict:
     """Test accuracy of the tested (best validation epoch's) model, with flip TTA on CIFAR-10 (chosen on
-    validation, reported on test), and of the last epoch's model for comparison."""
+    validation, reported on test); its training-split accuracy in eval mode (what the original notebooks reported
+    as train accuracy); and the last epoch's model's test accuracy for comparison."""
     test = train.evaluate(model, loaders.test, device)
-    out = {"test_acc": test["acc"], "test_loss": test["loss"], "test_n": test["n"]}
+    out = {"test_acc": test["acc"], "test_loss": test["loss"], "test_n": test["n"],
+           "train_acc_eval": train.evaluate(model, data.train_eval_loader(loaders), device)["acc"]}
     if cifar:
         out["val_acc_flip"] = train.evaluate(model, loaders.val, device, flip=True)["acc"]
         out["test_acc_flip"] = train.evaluate(model, loaders.test, device, flip=True)["acc"]
@@ -145,15 +158,16 @@ def main() -> None:
     runtime.set_seed(args.seed)
     recipe, overrides = _recipe(args, ap)
     device = runtime.get_device(args.device)
-    dataset_name = args.recipe.split("-")[0]
+    dataset_name = recipe.get("dataset", args.recipe.split("-")[0])
     loader_fn = data.mnist_loaders if dataset_name == "mnist" else data.cifar10_loaders
-    loaders = loader_fn(args.data_root, seed=args.seed, val_size=args.val_size, train_limit=args.train_limit,
-                        **recipe["data"])
+    if args.val_size is not None:
+        recipe["data"]["val_size"] = args.val_size
+    loaders = loader_fn(args.data_root, seed=args.seed, train_limit=args.train_limit, **recipe["data"])
     model = _model(args, recipe)
     name = f"{args.recipe}-{args.tag}"
     checkpoint_path = Path(args.checkpoint or out / "checkpoints" / "runs" / f"{name}.pt")
     run_info = {"recipe": args.recipe, "seed": args.seed, "tag": args.tag, "init_from": args.init_from,
-                "val_size": args.val_size, "train_limit": args.train_limit, **({"overrides": overrides} if overrides else {})}
+                "val_size": len(loaders.val.dataset), "train_limit": args.train_limit, **({"overrides": overrides} if overrides else {})}
     hist = train.fit(model, loaders.train, loaders.val, device=device, precision=args.precision,
                      time_budget_s=args.budget_min * 60 if args.budget_min is not None else None,
                      max_tflop=args.max_tflop, progress=sys.stderr.isatty(), checkpoint=checkpoint_path,
@@ -183,7 +197,8 @@ def main() -> None:
         _rollout_figure(model, loaders, device, f"Attention rollout, {args.recipe} (test digits)",
                         out / "images" / f"{name}-rollout.png")
     # git-ignored; copy it to weights/ to ship it (the notebooks load weights/*.safetensors with vh.load_model)
-    vh.save_model(model, out / "checkpoints" / f"{name}.safetensors", recipe=args.recipe, test_acc=metrics["test_acc"],
+    ours = model if isinstance(model, vh.VisionTransformer) else vh.from_hf(model)  # the same function, our names
+    vh.save_model(ours, out / "checkpoints" / f"{name}.safetensors", recipe=args.recipe, test_acc=metrics["test_acc"],
                   record=f"results/{name}.json")
     print(f"{name}: test acc {metrics['test_acc']:.4f} (best val {hist.best_val_acc:.4f} at epoch {hist.best_epoch}; "
           f"the last epoch's model: {metrics['final_epoch_test_acc']:.4f}), {len(hist.epoch)} epochs, "

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import vit_helpers as vh
+from conftest import write_idx
 from vitkit import data, plots, recipes, sources, train
 
 
@@ -237,3 +238,22 @@ def test_shipped_cifar10_weights_score_as_recorded(shared_data):
     test = train.evaluate(model, loaders.test, "cpu")
     assert test["n"] == 10_000
     assert abs(test["acc"] - meta["test_acc"]) <= 2e-4  # at most two images apart (fp32 summation order)
+
+
+def test_a_balanced_validation_split_holds_as_many_images_of_every_class(fake_mnist):
+    root, _, _ = fake_mnist  # 60 training images, 6 of each digit
+    loaders = data.mnist_loaders(root, batch_size=8, val_size=20, balanced_val=True, download=False)
+    val, train_ = loaders.val.dataset, loaders.train.dataset
+    assert torch.bincount(val.labels.long(), minlength=10).tolist() == [2] * 10
+    assert len(train_) == 40 and torch.bincount(train_.labels.long(), minlength=10).tolist() == [4] * 10
+    again = data.mnist_loaders(root, batch_size=8, val_size=20, balanced_val=True, download=False).val.dataset
+    assert torch.equal(again.images, val.images)  # seeded: the same split every time
+    other = data.mnist_loaders(root, batch_size=8, val_size=20, balanced_val=True, seed=1, download=False).val.dataset
+    assert not torch.equal(other.images, val.images)
+    odd = data.mnist_loaders(root, batch_size=8, val_size=13, balanced_val=True, download=False).val.dataset
+    assert torch.bincount(odd.labels.long(), minlength=10).tolist() == [2, 2, 2] + [1] * 7
+    raw = root / "MNIST" / "raw"  # now a training split of 51 zeros and one image of each other digit
+    write_idx(raw, "train", torch.zeros(60, 28, 28, dtype=torch.uint8), torch.tensor([0] * 51 + list(range(1, 10)),
+                                                                                        dtype=torch.uint8))
+    with pytest.raises(ValueError, match="class 1 has 1 images, fewer than its share 2 of val_size=20"):
+        data.mnist_loaders(root, batch_size=8, val_size=20, balanced_val=True, download=False)

@@ -159,13 +159,14 @@ def test_a_config_or_its_keywords_build_the_same_model():
         vh.VisionTransformer(cfg, dim=64)
 
 
-def test_embed_scale_multiplies_the_patch_embeddings_by_sqrt_dim():
-    """The patch embedding is linear, so scaling its output by sqrt(D) is scaling its weights and bias by sqrt(D)."""
+def test_embed_scale_multiplies_the_token_embeddings_by_sqrt_dim():
+    """The patch embedding is linear, so scaling the tokens by sqrt(D) is scaling its weights and bias, and the CLS
+    token, by sqrt(D) (the positions are added after the scaling)."""
     kwargs = dict(image_size=16, patch_size=4, in_channels=3, num_classes=5, dim=16, depth=1, heads=2, mlp_dim=32)
     scaled = vh.VisionTransformer(**kwargs, embed_scale=True).eval()
     plain = vh.VisionTransformer(**kwargs).eval()
     state = scaled.state_dict()
-    for name in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+    for name in ("patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token"):
         state[name] = state[name] * 4.0  # sqrt(16)
     plain.load_state_dict(state)
     x = torch.randn(2, 3, 16, 16)

@@ -72,15 +72,36 @@ def _build_transform(train: bool, augment: str, mean, std, image_size: int, resi
     return v2.Compose(ops)
 
 
+def _split(labels: torch.Tensor, val_size: int, balanced: bool, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (validation, training) indices. ``balanced``: ``val_size // classes`` images of every class (the
+    remainder one each from the first classes), so that a small validation split is not skewed by chance."""
+    perm = torch.randperm(len(labels), generator=g)
+    if not balanced:
+        return perm[:val_size], perm[val_size:]
+    classes = labels.unique().tolist()
+    shuffled = labels[perm]
+    picked = []
+    for i, c in enumerate(classes):
+        share = val_size // len(classes) + (i < val_size % len(classes))
+        mine = perm[shuffled == c]
+        if share > len(mine):
+            raise ValueError(f"balanced_val: class {c} has {len(mine)} images, fewer than its share {share} of "
+                             f"val_size={val_size}; lower val_size or pass balanced_val=False.")
+        picked.append(mine[:share])
+    val = torch.cat(picked)
+    is_val = torch.zeros(len(labels), dtype=torch.bool)
+    is_val[val] = True
+    return val[torch.randperm(len(val), generator=g)], perm[~is_val[perm]]
+
+
 def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, batch_size: int,
-                  val_size: int, augment: str, mean, std, resize: int | None, invert: bool, seed: int,
-                  train_limit: int | None, test_limit: int | None, num_workers: int | None) -> Loaders:
+                  val_size: int, balanced_val: bool, augment: str, mean, std, resize: int | None, invert: bool,
+                  seed: int, train_limit: int | None, test_limit: int | None, num_workers: int | None) -> Loaders:
     n = len(train_full)
     if not 0 < val_size < n:
         raise ValueError(f"val_size must be between 1 and {n - 1} (the training split has {n} images), got {val_size}.")
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g)  # seeded, deterministic train/val split
-    val_idx, train_idx = perm[:val_size], perm[val_size:]
+    val_idx, train_idx = _split(train_full.labels, val_size, balanced_val, g)  # seeded, deterministic
     if train_limit is not None:
         train_idx = train_idx[:train_limit]
     test_idx = torch.arange(len(test))
@@ -106,7 +127,7 @@ def _make_loaders(train_full: InMemoryImages, test: InMemoryImages, *, batch_siz
 
 
 def _check_loader_args(name: str, *, batch_size, val_size, augment, resize, mean, std, channels: int, seed,
-                       train_limit, test_limit, num_workers, invert=False, root=None) -> None:
+                       train_limit, test_limit, num_workers, invert=False, root=None, balanced_val=False) -> None:
     """The loaders' arguments, checked before any file is read."""
     if root is not None and not isinstance(root, (str, os.PathLike)):
         raise TypeError(f"root must be a folder path (str or Path), got {type(root).__name__} ({root!r}).")
@@ -115,6 +136,8 @@ def _check_loader_args(name: str, *, batch_size, val_size, augment, resize, mean
     check_number("batch_size", batch_size, low=1, integer=True)
     check_number("val_size", val_size, low=1, integer=True)
     check_number("seed", seed, low=0, integer=True)
+    if not isinstance(balanced_val, bool):
+        raise TypeError(f"balanced_val must be True or False, got {balanced_val!r}.")
     for key, value in (("resize", resize), ("train_limit", train_limit), ("test_limit", test_limit)):
         if value is not None:
             check_number(key, value, low=1, integer=True)
@@ -147,35 +170,36 @@ def _loaders(name: str, load, channels: int, root, **settings) -> Loaders:
 
 
 def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,
-                    augment: str = "none", resize: int | None = None, mean: Sequence[float] = CIFAR10_MEAN,
+                    balanced_val: bool = False, augment: str = "none", resize: int | None = None, mean: Sequence[float] = CIFAR10_MEAN,
                     std: Sequence[float] = CIFAR10_STD, seed: int = 0, train_limit: int | None = None,
                     test_limit: int | None = None, num_workers: int | None = None, download: bool = True,
                     download_timeout_s: float = 600.0) -> Loaders:
-    """CIFAR-10 train/val/test loaders. ``val_size`` images of the official training split (seeded) form the
-    validation split; the official test split is the test split.
+    """CIFAR-10 train/val/test loaders. ``val_size`` images of the official training split (seeded; with
+    ``balanced_val``, as many of each class) form the validation split; the official test split is the test split.
 
     augment: ``"none"``, ``"crop_flip"`` (random crop with 4-px reflect padding + horizontal flip),
     ``"randaugment"`` or ``"autoaugment"`` (crop + flip + RandAugment(2, 9) / AutoAugment's CIFAR-10 policy).
     ``resize`` upsamples (e.g. to 224 for a pretrained ViT); ``mean``/``std`` normalise (use the image
     processor's for a pretrained model). ``train_limit``/``test_limit`` take seeded subsets (smoke runs).
     """
-    settings = dict(batch_size=batch_size, val_size=val_size, augment=augment, resize=resize, mean=mean, std=std,
-                    invert=False, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
+    settings = dict(batch_size=batch_size, val_size=val_size, balanced_val=balanced_val, augment=augment,
+                    resize=resize, mean=mean, std=std, invert=False, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
     return _loaders("cifar10", lambda: load_cifar10(root, download, download_timeout_s), 3, root, **settings)
 
 
 def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,
-                  invert: bool = False, augment: str = "none", mean: Sequence[float] | None = None,
+                  balanced_val: bool = False, invert: bool = False, augment: str = "none", mean: Sequence[float] | None = None,
                   std: Sequence[float] = MNIST_STD, seed: int = 0, train_limit: int | None = None,
                   test_limit: int | None = None, num_workers: int | None = None, download: bool = True,
                   download_timeout_s: float = 60.0) -> Loaders:
-    """MNIST train/val/test loaders; ``invert=True`` gives dark digits on white (255 - pixel).
+    """MNIST train/val/test loaders; ``invert=True`` gives dark digits on white (255 - pixel). ``val_size``
+    images of the training split (seeded; with ``balanced_val``, as many of each class) form the validation split.
 
     augment: ``"none"``, ``"crop"`` (random crop with 3-px padding) or ``"affine"`` (rotation +-10 deg,
     shift +-10 %, scale 0.9-1.1). No flips: a mirrored digit is another symbol.
     """
     if mean is None:
         mean = tuple(1 - m for m in MNIST_MEAN) if invert else MNIST_MEAN
-    settings = dict(batch_size=batch_size, val_size=val_size, augment=augment, resize=None, mean=mean, std=std,
-                    invert=invert, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
+    settings = dict(batch_size=batch_size, val_size=val_size, balanced_val=balanced_val, augment=augment,
+                    resize=None, mean=mean, std=std, invert=invert, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
     return _loaders("mnist", lambda: load_mnist(root, download, download_timeout_s), 1, root, **settings)
