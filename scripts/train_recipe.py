@@ -29,22 +29,68 @@ from vitkit import checkpoint as ckpt  # noqa: E402
 from vitkit import data, plots, recipes, records, runtime, train  # noqa: E402
 
 
-def _apply_overrides(recipe: dict, items: list[str], ap: argparse.ArgumentParser) -> dict:
-    """``--set section.key=value`` entries applied to ``recipe`` in place; returns them as a dict."""
+def _valid_keys(recipe: dict, loader_fn) -> dict[str, list[str]]:
+    """The keys each recipe section accepts: ViTConfig's (or HF ViTConfig's) fields, the loader's keywords, FitConfig's."""
+    import dataclasses
+    import inspect
+
+    loader = [n for n in inspect.signature(loader_fn).parameters if n not in ("root", "download", "download_timeout_s")]
+    keys = {"data": loader, "fit": [f.name for f in dataclasses.fields(train.FitConfig)]}
+    if "model" in recipe:
+        keys["model"] = [f.name for f in dataclasses.fields(vh.ViTConfig)]
+    return keys
+
+
+def _apply_overrides(recipe: dict, items: list[str], valid: dict[str, list[str]], ap: argparse.ArgumentParser) -> dict:
+    """``--set section.key=value`` entries applied to ``recipe`` in place (a repeated or unknown key is an error that
+    lists the valid ones); returns them as a dict."""
     import ast
 
     overrides = {}
     for item in items:
         key, sep, raw = item.partition("=")
         section, dot, field = key.partition(".")
-        if not sep or not dot or section not in recipe:
-            ap.error(f"--set {item!r}: write SECTION.KEY=VALUE with SECTION one of {', '.join(recipe)}")
+        if not sep or not dot or section not in recipe or not isinstance(recipe[section], dict):
+            ap.error(f"--set {item!r}: write SECTION.KEY=VALUE with SECTION one of {', '.join(valid)}")
+        if section in valid and field not in valid[section]:
+            ap.error(f"--set {item!r}: {section} has no key {field!r}; valid keys: {', '.join(valid[section])}")
+        if key in overrides:
+            ap.error(f"--set {key} is given twice ({overrides[key]!r} and {raw!r}); give it once")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
         recipe[section][field] = overrides[key] = value
     return overrides
+
+
+def _check_before_data(args, recipe: dict, out: Path, name: str, checkpoint: Path, ap) -> None:
+    """What can be refused before any data is loaded: numbers, the training settings, the output folder, and a
+    record or weights file of an earlier run that this one would replace unasked."""
+    if args.resume and args.overwrite:
+        ap.error("--resume continues the run in the checkpoint and --overwrite replaces it; pass one of them")
+    try:
+        train.FitConfig.build(**recipe["fit"], max_tflop=args.max_tflop,
+                              time_budget_s=args.budget_min * 60 if args.budget_min is not None else None)
+        if "model" in recipe:
+            vh.ViTConfig(**recipe["model"])
+    except (TypeError, ValueError) as e:
+        ap.error(str(e))
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out-dir {out} is a file; pass a folder (results/, images/ and checkpoints/ go under it)")
+    try:
+        (out / "results").mkdir(parents=True, exist_ok=True)
+        probe = out / "results" / f".{name}.write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        ap.error(f"--out-dir {out} is not writable ({e.strerror}); pass a folder you can write")
+    earlier = [p for p in (out / "results" / f"{name}.json", out / "checkpoints" / f"{name}.safetensors") if p.exists()]
+    if earlier and not args.overwrite and not (args.resume and checkpoint.exists()):
+        files = ", ".join(_relative(p, out) for p in earlier)
+        ap.error(f"{files} hold an earlier run of --tag {args.tag}; pass --resume to continue it from its checkpoint "
+                 f"({_relative(checkpoint, out)}{'' if checkpoint.exists() else ': not there'}), --overwrite to "
+                 "replace it, or another --tag")
 
 
 def _relative(path: Path, base: Path) -> str:
@@ -86,18 +132,22 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=None,
                     help="written after every epoch (default: checkpoints/runs/<recipe>-<tag>.pt under --out-dir)")
     ap.add_argument("--resume", action="store_true", help="continue the run in --checkpoint (starts it if there is none)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an earlier run of this --tag: its record, weights, figures and checkpoint")
     ap.add_argument("--log-dir", default=None, help="TensorBoard event files (tensorboard --logdir <it>)")
     ap.add_argument("--out-dir", default=str(ROOT), help="results/, images/ and checkpoints/ go under it")
     return ap
 
 
-def _recipe(args, ap) -> tuple[dict, dict]:
+def _recipe(args, loader_fn, ap) -> tuple[dict, dict]:
     """The recipe with the command line's changes, and the ``--set`` overrides on their own."""
     recipe = recipes.get_recipe(args.recipe)
     for key, value in (("epochs", args.epochs), ("lr", args.lr), ("warmup_fraction", args.warmup_fraction)):
         if value is not None:
             recipe["fit"][key] = value
-    return recipe, _apply_overrides(recipe, args.set, ap)
+    if args.val_size is not None:
+        recipe["data"]["val_size"] = args.val_size
+    return recipe, _apply_overrides(recipe, args.set, _valid_keys(recipe, loader_fn), ap)
 
 
 def _model(args, recipe: dict):
@@ -153,25 +203,27 @@ def main() -> None:
     ap = _parser()
     args = ap.parse_args()
     out = Path(args.out_dir)
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be a positive int, got {args.threads}")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     runtime.set_seed(args.seed)
-    recipe, overrides = _recipe(args, ap)
-    device = runtime.get_device(args.device)
-    dataset_name = recipe.get("dataset", args.recipe.split("-")[0])
+    dataset_name = recipes.RECIPES[args.recipe].get("dataset", args.recipe.split("-")[0])
     loader_fn = data.mnist_loaders if dataset_name == "mnist" else data.cifar10_loaders
-    if args.val_size is not None:
-        recipe["data"]["val_size"] = args.val_size
-    loaders = loader_fn(args.data_root, seed=args.seed, train_limit=args.train_limit, **recipe["data"])
-    model = _model(args, recipe)
+    recipe, overrides = _recipe(args, loader_fn, ap)
     name = f"{args.recipe}-{args.tag}"
     checkpoint_path = Path(args.checkpoint or out / "checkpoints" / "runs" / f"{name}.pt")
+    _check_before_data(args, recipe, out, name, checkpoint_path, ap)
+    device = runtime.get_device(args.device)
+    loaders = loader_fn(args.data_root, seed=args.seed, train_limit=args.train_limit, **recipe["data"])
+    model = _model(args, recipe)
     run_info = {"recipe": args.recipe, "seed": args.seed, "tag": args.tag, "init_from": args.init_from,
                 "val_size": len(loaders.val.dataset), "train_limit": args.train_limit, **({"overrides": overrides} if overrides else {})}
     hist = train.fit(model, loaders.train, loaders.val, device=device, precision=args.precision,
                      time_budget_s=args.budget_min * 60 if args.budget_min is not None else None,
                      max_tflop=args.max_tflop, progress=sys.stderr.isatty(), checkpoint=checkpoint_path,
-                     resume=args.resume, log_dir=args.log_dir, run_info=run_info, **recipe["fit"])
+                     resume=args.resume, overwrite=args.overwrite, log_dir=args.log_dir,
+                     run_info=run_info, **recipe["fit"])
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 evaluates and writes
         return
     fit_end = time.perf_counter()

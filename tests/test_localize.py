@@ -1,4 +1,6 @@
 """The localization data set (cluttered MNIST) and its metrics, on hand-made digits and maps."""
+import re
+
 import pytest
 import torch
 
@@ -89,3 +91,59 @@ def test_bad_metric_input_is_named():
         localize.box_from_map(torch.rand(1, 4, 4), 64, 1.5)
     with pytest.raises(TypeError, match="one-channel InMemoryImages"):
         localize.cluttered_mnist(torch.zeros(3, 1, 28, 28), 2)
+
+
+@pytest.mark.parametrize("spec, message", [
+    (dict(canvas=20, min_side=20, max_side=20), "spec.canvas=20 leaves 0 px beside a 20-px digit"),
+    (dict(max_overlap=-0.5), r"spec.max_overlap must be in \[0, 1\], got -0.5"),
+    (dict(canvas=16), "spec.max_side=32 does not fit spec.canvas=16"),
+    (dict(fragments=-1), "spec.fragments must be >= 0, got -1"),
+    (dict(fragment=40), "spec.fragment=40 is larger than the 28x28 source digits"),
+    (dict(min_side=30, max_side=24), "spec.min_side=30 is larger than spec.max_side=24"),
+    (dict(ink=300), r"spec.ink must be in \[0, 254\]"),
+])
+def test_impossible_clutter_is_refused_at_once_instead_of_hanging(digits, spec, message):
+    import threading
+    outcome = {}
+
+    def attempt():
+        try:
+            localize.cluttered_mnist(digits, 4, spec=localize.ClutterSpec(**spec))
+        except ValueError as e:
+            outcome["error"] = str(e)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=5)  # a hang fails here instead of blocking the suite
+    assert not worker.is_alive(), "cluttered_mnist hung"
+    assert re.search(message, outcome.get("error", "")), outcome
+
+
+def test_a_one_image_source_and_inkless_digits_are_refused(digits):
+    one = InMemoryImages(digits.images[:1], digits.labels[:1], digits.classes)
+    with pytest.raises(ValueError, match="the source split has 1 image"):
+        localize.cluttered_mnist(one, 2)
+    blank = InMemoryImages(torch.zeros_like(digits.images[:50]), digits.labels[:50], digits.classes)
+    blank.images[:, :, 10:12, 10:12] = 255  # a 2x2 dot: a digit box, but no 8x8 piece holds 8 ink pixels
+    with pytest.raises(ValueError, match="no clutter fragment found after 10000 random draws"):
+        localize.cluttered_mnist(blank, 1)
+
+
+def test_nan_maps_and_invalid_boxes_are_named():
+    maps, boxes = torch.rand(3, 4, 4), torch.tensor([[0, 0, 8, 8]] * 3)
+    maps[1] = float("nan")
+    maps[2, 0, 0] = float("nan")  # one NaN cell would hide the real peak
+    for score in (lambda m, b: localize.pointing_game(m, b, 16), lambda m, b: localize.box_accuracy(m, b, 16, 0.5)):
+        with pytest.raises(ValueError, match=r"maps \[1, 2\] hold NaN or infinite values"):
+            score(maps, boxes)
+    with pytest.raises(ValueError, match=r"maps \[1, 2\] hold NaN"):
+        localize.box_from_map(maps, 16, 0.5)
+    good = torch.rand(3, 4, 4)
+    for bad in ([[0, 0, 8, 8], [8, 8, 4, 12], [0, 0, 8, 8]], [[0, 0, 8, 8], [0, 0, 8, 8], [-2, 0, 20, 8]],
+                [[0, 0, 8, 8], [3, 3, 3, 9], [0, 0, 8, 8]]):
+        with pytest.raises(ValueError, match=r"boxes \[\d\] are empty, inverted or outside the 16x16 image"):
+            localize.pointing_game(good, torch.tensor(bad), 16)
+    with pytest.raises(ValueError, match="image_size must be a positive int, got 0"):
+        localize.pointing_game(good, boxes, 0)
+    with pytest.raises(ValueError, match="image_size must be a positive int, got 0"):
+        localize.box_from_map(good, 0, 0.5)

@@ -221,3 +221,140 @@ def test_our_loaders_start_fresh_workers_each_epoch(fake_mnist):
 def test_run_info_may_not_redefine_what_fit_records(tmp_path):
     with pytest.raises(ValueError, match="run_info may not set 'model'.*'pretrained'"):
         run(model(), *loaders(), path=tmp_path / "run.pt", run_info={"model": "google/vit-base-patch16-224"})
+
+
+@pytest.mark.parametrize("budget", [dict(max_steps=14), dict(max_tflop="10.5 steps")], ids=["max_steps", "max_tflop"])
+def test_step_and_compute_budget_runs_resume_exactly(tmp_path, budget):
+    """A run whose length is a number of steps (a cap, or the whole steps within a compute budget) stopped in its
+    second epoch and resumed ends with the weights and LR sequence of the run that never stopped."""
+    from vitkit import budget as budgets
+    if "max_tflop" in budget:
+        per_image = budgets.flops_per_image(model(), loaders()[0], torch.device("cpu"))
+        budget = dict(max_tflop=per_image * 16 * 10.5 / 1e12)  # 10 whole steps of batch 16
+    reference = model()
+    ref_hist = run(reference, *loaders(), **budget)
+    path = tmp_path / "run.pt"
+    train_loader, val_loader = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        run(model(), StopsAt(train_loader, 2, 2), val_loader, path, **budget)
+    torch.manual_seed(99)
+    m = model()
+    hist = run(m, *loaders(), path=path, resume=True, **budget)
+    assert_same_weights(reference, m)
+    assert hist.lr == ref_hist.lr and len(hist.lr) == (14 if "max_steps" in budget else 10)
+
+
+# --- a run is never destroyed unasked; one process per checkpoint -----------------------------------------------
+
+def test_a_checkpoint_is_never_replaced_unasked(tmp_path, capsys):
+    path = tmp_path / "run.pt"
+    run(model(), *loaders(), path=path, epochs=2)
+    before = path.read_bytes()
+    other = model()
+    untouched = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ckpt.CheckpointError, match=r"run.pt already holds a run \(recipe 'quadrants', finished after "
+                                                   r"epoch 2 of 2, saved .*\).*resume=True.*another checkpoint path.*"
+                                                   r"overwrite=True"):
+        run(other, *loaders(), path=path, epochs=3)  # another run, resume left at its default
+    assert path.read_bytes() == before and all(torch.equal(untouched[k], v) for k, v in other.state_dict().items())
+    hist = run(model(), *loaders(), path=path, epochs=1, overwrite=True, verbose=True)
+    assert "will be replaced after epoch 1 (overwrite=True)" in capsys.readouterr().out and hist.epoch == [1]
+    assert ckpt.load(path)["state"]["epochs"] == 1
+    with pytest.raises(ValueError, match="resume=True continues the run in the checkpoint and overwrite=True"):
+        run(model(), *loaders(), path=path, resume=True, overwrite=True)
+
+
+def test_a_folder_given_as_checkpoint_is_refused_before_training(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "keep.txt").write_text("mine")
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint=.*runs' is a folder; pass a file path in it"):
+        run(model(), *loaders(), path=tmp_path / "runs")
+    assert (tmp_path / "runs" / "keep.txt").read_text() == "mine" and not (tmp_path / "runs.prev").exists()
+
+
+def test_an_unwritable_checkpoint_folder_is_named_before_training(tmp_path):
+    import os
+    if os.geteuid() == 0:  # root writes anywhere: a file where the folder should be makes the same error
+        (tmp_path / "ro").write_text("a file, not a folder")
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+    with pytest.raises(ckpt.CheckpointError, match=r"checkpoint folder .*ro.*(cannot be created|cannot write)"):
+        run(model(), *loaders(), path=tmp_path / "ro" / "run.pt")
+
+
+@pytest.fixture
+def holder():
+    """A live process of this host (a `sleep`), killed at the end."""
+    import subprocess
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def write_lock(path, **info):
+    import json
+    import socket
+    path.with_name(path.name + ".lock").write_text(json.dumps({"host": socket.gethostname(), "started": "earlier",
+                                                               "heartbeat": time.time(), **info}))
+
+
+def test_a_checkpoint_held_by_a_live_process_is_refused(tmp_path, holder):
+    path = tmp_path / "run.pt"
+    write_lock(path, pid=holder.pid)
+    with pytest.raises(ckpt.CheckpointError, match=rf"is in use by process {holder.pid} on .*another checkpoint path"):
+        run(model(), *loaders(), path=path)
+    assert not path.exists() and path.with_name("run.pt.lock").exists()  # the holder's lock stays
+
+
+def test_a_dead_holder_is_taken_over_and_the_lock_released_at_the_end(tmp_path, holder, capsys):
+    path = tmp_path / "run.pt"
+    holder.kill()
+    holder.wait()
+    write_lock(path, pid=holder.pid)
+    run(model(), *loaders(), path=path, epochs=1, verbose=True)
+    assert f"taking over run.pt.lock: its holder (process {holder.pid}" in capsys.readouterr().out
+    assert not path.with_name("run.pt.lock").exists() and ckpt.load(path)["state"]["epoch"] == 1
+
+
+def test_another_hosts_lock_is_taken_over_only_when_its_heartbeat_is_old(tmp_path):
+    path = tmp_path / "run.pt"
+    write_lock(path, pid=1, host="another-host")
+    with pytest.raises(ckpt.CheckpointError, match="in use by process 1 on another-host"):
+        run(model(), *loaders(), path=path, epochs=1)
+    write_lock(path, pid=1, host="another-host", heartbeat=time.time() - 3 * 3600)  # silent for 3 hours
+    assert run(model(), *loaders(), path=path, epochs=1).epoch == [1]
+
+
+def test_the_lock_is_released_when_fit_raises_and_reused_by_its_own_process(tmp_path):
+    path = tmp_path / "run.pt"
+    train_loader, val_loader = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        run(model(), StopsAt(train_loader, 2, 0), val_loader, path)
+    assert not path.with_name("run.pt.lock").exists()
+    write_lock(path, pid=__import__("os").getpid())  # this process's own lock, as a cell run again leaves it
+    assert run(model(), *loaders(), path=path, resume=True).epoch == [1, 2, 3]
+
+
+@pytest.mark.parametrize("change, message", [
+    ("pixel", "data: checkpoint '"),
+    ("augmentation", r"augmentation: checkpoint 'Noisy\(\)', now 'Identity\(\)'"),
+    ("loader_seed", "loader_seed: checkpoint 0, now 1"),
+    ("train_size", "split_sizes: checkpoint \\[96, 32\\], now \\[80, 32\\]"),
+    ("warmup", "warmup_fraction: checkpoint 0.2, now 0.1"),
+    ("mixup", "mixup_alpha: checkpoint 0.2, now 0.4"),
+])
+def test_resume_is_refused_when_the_data_or_any_training_knob_differs(tmp_path, change, message):
+    path = tmp_path / "run.pt"
+    run(model(), *loaders(), path=path, epochs=3)
+    train_loader, val_loader = loaders(seed=1 if change == "loader_seed" else 0)
+    kwargs = {"warmup": dict(warmup_fraction=0.1), "mixup": dict(mixup_alpha=0.4)}.get(change, {})
+    ds = train_loader.dataset
+    if change == "pixel":
+        ds.images[0, 0, 0, 0] ^= 1  # one pixel of one image
+    if change == "augmentation":
+        ds.transform = torch.nn.Identity()
+    if change == "train_size":
+        ds.images, ds.labels = ds.images[:80], ds.labels[:80]
+    with pytest.raises(ckpt.CheckpointError, match=f"belongs to another run; it differs in .*{message}"):
+        run(model(), train_loader, val_loader, path=path, resume=True, **kwargs)

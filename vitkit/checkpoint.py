@@ -24,8 +24,8 @@ from vitkit.config import FitConfig
 from vitkit.runtime import precision_reason, resolve_precision
 from vitkit.state import RunState
 
-__all__ = ["CheckpointError", "save", "load", "run_identity", "check_identity", "rng_state", "set_rng_state",
-           "stretch", "save_run", "open_run", "resumed_precision"]
+__all__ = ["CheckpointError", "save", "load", "run_identity", "check_identity", "data_fingerprint", "describe",
+           "rng_state", "set_rng_state", "stretch", "save_run", "open_run", "resumed_precision", "RunLock"]
 
 VERSION = 2  # 1: the same content before RunState existed (read and converted by load)
 
@@ -76,14 +76,42 @@ def _from_version_1(old: dict[str, Any]) -> dict[str, Any]:
             "scaler": old["scaler"], "state": state}
 
 
-def run_identity(model: nn.Module, train_loader, cfg: FitConfig) -> dict[str, Any]:
+_DATA_KEYS = {"model", "dataset", "batch_size", "data", "split_sizes", "loader_seed", "augmentation"}
+
+
+def data_fingerprint(dataset) -> str | None:
+    """A hash of a data set's images and labels when it holds them in memory (well under a second for MNIST or the
+    CIFAR-10 copy), so that a resume on changed data is refused; None for other data sets (not read, too slow)."""
+    images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        return None
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    for t in (images, labels):
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _transform_name(transform) -> str | None:
+    """The augmentation as text: its repr where that is stable (torchvision's lists every op and parameter), else
+    its class name (a repr with a memory address changes from process to process)."""
+    if transform is None:
+        return None
+    text = repr(transform)
+    return type(transform).__qualname__ if " at 0x" in text else text
+
+
+def run_identity(model: nn.Module, train_loader, cfg: FitConfig, val_loader=None) -> dict[str, Any]:
     """What makes a checkpoint belong to a run: the model's config (its parameter shapes where it has no dataclass
-    config), the training set's source and batch size, every setting of ``cfg`` that changes what the run computes
+    config), the training data (source, a fingerprint of its images and labels, the split sizes, the loader's seed,
+    batch size and augmentation), every setting of ``cfg`` that changes what the run computes
     (:meth:`FitConfig.identity`) and the entries of ``cfg.run_info`` (seed, recipe, ...), which may not redefine the
-    others."""
+    others. Paths are never part of it: they change between machines."""
     settings = cfg.identity()
     run_info = settings.pop("run_info") or {}
-    clash = sorted(set(run_info) & ({"model", "dataset", "batch_size"} | set(settings)))
+    clash = sorted(set(run_info) & (_DATA_KEYS | set(settings)))
     if clash:
         raise ValueError(f"run_info may not set {', '.join(map(repr, clash))}: fit records those itself; name your "
                          "entries otherwise (e.g. 'pretrained' for a model id).")
@@ -93,8 +121,12 @@ def run_identity(model: nn.Module, train_loader, cfg: FitConfig) -> dict[str, An
     else:
         model_id = {k: list(v.shape) for k, v in model.state_dict().items()}
     dataset = getattr(train_loader, "dataset", None)
-    return {"model": model_id, "dataset": getattr(dataset, "source", None),
-            "batch_size": getattr(train_loader, "batch_size", None), **settings, **run_info}
+    generator = getattr(train_loader, "generator", None)
+    sizes = [len(d) for d in (dataset, getattr(val_loader, "dataset", None)) if hasattr(d, "__len__")]
+    return {"model": model_id, "dataset": getattr(dataset, "source", None), "data": data_fingerprint(dataset),
+            "split_sizes": sizes, "loader_seed": generator.initial_seed() if generator is not None else None,
+            "batch_size": getattr(train_loader, "batch_size", None),
+            "augmentation": _transform_name(getattr(dataset, "transform", None)), **settings, **run_info}
 
 
 def check_identity(saved: dict[str, Any], current: dict[str, Any], path: str | Path, verbose: bool = True) -> None:
@@ -162,12 +194,35 @@ def save_run(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: t
                 "state": state.to_dict()})
 
 
-def open_run(path: Path, resume: bool, identity: dict, verbose: bool) -> dict | None:
-    """The saved run to continue from (``"state"`` a :class:`RunState`), or None to start fresh; a checkpoint of
-    another run raises before any work."""
+def describe(path: Path) -> str:
+    """What a checkpoint holds, in a few words: recipe (or model), epochs reached, when it was saved."""
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+    try:
+        saved = load(path)
+    except CheckpointError:
+        return f"an unreadable checkpoint, saved {when}"
+    ident, state = saved["identity"], saved["state"]
+    model = ident.get("model", {})
+    what = (f"recipe {ident['recipe']!r}" if ident.get("recipe") else
+            f"a model of dim {model['dim']} and depth {model['depth']}" if isinstance(model, dict) and "dim" in model
+            else "a model")
+    done = "finished" if state.get("finished") else "unfinished"
+    return f"{what}, {done} after epoch {state['epoch']} of {state['epochs']}, saved {when}"
+
+
+def open_run(path: Path, resume: bool, identity: dict, verbose: bool, overwrite: bool = False) -> dict | None:
+    """The saved run to continue from (``"state"`` a :class:`RunState`), or None to start fresh. A checkpoint of
+    another run, and any checkpoint when neither ``resume`` nor ``overwrite`` is given, raise before any work."""
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint={str(path)!r} is a folder; pass a file path in it, e.g. "
+                              f"{str(path / 'run.pt')!r}.")
     if not resume:
+        if path.exists() and not overwrite:
+            raise CheckpointError(f"{path} already holds a run ({describe(path)}); fit does not replace it unasked. "
+                                  "Pass resume=True to continue it, another checkpoint path to start a new run beside "
+                                  "it, or overwrite=True to replace it.")
         if path.exists() and verbose:
-            print(f"fit: starting fresh; {path} will be replaced after epoch 1 (pass resume=True to continue it)")
+            print(f"fit: starting fresh; {path} ({describe(path)}) will be replaced after epoch 1 (overwrite=True)")
         return None
     if not path.exists() and not path.with_name(path.name + ".prev").exists():
         if verbose:
@@ -186,3 +241,98 @@ def resumed_precision(precision: str, device: torch.device, verbose: bool) -> st
                   f"({precision_reason(device, 'fp32')}): continuing in fp32")
         return "fp32"
     return precision
+
+
+class RunLock:
+    """One process per checkpoint: ``<checkpoint>.lock``, created exclusively (which also proves the folder
+    writable), holding host, pid, start time and a heartbeat refreshed at every checkpoint. The same process (a
+    notebook cell run again) reuses its own lock; a dead holder on this host is taken over, and said so; another
+    host's lock only after ``stale_s`` without a heartbeat (best effort on network drives such as Colab's Drive)."""
+
+    def __init__(self, checkpoint: Path, stale_s: float = 2 * 3600):
+        self.path, self.stale_s, self.held = checkpoint.with_name(checkpoint.name + ".lock"), stale_s, False
+
+    def acquire(self, verbose: bool = True) -> None:
+        import json
+        import socket
+
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"the checkpoint folder {folder} cannot be created ({e.strerror}); pass checkpoint= a "
+                                  "path in a folder you can write.") from None
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+                    self.held = True  # this process's own lock (a cell run again in one kernel)
+                    return
+                if not self._stale(holder):
+                    raise CheckpointError(
+                        f"{self.path.with_suffix('')} is in use by process {holder.get('pid')} on "
+                        f"{holder.get('host')} (since {holder.get('started')}, last checkpoint "
+                        f"{self._age(holder):.0f} s ago): two runs would overwrite each other's checkpoints. Wait "
+                        f"for it, stop it, or pass another checkpoint path.") from None
+                if verbose:
+                    print(f"fit: taking over {self.path.name}: its holder (process {holder.get('pid')} on "
+                          f"{holder.get('host')}) is gone")
+                self.path.unlink(missing_ok=True)
+                continue
+            except OSError as e:
+                raise CheckpointError(f"cannot write in the checkpoint folder {folder} ({e.strerror}); pass "
+                                      "checkpoint= a path in a folder you can write.") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._info(started=time.strftime("%Y-%m-%d %H:%M:%S")), f)
+            self.held = True
+            return
+        raise CheckpointError(f"could not take {self.path}: other processes keep creating it.")
+
+    def refresh(self) -> None:
+        """The heartbeat: the lock's time, rewritten at every checkpoint."""
+        import json
+
+        if self.held:
+            info = {**self._holder(), **self._info()}
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, self.path)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def _info(self, **extra) -> dict[str, Any]:
+        import socket
+        return {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(), **extra}
+
+    def _holder(self) -> dict[str, Any]:
+        import json
+        try:
+            holder = json.loads(self.path.read_text())
+            return holder if isinstance(holder, dict) else {}
+        except (OSError, ValueError):
+            return {}  # empty or half-written: its writer died while creating it
+
+    def _age(self, holder: dict) -> float:
+        beat = holder.get("heartbeat")
+        return time.time() - beat if isinstance(beat, (int, float)) else float("inf")
+
+    def _stale(self, holder: dict) -> bool:
+        """The holder is gone: a dead process on this host, an unreadable lock, or another host's silent too long."""
+        import socket
+        pid = holder.get("pid")
+        if not holder or not isinstance(pid, int):
+            return True
+        if holder.get("host") != socket.gethostname():
+            return self._age(holder) > self.stale_s
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False  # alive, another user's
+        return False

@@ -66,6 +66,7 @@ class FitConfig:
     # --- What it shows and writes -------------------------------------------------------------------------------------
     checkpoint: str | Path | None = field(default=None, metadata=_DISPLAY)  # written after every epoch
     resume: bool = field(default=False, metadata=_DISPLAY)  # continue the run in `checkpoint`
+    overwrite: bool = field(default=False, metadata=_DISPLAY)  # replace the run in `checkpoint` (never asked by default)
     log_dir: str | Path | None = field(default=None, metadata=_DISPLAY)  # TensorBoard event files
     progress: bool = field(default=True, metadata=_DISPLAY)  # one tqdm bar with the run's time left
     verbose: bool = field(default=True, metadata=_DISPLAY)  # the set-up line and one line per epoch
@@ -124,7 +125,7 @@ def _check(cfg: FitConfig) -> None:
         check_number("time_budget_s", cfg.time_budget_s, low=0, low_open=True)
     if cfg.max_tflop is not None:
         check_number("max_tflop", cfg.max_tflop, low=0, low_open=True, hint="It is the training compute in TFLOP.")
-    for name in ("resume", "restore_best", "progress", "verbose"):
+    for name in ("resume", "overwrite", "restore_best", "progress", "verbose"):
         if not isinstance(getattr(cfg, name), bool):
             raise TypeError(f"{name} must be True or False, got {getattr(cfg, name)!r}.")
     for name, kind in (("checkpoint", "file"), ("log_dir", "folder")):
@@ -134,6 +135,9 @@ def _check(cfg: FitConfig) -> None:
     if cfg.run_info is not None and not isinstance(cfg.run_info, dict):
         raise TypeError(f"run_info must be a dict (e.g. {{'recipe': ..., 'seed': ...}}) or None, got "
                         f"{type(cfg.run_info).__name__}.")
+    if cfg.resume and cfg.overwrite:
+        raise ValueError("resume=True continues the run in the checkpoint and overwrite=True replaces it; pass one of "
+                         "them.")
     if cfg.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'adamw', 'adam' or 'sgd'.")
     if cfg.lr_update not in LR_UPDATES:

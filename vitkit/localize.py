@@ -60,6 +60,7 @@ def cluttered_mnist(digits: InMemoryImages, n: int, seed: int = 0, spec: Clutter
     check_number("n", n, low=1, integer=True)
     if not isinstance(digits, InMemoryImages) or digits.images.shape[1] != 1:
         raise TypeError("digits must be a one-channel InMemoryImages split, such as data.load_mnist(root)[0].")
+    _check_spec(spec, digits)
     g = torch.Generator().manual_seed(seed)
     C = spec.canvas
     canvases = torch.zeros(n, 1, C, C, dtype=torch.uint8)
@@ -97,12 +98,45 @@ def _rescaled(images: torch.Tensor, sides: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+_ATTEMPTS = 10_000  # random draws for one fragment; each succeeds with odds far above 1 / 100 for sane specs
+
+
+def _check_spec(spec: ClutterSpec, digits: InMemoryImages) -> None:
+    """Parameters that no canvas can satisfy, refused arithmetically before any is drawn (each draw below is then
+    bounded too)."""
+    if not isinstance(spec, ClutterSpec):
+        raise TypeError(f"spec must be a ClutterSpec, got {type(spec).__name__}.")
+    side = digits.images.shape[-1]
+    for name in ("canvas", "min_side", "max_side", "fragment"):
+        check_number(f"spec.{name}", getattr(spec, name), low=1, integer=True)
+    check_number("spec.fragments", spec.fragments, low=0, integer=True)
+    check_number("spec.ink", spec.ink, low=0, high=254, integer=True, hint="Ink is a pixel value of 0..255.")
+    check_number("spec.max_overlap", spec.max_overlap, low=0, high=1,
+                 hint="It is the share of a fragment's area allowed inside the digit's box.")
+    if spec.min_side > spec.max_side:
+        raise ValueError(f"spec.min_side={spec.min_side} is larger than spec.max_side={spec.max_side}.")
+    if spec.max_side > spec.canvas:
+        raise ValueError(f"spec.max_side={spec.max_side} does not fit spec.canvas={spec.canvas}; use a canvas at least "
+                         "as large as the largest digit.")
+    if spec.fragment > side:
+        raise ValueError(f"spec.fragment={spec.fragment} is larger than the {side}x{side} source digits it is cut from.")
+    if spec.fragments and len(digits) < 2:
+        raise ValueError(f"the source split has {len(digits)} image(s); clutter is cut from other digits, so it needs "
+                         "at least 2 (or spec.fragments=0).")
+    if spec.fragments and spec.max_overlap < 1 and spec.canvas - spec.max_side < spec.fragment:
+        # the digit's box can cover the canvas so that no fragment position leaves it by the required share
+        free = spec.canvas - spec.max_side
+        raise ValueError(f"spec.canvas={spec.canvas} leaves {free} px beside a {spec.max_side}-px digit, fewer than "
+                         f"a {spec.fragment}-px fragment needs to stay out of its box (max_overlap="
+                         f"{spec.max_overlap}); use a larger canvas, smaller digits or fragments, or max_overlap=1.")
+
+
 def _place_fragment(canvas: torch.Tensor, digits: InMemoryImages, box: torch.Tensor, own: int, spec: ClutterSpec,
                     rng: random.Random) -> tuple[int, int]:
     """Paste one 8x8 piece of another digit (with some ink) where it overlaps ``box`` by at most the allowed share;
     returns its (x, y)."""
     fs, C = spec.fragment, spec.canvas
-    while True:
+    for _ in range(_ATTEMPTS):
         other = rng.randrange(len(digits))
         if other == own:
             continue
@@ -115,13 +149,33 @@ def _place_fragment(canvas: torch.Tensor, digits: InMemoryImages, box: torch.Ten
             region = canvas[y:y + fs, x:x + fs]
             canvas[y:y + fs, x:x + fs] = torch.maximum(region, piece)  # ink over ink: both stay visible
             return x, y
+    raise ValueError(f"no clutter fragment found after {_ATTEMPTS} random draws: the source digits have too little "
+                     f"ink above spec.ink={spec.ink} in {fs}x{fs} pieces, or the box leaves no room; lower spec.ink or "
+                     "spec.fragment, or raise spec.max_overlap.")
 
 
-def _check_maps_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> None:
+def _check_maps(maps: torch.Tensor) -> None:
+    """(B, h, w) maps, each with a finite value in every cell (a NaN would hide the real peak)."""
     if not isinstance(maps, torch.Tensor) or maps.ndim != 3:
         raise ValueError(f"maps must be (B, h, w), got {tuple(maps.shape) if isinstance(maps, torch.Tensor) else maps}.")
+    bad = (~torch.isfinite(maps.float())).flatten(1).any(dim=1).nonzero()[:, 0].tolist()
+    if bad:
+        raise ValueError(f"maps {bad[:10]}{'...' if len(bad) > 10 else ''} hold NaN or infinite values; a map with no "
+                         "finite peak points nowhere. Check the explainer's output for those images (e.g. a zero "
+                         "gradient normalised by zero).")
+
+
+def _check_maps_boxes(maps: torch.Tensor, boxes: torch.Tensor, image_size: int) -> None:
+    _check_maps(maps)
+    check_number("image_size", image_size, low=1, integer=True)
     if not isinstance(boxes, torch.Tensor) or boxes.shape != (len(maps), 4):
         raise ValueError(f"boxes must be ({len(maps)}, 4) as [x0, y0, x1, y1], one per map.")
+    b = boxes.long()
+    bad = ((b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > image_size) | (b[:, 3] > image_size)
+           | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])).nonzero()[:, 0].tolist()
+    if bad:
+        raise ValueError(f"boxes {bad[:10]} are empty, inverted or outside the {image_size}x{image_size} image (e.g. "
+                         f"{boxes[bad[0]].tolist()}); a box is [x0, y0, x1, y1] with 0 <= x0 < x1 <= {image_size}.")
 
 
 def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, image_size: int,
@@ -129,7 +183,7 @@ def pointing_game(maps: torch.Tensor, boxes: torch.Tensor, image_size: int,
     """Per map, whether the centre of its highest cell (at the map's own grid; ties go to the first cell in
     row-major order) lies inside the true box (x1, y1 exclusive). ``(B,)`` bool. ``offset``: (rows, columns) in
     pixels to move that point by, e.g. to where a convolutional stem centres the cell's token."""
-    _check_maps_boxes(maps, boxes)
+    _check_maps_boxes(maps, boxes, image_size)
     B, h, w = maps.shape
     flat = maps.reshape(B, -1).float()
     top = (flat == flat.amax(dim=1, keepdim=True)).float().argmax(dim=1)  # the first of the highest cells
@@ -154,6 +208,8 @@ def box_from_map(maps: torch.Tensor, image_size: int, fraction: float) -> torch.
     """Per map, the box of the largest 8-connected region of the map, bilinearly upsampled to the image and scaled to
     [0, 1] (as the plots show it), at or above ``fraction`` of its maximum: ``(B, 4)`` ``[x0, y0, x1, y1]``."""
     check_number("fraction", fraction, low=0, high=1, high_open=True)
+    check_number("image_size", image_size, low=1, integer=True)
+    _check_maps(maps)
     up = F.interpolate(maps.float()[:, None], size=(image_size, image_size), mode="bilinear",
                        align_corners=False)[:, 0]
     lo, hi = up.amin(dim=(1, 2), keepdim=True), up.amax(dim=(1, 2), keepdim=True)
@@ -178,5 +234,5 @@ def _largest_region_boxes(masks: np.ndarray) -> torch.Tensor:
 
 def box_accuracy(maps: torch.Tensor, boxes: torch.Tensor, image_size: int, fraction: float) -> torch.Tensor:
     """Per map, whether :func:`box_from_map` has IoU >= 0.5 with the true box. ``(B,)`` bool."""
-    _check_maps_boxes(maps, boxes)
+    _check_maps_boxes(maps, boxes, image_size)
     return box_iou(box_from_map(maps, image_size, fraction), boxes) >= 0.5

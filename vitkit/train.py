@@ -105,17 +105,44 @@ def fit(model: nn.Module, train_loader, val_loader=None, config: FitConfig | Non
     dist = distributed.setup(device)
     if dist.world > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
+    lock = _lock(cfg, dist)
+    try:
+        return _fit(model, train_loader, val_loader, cfg, device, dist, batches, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock(cfg: FitConfig, dist: distributed.Dist) -> ckpt.RunLock | None:
+    """The checkpoint's lock, taken by rank 0; a refusal reaches every process, so that none waits for the others."""
+    if cfg.checkpoint is None:
+        return None
+    lock, refusal = ckpt.RunLock(Path(cfg.checkpoint)), ""
+    if dist.main:
+        try:
+            lock.acquire(cfg.verbose)
+        except ckpt.CheckpointError as e:
+            refusal = str(e)
+    refusal = distributed.gather(refusal, dist)[0]
+    if refusal:
+        raise ckpt.CheckpointError(refusal)
+    return lock
+
+
+def _fit(model, train_loader, val_loader, cfg: FitConfig, device, dist, batches: int, lock) -> History:
+    """fit after its checks: open (or refuse) the checkpoint, set the run up, run the loop, finish."""
     verbose = cfg.verbose and dist.main
     identity, saved = None, None
     if cfg.checkpoint is not None:
-        identity = ckpt.run_identity(model, train_loader, cfg)
-        saved = ckpt.open_run(Path(cfg.checkpoint), cfg.resume, identity, verbose)
+        identity = ckpt.run_identity(model, train_loader, cfg, val_loader)
+        saved = ckpt.open_run(Path(cfg.checkpoint), cfg.resume, identity, verbose, cfg.overwrite)
     if saved is not None and saved["state"].finished:
         return _finished(model.to(device), saved, cfg, verbose)
     precision = (resolve_precision(device, cfg.precision) if saved is None
                  else ckpt.resumed_precision(saved["state"].history.precision, device, verbose))
     loader = distributed.shard(train_loader, dist, seed=_loader_seed(train_loader))
     run = _Run.start(model.to(device), loader, cfg, device, precision, dist, batches, identity, saved)
+    run.lock = lock
     try:
         _loop(run, loader, val_loader)
     except KeyboardInterrupt:
@@ -244,6 +271,7 @@ class _Run:
     batches: int
     start: float  # time.perf_counter() when this stretch began
     now_s: float = 0.0  # the run's wall time at the last optimizer step (rank 0's under torchrun)
+    lock: Any = None  # the checkpoint's RunLock: its heartbeat is refreshed at every checkpoint
     first_epoch: int = 1  # of this stretch
 
     @classmethod
@@ -419,6 +447,8 @@ class _Run:
             s.rng = rng
             saved = dataclasses.replace(s, elapsed_s=self.elapsed())  # the whole run's wall time so far
             ckpt.save_run(Path(cfg.checkpoint), self.model, self.opt, self.scaler, saved, self.identity)
+            if self.lock is not None:
+                self.lock.refresh()
         hist.epoch_time_s.append(time.perf_counter() - t0)  # training, validation and checkpoint
         s.end_reserve_s = time.perf_counter() - train_end  # what the end of an epoch costs a time budget
         self.now_s = distributed.broadcast([self.elapsed()], self.dist)[0]

@@ -29,6 +29,7 @@ class StopsInEpoch2(torch.utils.data.Dataset):
 
     def __init__(self, base, stop_after):
         self.base, self.reads, self.stop_after, self.source = base, 0, stop_after, base.source
+        self.images, self.labels, self.transform = base.images, base.labels, base.transform  # the same data
 
     def __len__(self):
         return len(self.base)

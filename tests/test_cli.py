@@ -1,0 +1,48 @@
+"""scripts/train_recipe.py refuses, before any data is loaded, what would destroy an earlier run or fail later:
+the data root given here does not exist, so every case below would fail otherwise with a missing-data error."""
+import importlib.util
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("train_recipe", ROOT / "scripts" / "train_recipe.py")
+train_recipe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_recipe)
+
+
+def refused(monkeypatch, capsys, *args) -> str:
+    monkeypatch.setattr(sys, "argv", ["train_recipe.py", "mnist-strong", "--data-root", "/no/such/data", *args])
+    with pytest.raises(SystemExit) as stop:
+        train_recipe.main()
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_an_earlier_run_of_the_same_tag_is_not_replaced_unasked(monkeypatch, capsys, tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "mnist-strong-t.json").write_text("{}")
+    err = refused(monkeypatch, capsys, "--out-dir", str(tmp_path), "--tag", "t")
+    assert "results/mnist-strong-t.json hold an earlier run of --tag t; pass --resume" in err and "--overwrite" in err
+    err = refused(monkeypatch, capsys, "--out-dir", str(tmp_path), "--tag", "t", "--resume")  # no checkpoint to resume
+    assert "checkpoints/runs/mnist-strong-t.pt: not there" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--resume", "--overwrite"], "--resume continues the run in the checkpoint and --overwrite replaces it"),
+    (["--threads", "0"], "--threads must be a positive int, got 0"),
+    (["--epochs", "0"], "epochs must be a positive int, got 0"),
+    (["--budget-min", "0"], "time_budget_s must be > 0"),
+    (["--set", "model.dimm=16"], "model has no key 'dimm'; valid keys: image_size, patch_size"),
+    (["--set", "fit.lr=1e-3", "--set", "fit.lr=2e-3"], "--set fit.lr is given twice"),
+    (["--set", "data.batchsize=8"], "data has no key 'batchsize'; valid keys: batch_size"),
+    (["--set", "model.dim=-4"], "dim must be >= 1, got -4"),
+])
+def test_bad_command_lines_are_refused_before_any_data_is_loaded(monkeypatch, capsys, tmp_path, args, message):
+    assert message in refused(monkeypatch, capsys, "--out-dir", str(tmp_path), *args)
+
+
+def test_an_out_dir_that_is_a_file_is_named(monkeypatch, capsys, tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+    assert "is a file; pass a folder" in refused(monkeypatch, capsys, "--out-dir", str(tmp_path / "out"))
