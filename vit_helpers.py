@@ -699,9 +699,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[Vi
     except Exception as e:  # safetensors' own error type: not a safetensors file, or a truncated one
         raise ValueError(f"{path} is not a readable safetensors file ({e}); pass a file written by save_model, such "
                          "as weights/mnist-fast.safetensors.") from e
-    if "vit_config" not in header:
-        raise ValueError(f"{path} was not written by vit_helpers.save_model (no vit_config in its header).")
-    model = VisionTransformer(ViTConfig(**json.loads(header.pop("vit_config"))))
+    model = VisionTransformer(_header_config(header, path))
     model.load_state_dict(load_file(str(path)))
     return model.to(device).eval(), {k: json.loads(v) for k, v in header.items()}
 
@@ -794,6 +792,26 @@ def _check_images(cfg: ViTConfig, x: torch.Tensor, weights: torch.dtype) -> None
         raise ValueError(f"expected {cfg.image_size}x{cfg.image_size} images, got "
                          f"{x.shape[-2]}x{x.shape[-1]}. Resize the input or build the model with "
                          f"image_size={x.shape[-1]}.")
+
+
+def _header_config(header: dict[str, str], path: Path) -> ViTConfig:
+    """The ViTConfig in a weights file's header (removed from ``header``), or a ValueError naming the file."""
+    if "vit_config" not in header:
+        raise ValueError(f"{path} was not written by vit_helpers.save_model (no vit_config in its header).")
+    try:
+        fields = json.loads(header.pop("vit_config"))
+        for key, value in header.items():
+            json.loads(value)
+    except ValueError as e:
+        raise ValueError(f"{path}: its header is not valid JSON ({e}); the file was not written by save_model, or was "
+                         "edited.") from None
+    known = set(ViTConfig.__dataclass_fields__)
+    unknown = sorted(set(fields) - known) if isinstance(fields, dict) else []
+    if not isinstance(fields, dict) or unknown:
+        what = f"fields {', '.join(unknown)}" if unknown else repr(fields)
+        raise ValueError(f"{path}: its vit_config holds {what} that this vit_helpers.py does not know (a file from a "
+                         "newer version?); update vit_helpers.py.")
+    return ViTConfig(**fields)
 
 
 def _check_schedule(optimizer, warmup_steps, total_steps) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,13 +19,37 @@ sys.path.insert(0, str(ROOT))
 from vitkit.recipes import RECIPES  # noqa: E402  (named_recipe matches explorations to them)
 
 
+class RecordError(ValueError):
+    """A results folder or record the tables cannot be built from; the message names the file."""
+
+
 def load_records(results_dir: Path) -> list[tuple[str, dict]]:
+    """Every record of ``results_dir`` (smoke runs left out), training runs (lower-case names) first. A missing or
+    empty folder, a file that is not JSON, a record without metrics, config or hardware, or a NaN accuracy raise
+    :class:`RecordError` naming the file: the tables are never rebuilt from nothing."""
+    if not results_dir.is_dir():
+        raise RecordError(f"--results {results_dir} is not a folder; pass the folder holding the run records "
+                          "(results/ of the repository).")
+    paths = sorted(results_dir.glob("*.json"), key=lambda p: (p.name[0].isupper(), p.name))
     records = []
-    # training runs (lower-case names) first, then notebook runs
-    for path in sorted(results_dir.glob("*.json"), key=lambda p: (p.name[0].isupper(), p.name)):
+    for path in paths:
         if path.stem.endswith("-smoke"):
             continue
-        records.append((path.name, json.loads(path.read_text())))
+        try:
+            record = json.loads(path.read_text())
+        except ValueError as e:
+            raise RecordError(f"{path.name} is not valid JSON ({e}); restore it from git or remove it.") from None
+        missing = [k for k in ("metrics", "config", "hardware") if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise RecordError(f"{path.name} lacks {', '.join(missing)}: it is not a run record (records.save_results "
+                              "writes them).")
+        nan = [k for k, v in record["metrics"].items() if isinstance(v, float) and not math.isfinite(v)]
+        if nan:
+            raise RecordError(f"{path.name}: metrics {', '.join(nan)} are NaN or infinite; fix the record.")
+        records.append((path.name, record))
+    if not records:
+        raise RecordError(f"--results {results_dir} holds no run records; pass the folder holding them (results/ "
+                          "of the repository).")
     return records
 
 
@@ -334,7 +359,11 @@ def main() -> int:
     ap.add_argument("--root", default=str(ROOT), help="folder holding README.md and docs/")
     ap.add_argument("--results", default=str(ROOT / "results"))
     args = ap.parse_args()
-    records = load_records(Path(args.results))
+    try:
+        records = load_records(Path(args.results))
+    except RecordError as e:
+        print(f"results_table: {e}", file=sys.stderr)
+        return 2
     stale = []
     for page, sections in PAGES.items():
         path = Path(args.root) / page

@@ -1,7 +1,9 @@
 """The long tail of bad input (issue 19): every case gets a message naming the argument, what was given and what to
 do, before work starts; where the meaning is unambiguous the input is accepted; a legitimate but odd input (a NaN
 pixel in evaluation) gives a result that says so."""
+import dataclasses
 import gzip
+import json
 import socket
 import threading
 import time
@@ -252,7 +254,7 @@ def test_a_download_that_trickles_is_bounded_in_all(slow_server, tmp_path, monke
      ValueError, "batch_size must be a positive int, got 0"),
     (lambda: explain.perturbation_curve(vh.VisionTransformer(**CFG), torch.rand(2, 3, 16, 16), torch.tensor([0, 1]),
                                         torch.rand(2, 4, 4), fractions=(0, 1.5)),
-     ValueError, r"fractions must be increasing shares of the patches in \[0, 1\]"),
+     ValueError, r"fractions must be at least two increasing shares of the patches in \[0, 1\]"),
     (lambda: explain.remove_patches(torch.rand(2, 3, 16, 16), torch.rand(2, 4, 4), 2.0), ValueError,
      r"fraction must be in \[0, 1\], got 2.0"),
     (lambda: explain.mass_on_mask(torch.rand(2, 4, 4), torch.rand(3, 16, 16)), ValueError,
@@ -292,3 +294,16 @@ def test_the_last_unclear_inputs_are_named():
         train.fit(tiny_vit(), loader(quadrant_data(8, 0)))
     with pytest.raises(ValueError, match="lr_update must be 'step'"):
         train.FitConfig(epochs=1, lr_update="batch")
+
+
+def test_weights_whose_header_is_unknown_or_not_json_are_named(tmp_path):
+    from safetensors.torch import save_file
+    model = tiny_vit()
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    config = json.loads(json.dumps(dataclasses.asdict(model.config)))
+    save_file(tensors, str(tmp_path / "newer.safetensors"), metadata={"vit_config": json.dumps({**config, "rope": 1})})
+    with pytest.raises(ValueError, match=r"newer.safetensors: its vit_config holds fields rope that this vit_helpers"):
+        vh.load_model(tmp_path / "newer.safetensors")
+    save_file(tensors, str(tmp_path / "edited.safetensors"), metadata={"vit_config": "{dim: 16"})
+    with pytest.raises(ValueError, match=r"edited.safetensors: its header is not valid JSON"):
+        vh.load_model(tmp_path / "edited.safetensors")

@@ -168,3 +168,27 @@ def test_timm_models_with_prefix_tokens_and_no_hook_left(fused):
         for m in model.modules():
             assert "forward" not in m.__dict__  # nothing left patched
             assert not m._forward_hooks and not m._forward_pre_hooks  # and no hook registered
+
+
+def test_explain_and_the_perturbation_test_name_bad_input():
+    from conftest import tiny_vit
+    model, x = tiny_vit().eval(), torch.rand(3, 1, 16, 16)
+    with pytest.raises(TypeError, match=r"target must be class indices .* got 'cat'; map a class name"):
+        explain.explain("rollout", model, x, target="cat")
+    with pytest.raises(ValueError, match="target has 2 entries for a batch of 3 images"):
+        explain.explain("rollout", model, x, target=[0, 1])
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\]"):
+        explain.explain("gradient rollout", model, x, target=7)
+    with pytest.raises(ValueError, match=r"x must be a non-empty batch"):
+        explain.explain("rollout", model, x[:0])
+    with pytest.raises(TypeError, match=r"x must be a batch tensor .* torch.stack"):
+        explain.explain("rollout", model, list(x))
+    maps = explain.explain("rollout", model, x, target=[0, 1, 2])
+    assert maps.shape == (3, 2, 2)
+    labels = torch.tensor([0, 1, 2])
+    curve = explain.perturbation_curve(model, x, labels, maps, fractions=(f for f in (0.0, 0.5, 1.0)))
+    assert curve["fractions"] == [0.0, 0.5, 1.0] and len(curve["accuracy"]) == 3  # a generator, used once
+    with pytest.raises(ValueError, match="at least two increasing shares"):
+        explain.perturbation_curve(model, x, labels, maps, fractions=[0.5])
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 3\]"):
+        explain.perturbation_curve(model, x, torch.tensor([0, 1, 9]), maps)

@@ -83,6 +83,13 @@ def test_a_click_on_the_image_selects_that_patch(explorer):
     assert (c["row"].value, c["column"].value) == (1, 3)
 
 
+def upload(ex, name, content: bytes) -> None:
+    """What the browser does: the upload widget's value becomes the file (ipywidgets 8's layout)."""
+    ex.controls["upload"].value = ({"name": name, "type": "image/png", "size": len(content),
+                                    "content": memoryview(content),
+                                    "last_modified": __import__("datetime").datetime(2026, 1, 1)},)
+
+
 def test_an_upload_joins_the_images_and_is_shown():
     from PIL import Image
 
@@ -94,7 +101,7 @@ def test_an_upload_joins_the_images_and_is_shown():
                            preprocess=preprocess, interactive=False)
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), "red").save(buf, format="PNG")
-    ex._on_upload({"new": ({"name": "red.png", "content": memoryview(buf.getvalue())},)})
+    upload(ex, "red.png", buf.getvalue())
     assert len(ex.images) == 3 and ex.controls["image"].value == 2 and ex.controls["image"].max == 2
     torch.testing.assert_close(ex.current(), explain.explain_rollout(ex.model, ex.images[2:3])[0])
     no_upload = AttentionExplorer(tiny(), torch.randn(2, 3, 16, 16), class_names=list("abcde"), interactive=False)
@@ -145,3 +152,18 @@ def test_bad_input_is_named():
         attention_view(out, "gradient rollout")
     with pytest.raises(ValueError, match=r"token must be an int in \[0, 16\]"):
         attention_view(out, "raw attention", token=17)
+
+
+def test_an_upload_that_is_not_an_image_or_is_too_large_is_named_in_the_widget():
+    from PIL import Image
+
+    ex = AttentionExplorer(tiny(), torch.randn(2, 3, 16, 16), class_names=list("abcde"), mean=MEAN, std=STD,
+                           preprocess=lambda pil: torch.zeros(3, 16, 16), interactive=False)
+    upload(ex, "notes.txt", b"not an image at all")
+    assert "notes.txt is not an image this explorer can read" in ex.message.value and len(ex.images) == 2
+    ex.MAX_UPLOAD_PIXELS = 1000  # as a decompression bomb claims far more pixels than any photo has
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buf, format="PNG")
+    upload(ex, "big.png", buf.getvalue())
+    assert "big.png is 40x30 pixels, more than the 1,000 an upload may have" in ex.message.value
+    assert len(ex.images) == 2 and ex.controls["image"].max == 1

@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -48,3 +50,50 @@ def test_original_table_compares_a_complete_resumed_run_both_ways(tmp_path):
         "[cifar10-seed-full.json](results/cifar10-seed-full.json) |"]
     (tmp_path / "cifar10-seed-full.json").unlink()
     assert "No complete run" in results_table.original_table(results_table.load_records(tmp_path))
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "not-json", "no-metrics", "nan"])
+def test_results_table_never_empties_the_tables_from_a_bad_results_folder(tmp_path, monkeypatch, capsys, case):
+    """A mistyped --results, an empty folder or a broken record: exit 2 naming it, every page left as it was."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "docs", root / "docs")
+    shutil.copy(ROOT / "README.md", root / "README.md")
+    before = {p: p.read_text() for p in [root / "README.md", *(root / "docs").glob("*.md")]}
+    results = tmp_path / "results"
+    if case != "missing":
+        results.mkdir()
+    if case in ("not-json", "no-metrics", "nan"):
+        shutil.copy(ROOT / "results" / "cifar10-fast-t320.json", results / "cifar10-fast-t320.json")
+        bad = {"not-json": "{ half a record", "no-metrics": '{"config": {}}',
+               "nan": '{"metrics": {"test_acc": NaN}, "config": {}, "hardware": {}}'}[case]
+        (results / "broken.json").write_text(bad)
+    expected = {"missing": "is not a folder", "empty": "holds no run records", "not-json": "broken.json is not valid "
+                "JSON", "no-metrics": "broken.json lacks metrics, hardware", "nan": "test_acc are NaN"}[case]
+    for check in ([], ["--check"]):
+        monkeypatch.setattr(sys, "argv", ["results_table.py", "--root", str(root), "--results", str(results), *check])
+        assert results_table.main() == 2
+        assert expected in capsys.readouterr().err
+    assert {p: p.read_text() for p in before} == before
+
+
+def test_show_record_names_a_malformed_record(tmp_path):
+    from vitkit import records
+    (tmp_path / "r.json").write_text('{"config": {}}')
+    with pytest.raises(ValueError, match=r"r.json is not a run record \(KeyError"):
+        records.show_record(tmp_path / "r.json")
+    (tmp_path / "s.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=r"s.json is not a run record \(JSONDecodeError"):
+        records.show_record(tmp_path / "s.json")
+
+
+def test_records_and_stored_notebooks_hold_no_machine_paths():
+    """Paths of the machine that ran them (a home, /tmp, /work, /root, a drive letter) would not exist on a reader's."""
+    import re
+    pattern = re.compile(r"(?<![\w.])(/(home|root|tmp|work|Users|mnt|content)/|[A-Z]:\\\\)")
+    found = []
+    for path in [*sorted((ROOT / "results").glob("*.json")), *sorted(ROOT.glob("*.ipynb"))]:
+        for match in pattern.finditer(path.read_text()):
+            found.append(f"{path.name}: ...{path.read_text()[max(0, match.start() - 40):match.end() + 40]}...")
+    assert not found, "\n".join(found[:10])

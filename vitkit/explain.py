@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vit_helpers import VisionTransformer, attention_rollout, cls_attention_map, token_map
-from vitkit.checks import check_number
-from vitkit.steps import model_logits
+from vitkit.checks import check_labels, check_number
+from vitkit.steps import model_logits, num_classes
 
 __all__ = ["ModelAttentions", "forward_with_attentions", "explain_random", "explain_raw_attention", "explain_rollout",
            "explain_gradient_rollout", "explain_input_x_gradient", "attentions_and_gradients",
@@ -227,11 +227,36 @@ def explain(method: str, model: nn.Module, x: torch.Tensor, target=None, batch_s
     if method not in EXPLAINERS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(map(repr, EXPLAINERS))}.")
     check_number("batch_size", batch_size, low=1, integer=True)
-    targets = None if target is None else torch.as_tensor(target).reshape(-1).expand(len(x))
+    targets = _batch_targets(model, x, target)
     extra = (lambda i: {"seed": i}) if method == "random" else (lambda i: {})  # new random maps per batch
     return torch.cat([EXPLAINERS[method](model, x[i:i + batch_size],
                                          None if targets is None else targets[i:i + batch_size], **extra(i))
                       for i in range(0, len(x), batch_size)])
+
+
+def _batch_targets(model: nn.Module, x, target) -> torch.Tensor | None:
+    """``target`` as one class index per image (None: each image's predicted class), checked against the batch and
+    the model's classes."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a batch tensor (B, C, H, W), got {type(x).__name__}; stack a list of images with "
+                        "torch.stack(images).")
+    if x.ndim != 4 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch (B, C, H, W), got shape {tuple(x.shape)}.")
+    if target is None:
+        return None
+    if isinstance(target, str) or (isinstance(target, (list, tuple)) and any(isinstance(t, str) for t in target)):
+        raise TypeError(f"target must be class indices (an int, or one per image), got {target!r}; map a class name to "
+                        "its index first, e.g. class_names.index('cat').")
+    try:
+        targets = torch.as_tensor(target).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"target must be an int or a sequence of ints, got {type(target).__name__}.") from None
+    if len(targets) not in (1, len(x)):
+        raise ValueError(f"target has {len(targets)} entries for a batch of {len(x)} images; give one class index, or "
+                         "one per image.")
+    targets = targets.expand(len(x))
+    check_labels(targets, num_classes(model))
+    return targets
 
 
 def remove_patches(x: torch.Tensor, maps: torch.Tensor, fraction: float, most_relevant_first: bool = True,
@@ -259,25 +284,27 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, 
     patches a map ranks highest (lowest) first, in steps of ``fractions`` of the patches, and re-classify.
     Returns ``{"fractions", "accuracy", "auc"}``; ``auc`` is the area under accuracy (in %) over the removed
     fraction (trapezoid). Positive perturbation: lower is more faithful; negative: higher is."""
-    fr = list(fractions)
-    if not fr or any(not isinstance(f, (int, float)) or not 0 <= f <= 1 for f in fr) or fr != sorted(fr):
-        raise ValueError(f"fractions must be increasing shares of the patches in [0, 1], got {fractions!r}.")
+    fr = list(fractions)  # once: a generator is used up by the first pass over it
+    if len(fr) < 2 or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1 for f in fr) \
+            or fr != sorted(fr):
+        raise ValueError(f"fractions must be at least two increasing shares of the patches in [0, 1] (the area under "
+                         f"the curve needs two points), got {fr!r}.")
     if maps.shape[0] != x.shape[0] or labels.shape[0] != x.shape[0]:
         raise ValueError(f"x, labels and maps need the same batch size, got {x.shape[0]}, {labels.shape[0]} and "
                          f"{maps.shape[0]}.")
+    check_labels(labels.cpu(), num_classes(model))
     x = _explain_setup(model, x)
     accuracy = []
     with torch.no_grad():
-        for f in fractions:
+        for f in fr:
             correct = 0
             for i in range(0, len(x), batch_size):
                 xb = remove_patches(x[i:i + batch_size], maps[i:i + batch_size], f, most_relevant_first, fill)
                 logits = model_logits(model, xb)
                 correct += (logits.argmax(-1).cpu() == labels[i:i + batch_size].cpu()).sum().item()
             accuracy.append(correct / len(x))
-    fr = list(fractions)
     auc = sum(50 * (accuracy[i] + accuracy[i + 1]) * (fr[i + 1] - fr[i]) for i in range(len(fr) - 1))  # trapezoid, %
-    return {"fractions": list(fractions), "accuracy": accuracy, "auc": auc}
+    return {"fractions": fr, "accuracy": accuracy, "auc": auc}
 
 
 def mass_on_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ with the model's top-3. Works for ours, HF's and timm's ViTs through :mod:`vitki
 from __future__ import annotations
 
 import base64
+import html
 import contextlib
 import io
 from typing import Callable, Sequence
@@ -95,8 +96,9 @@ class AttentionExplorer:
         self._make_figure(interactive)
         for name, control in self.controls.items():
             control.observe(self._on_upload if name == "upload" else self._on_change, names="value")
+        self.message = widgets.HTML("")  # what went wrong in a callback (an exception there never reaches the cell)
         self.widget = widgets.VBox([widgets.HBox([self.controls[k] for k in row]) for row in self._ROWS]
-                                   + [self.view])
+                                   + [self.message, self.view])
         self._redraw()
 
     _ROWS = (("image", "upload"), ("method", "layer"), ("head_fusion", "discard_ratio"), ("query", "row", "column"))
@@ -224,22 +226,45 @@ class AttentionExplorer:
             self.controls["query"].value = "patch"
             self.controls["row"].value, self.controls["column"].value = max(row, 0), max(column, 0)
 
-    def _on_upload(self, change) -> None:
-        """An uploaded image joins the batch (through ``preprocess``) and is shown."""
-        from PIL import Image
+    MAX_UPLOAD_PIXELS = 40_000_000  # a photo is a few megapixels; a "decompression bomb" claims billions
 
+    def _on_upload(self, change) -> None:
+        """An uploaded image joins the batch (through ``preprocess``) and is shown; a file that is not one is named
+        in the explorer's message line, and nothing else changes."""
         files = change["new"]
         if not files:
             return
-        content = files[0]["content"] if isinstance(files, (list, tuple)) else next(iter(files.values()))["content"]
-        x = self.preprocess(Image.open(io.BytesIO(bytes(content))).convert("RGB"))
-        if tuple(x.shape) != tuple(self.images.shape[1:]):
-            raise ValueError(f"preprocess returned {tuple(x.shape)}, the explorer's images are "
-                             f"{tuple(self.images.shape[1:])}; make it resize and normalise to that.")
+        entry = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
+        name = entry.get("name", "the upload") if isinstance(entry, dict) else "the upload"
+        try:
+            x = self._decode(bytes(entry["content"]), name)
+        except ValueError as e:
+            self.message.value = f"<b>upload:</b> {html.escape(str(e))}"
+            return
+        self.message.value = ""
         self.images = torch.cat([self.images, x[None].cpu()])
         with self._hold():
             self.controls["image"].max = len(self.images) - 1
             self.controls["image"].value = len(self.images) - 1
+
+    def _decode(self, content: bytes, name: str) -> torch.Tensor:
+        """The uploaded file as a preprocessed image, or a ValueError saying why not."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(content)) as im:
+                if im.width * im.height > self.MAX_UPLOAD_PIXELS:
+                    raise ValueError(f"{name} is {im.width}x{im.height} pixels, more than the "
+                                     f"{self.MAX_UPLOAD_PIXELS:,} an upload may have; resize it first.")
+                rgb = im.convert("RGB")
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+            raise ValueError(f"{name} is not an image this explorer can read ({type(e).__name__}); upload a PNG or "
+                             "JPEG photo.") from None
+        x = self.preprocess(rgb)
+        if tuple(x.shape) != tuple(self.images.shape[1:]):
+            raise ValueError(f"preprocess returned {tuple(x.shape)}, the explorer's images are "
+                             f"{tuple(self.images.shape[1:])}; make it resize and normalise to that.")
+        return x
 
     def still(self) -> bytes:
         """The current view as PNG bytes."""

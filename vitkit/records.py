@@ -136,7 +136,14 @@ def show_record(path: str | Path) -> None:
         shown = path.resolve().relative_to(Path.cwd().resolve())  # no machine paths in stored outputs
     except ValueError:
         shown = path
-    metrics = json.loads(path.read_text())["metrics"]
+    try:
+        metrics = json.loads(path.read_text())["metrics"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no run record at {path}; the notebook's training cells write it (run them first).") \
+            from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a run record ({type(e).__name__}: {e}); it needs a 'metrics' dict, as "
+                         "records.save_results writes it.") from None
     print(f"record {shown.as_posix()}")
     for name, value in flat_metrics(metrics).items():
         print(f"  {name} = {value:.6g}" if isinstance(value, float) else f"  {name} = {value}")
