@@ -162,6 +162,9 @@ def test_execute_runs_stamps_and_checks_a_notebook(tmp_path, monkeypatch):
     """The script end to end on a two-cell notebook: papermill runs it, the stored copy passes the guard."""
     pytest.importorskip("papermill")
     code = ("import json, pathlib\nfrom vitkit import records\n"
+            "ck = pathlib.Path('checkpoints/runs/tiny-full.pt')\n"
+            "assert not ck.exists(), 'a training cell would refuse an earlier run checkpoint'\n"
+            "ck.parent.mkdir(parents=True, exist_ok=True); ck.write_text('a run')\n"
             "p = pathlib.Path('results/tiny-full.json'); p.parent.mkdir(exist_ok=True)\n"
             "p.write_text(json.dumps({'metrics': {'acc': 0.5}}))\nrecords.show_record(p)")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Tiny"), nbformat.v4.new_code_cell(code)])
@@ -174,3 +177,5 @@ def test_execute_runs_stamps_and_checks_a_notebook(tmp_path, monkeypatch):
     assert stored.cells[0].id == ex.STAMP_CELL and "results/tiny-full.json" in stored.cells[0].source
     assert stored.metadata[ex.STAMP_KEY]["results"] == "results/tiny-full.json"
     assert "papermill" not in stored.metadata and "execution" not in stored.cells[2].metadata
+    assert ex.execute(path, "data", root=tmp_path) == []  # again, with no manual deletion in between
+    assert (tmp_path / "checkpoints" / "runs" / "previous" / "tiny-full.pt").read_text() == "a run"
