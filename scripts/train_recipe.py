@@ -1,7 +1,7 @@
 """Train one named recipe (see vit_helpers.RECIPES) and record the run under results/.
 
     python scripts/train_recipe.py mnist-strong --data-root ../shared/data --threads 1 --budget-min 45
-    python scripts/train_recipe.py cifar10-seed --data-root ../shared/data --precision fp32 --tag full --resume
+    python scripts/train_recipe.py cifar10-seed --data-root ../shared/data --precision fp32 --tag mine --resume
     torchrun --nproc_per_node 4 scripts/train_recipe.py cifar10-strong --data-root <data> --tag ddp4
 
 Every epoch ends with a checkpoint (default checkpoints/runs/<recipe>-<tag>.pt): if the run stops (Ctrl-C, a kill, the
@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--val-size", type=int, default=None,
                     help="images held out of the training split (default: the recipe's, else 5000)")
     ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset (smoke runs)")
-    ap.add_argument("--tag", default="cpu", help="suffix of the output files")
+    ap.add_argument("--tag", default="run", help="suffix of the output files (default: run)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                     help="auto: bf16 where the hardware has it natively, else fp32 (see vitkit.runtime)")

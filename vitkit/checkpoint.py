@@ -219,8 +219,9 @@ def open_run(path: Path, resume: bool, identity: dict, verbose: bool, overwrite:
     if not resume:
         if path.exists() and not overwrite:
             raise CheckpointError(f"{path} already holds a run ({describe(path)}); fit does not replace it unasked. "
-                                  "Pass resume=True to continue it, another checkpoint path to start a new run beside "
-                                  "it, or overwrite=True to replace it.")
+                                  "Pass resume=True to continue it (a notebook: RESUME = True), another checkpoint "
+                                  "path to start a new run beside it, or overwrite=True (or delete the file) to "
+                                  "replace it.")
         if path.exists() and verbose:
             print(f"fit: starting fresh; {path} ({describe(path)}) will be replaced after epoch 1 (overwrite=True)")
         return None

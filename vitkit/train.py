@@ -438,9 +438,11 @@ class _Run:
                     self.writer.add_scalar(f"epoch/{name}", values[-1], s.epoch)
         s.finished = s.epoch >= s.epochs or s.step >= s.total_steps or budget.time_is_up(
             cfg, self.elapsed(), s.end_reserve_s)
+        hist.epoch_time_s.append(time.perf_counter() - t0)  # training and validation; the checkpoint added below
         if cfg.checkpoint is not None:
             rng = distributed.gather(ckpt.rng_state(self.loader), self.dist)  # every process's
         if cfg.checkpoint is not None and self.dist.main:
+            saving = time.perf_counter()
             hist.wall_time_s = self.elapsed()
             stretch = hist.stretches[-1]
             stretch["last_epoch"], stretch["wall_time_s"] = s.epoch, time.perf_counter() - self.start
@@ -449,7 +451,7 @@ class _Run:
             ckpt.save_run(Path(cfg.checkpoint), self.model, self.opt, self.scaler, saved, self.identity)
             if self.lock is not None:
                 self.lock.refresh()
-        hist.epoch_time_s.append(time.perf_counter() - t0)  # training, validation and checkpoint
+            hist.epoch_time_s[-1] += time.perf_counter() - saving
         s.end_reserve_s = time.perf_counter() - train_end  # what the end of an epoch costs a time budget
         self.now_s = distributed.broadcast([self.elapsed()], self.dist)[0]
 
