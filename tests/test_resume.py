@@ -358,3 +358,20 @@ def test_resume_is_refused_when_the_data_or_any_training_knob_differs(tmp_path, 
         ds.images, ds.labels = ds.images[:80], ds.labels[:80]
     with pytest.raises(ckpt.CheckpointError, match=f"belongs to another run; it differs in .*{message}"):
         run(model(), train_loader, val_loader, path=path, resume=True, **kwargs)
+
+
+def test_a_checkpoint_from_before_the_wider_identity_resumes_naming_what_it_lacks(tmp_path, capsys):
+    path = tmp_path / "run.pt"
+    train_loader, val_loader = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        run(model(), StopsAt(train_loader, 2, 0), val_loader, path)
+    saved = torch.load(path, weights_only=False)
+    for key in ("data", "augmentation", "loader_seed", "split_sizes", "mixup_alpha"):  # what older versions lacked
+        del saved["identity"][key]
+    torch.save(saved, path)
+    m = model()
+    hist = run(m, *loaders(), path=path, resume=True, verbose=True)
+    assert ("run.pt was written by an older version, which did not record augmentation, data, loader_seed, "
+            "mixup_alpha, split_sizes; those are not checked") in capsys.readouterr().out
+    assert hist.resumes == 1 and hist.epoch == [1, 2, 3]
+    assert_same_weights(straight()[0], m)
