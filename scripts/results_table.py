@@ -313,7 +313,8 @@ def _stretches(rec: dict) -> str:
     threads = sorted({s["threads"] for s in parts})
     text = (f"{machines}{flags.pop() if len(flags) == 1 else ''}, {'/'.join(sorted({s['precision'] for s in parts}))}, "
             f"{threads[0] if len(threads) == 1 else f'{threads[0]}-{threads[-1]}'} of {hw['cpu_count']} CPU threads")
-    return text + (f", {len(parts)} stretches ({len(parts) - 1} resumes)" if len(parts) > 1 else "")
+    resumes = len(parts) - 1
+    return text + (f", {len(parts)} stretches ({resumes} resume{'s' if resumes > 1 else ''})" if resumes else "")
 
 
 def original_table(records) -> str:

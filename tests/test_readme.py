@@ -33,23 +33,25 @@ def test_table_renders_a_record(tmp_path):
     assert "| `mnist-x` | **99.12 %** | 99.00 % | 0.21 M | 10 min wall, 3 epochs of 40, budget 10 min | Some CPU, 1 of 2 CPU" in table
 
 
-def test_original_table_compares_a_complete_resumed_run_both_ways(tmp_path):
-    stretch = dict(machine="Some CPU", native_bf16=True, precision="fp32", commit="abc")
-    rec = {"metrics": {"test_acc": 0.7351, "final_epoch_test_acc": 0.7302, "best_epoch": 28, "epochs_run": 30},
-           "seed": 0, "wall_time_s": 5.25 * 3600, "dataset": "CIFAR-10 JPEG",
-           "config": {"recipe": "cifar10-seed", "fit": {"epochs": 30}, "threads": 2,
-                      "stretches": [dict(stretch, threads=1), dict(stretch, threads=2), dict(stretch, threads=2)]},
+def test_original_table_has_a_row_per_original_result_and_only_complete_faithful_runs(tmp_path):
+    stretch = dict(machine="Some CPU", native_bf16=True, precision="bf16", commit="abc")
+    rec = {"metrics": {"test_acc": 0.7351, "best_val_acc": 0.761, "train_acc_eval": 0.8812, "best_epoch": 28,
+                       "epochs_run": 30},
+           "seed": 0, "wall_time_s": 2.25 * 3600, "dataset": "CIFAR-10 JPEG",
+           "config": {"recipe": "cifar10-original", "fit": {"epochs": 30}, "threads": 2,
+                      "stretches": [dict(stretch, threads=2), dict(stretch, threads=2, precision="fp32")]},
            "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2, "cpu_native_bf16": True}}
-    (tmp_path / "cifar10-seed-full.json").write_text(json.dumps(rec))
-    partial = dict(rec, metrics=dict(rec["metrics"], epochs_run=4, test_acc=0.5))  # stopped by its budget: left out
-    (tmp_path / "cifar10-seed-cpu.json").write_text(json.dumps(partial))
-    table = results_table.original_table(results_table.load_records(tmp_path))
-    assert table.splitlines()[2:] == [
-        "| `cifar10-seed` | CIFAR-10, 30 epochs | 74.72 % | **73.02 %** | **73.51 %** (epoch 28) | 5.2 h, Some CPU "
-        "(AVX512-BF16), fp32, 1-2 of 2 CPU threads, 3 stretches (2 resumes) | "
-        "[cifar10-seed-full.json](results/cifar10-seed-full.json) |"]
-    (tmp_path / "cifar10-seed-full.json").unlink()
-    assert "No complete run" in results_table.original_table(results_table.load_records(tmp_path))
+    (tmp_path / "cifar10-original-full.json").write_text(json.dumps(rec))
+    partial = dict(rec, metrics=dict(rec["metrics"], epochs_run=4, test_acc=0.5))  # stopped short: left out
+    (tmp_path / "cifar10-original-cpu.json").write_text(json.dumps(partial))
+    rows = results_table.original_table(results_table.load_records(tmp_path)).splitlines()[2:]
+    assert rows[1] == ("| CIFAR-10, 30 epochs | 87.94 % / 76.00 % / 74.72 % | 88.12 % / 76.10 % / **73.51 %** | "
+                       "`cifar10-original`, 2.2 h, Some CPU (AVX512-BF16), bf16/fp32, 2 of 2 CPU threads, 2 stretches "
+                       "(1 resume) | [cifar10-original-full.json](results/cifar10-original-full.json) |")
+    assert [r.split(" | ")[0] for r in rows] == ["| MNIST, 10 epochs", "| CIFAR-10, 30 epochs",
+                                                 "| CIFAR-10, HF's ViT, 30 epochs",
+                                                 "| CIFAR-10, ViT-B/16 fine-tuned, 10 epochs"]
+    assert "not run to its end yet" in rows[0] and "needs a GPU and the hub weights" in rows[3]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not-json", "no-metrics", "nan"])
