@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vitkit.recipes import RECIPES  # noqa: E402  (named_recipe matches explorations to them)
+from vitkit.recipes import BUDGET_RECIPES, RECIPES  # noqa: E402  (named_recipe matches explorations to them)
 
 
 class RecordError(ValueError):
@@ -117,12 +117,42 @@ def named_recipe(rec: dict) -> str | None:
     return next((name for name, r in RECIPES.items() if r == ran), None)
 
 
+def weights_table(records) -> str:
+    """Every file in weights/ with the recipe and test accuracy of the record its own header names."""
+    from safetensors import safe_open
+
+    by_name = dict(records)
+    rows = ["| file | recipe | test acc of this file's run | record |", "|---|---|---:|---|"]
+    for path in sorted((ROOT / "weights").glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            header = {k: json.loads(v) for k, v in (f.metadata() or {}).items() if k != "vit_config"}
+        name = Path(header.get("record", "")).name
+        rec = by_name.get(name)
+        acc = pct(rec["metrics"]["test_acc"]) if rec else "no record"
+        rows.append(f"| `weights/{path.name}` | `{header.get('recipe', '?')}` | **{acc}** | "
+                    + (f"[{name}](results/{name}) |" if rec else "|"))
+    return "\n".join(rows)
+
+
+def partial(rec: dict, recipe: str | None) -> bool:
+    """A run that stopped short of its recipe's own length: fewer epochs than the recipe's, unless the recipe's
+    length is a budget (BUDGET_RECIPES) and a budget ended the run."""
+    m, cfg = rec["metrics"], rec.get("config", {})
+    planned, ran = cfg.get("fit", {}).get("epochs"), m.get("epochs_run")
+    if planned is None or ran is None or ran >= planned:
+        return False
+    recipe = recipe or cfg.get("recipe") or ""  # an exploration: the recipe it started from
+    budgeted = bool({recipe, f"cifar10-{recipe}", f"mnist-{recipe}"} & BUDGET_RECIPES)  # notebooks say "fast"
+    return not (budgeted and (cfg.get("budget_min") or cfg.get("max_tflop") or cfg.get("time_budget_min")))
+
+
 def headline_table(records) -> str:
-    """The README's table: the best recorded test accuracy of each training recipe, linked to its record."""
+    """The README's table: the best complete run of each training recipe, linked to its record (partial runs are in
+    docs/results.md, labelled so)."""
     best: dict[str, tuple[str, dict]] = {}
     for name, rec in _accuracy_records(records):
         recipe = named_recipe(rec)
-        if name[0].isupper() or recipe is None or name.startswith("explore-"):  # in docs/results.md only
+        if name[0].isupper() or recipe is None or name.startswith("explore-") or partial(rec, recipe):
             continue
         if recipe not in best or rec["metrics"]["test_acc"] > best[recipe][1]["metrics"]["test_acc"]:
             best[recipe] = (name, rec)
@@ -140,6 +170,8 @@ def results_table(records) -> str:
         m = rec["metrics"]
         cfg = rec.get("config", {})
         run = f"`{cfg.get('recipe', name.removesuffix('.json'))}`"
+        if partial(rec, named_recipe(rec)):
+            run += " (partial)"
         if cfg.get("overrides"):  # an exploration: the recipe with some entries changed (train_recipe.py --set)
             run += " with " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in cfg["overrides"].items())
         if name[0].isupper():  # a notebook's record, e.g. VisualizeAttentionMap-full-strong.json
@@ -345,7 +377,8 @@ def original_table(records) -> str:
 
 # page -> the marked sections it holds, each rendered by one function
 PAGES = {
-    "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table},
+    "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table,
+                  "weights": weights_table},
     "docs/results.md": {"results": results_table},
     "docs/speed.md": {"speed": speed_table},
     "docs/explaining.md": {"faithfulness": faithfulness_table},

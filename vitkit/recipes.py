@@ -10,7 +10,7 @@ from typing import Any
 
 from vitkit.checks import check_number
 
-__all__ = ["RECIPES", "get_recipe", "finetune_recipe"]
+__all__ = ["RECIPES", "BUDGET_RECIPES", "get_recipe", "finetune_recipe"]
 
 
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -125,6 +125,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "fit": dict(epochs=10, optimizer="adam", lr=3e-4, weight_decay=0.0, warmup_fraction=0.2, lr_update="epoch"),
     },
 }
+
+
+# Recipes whose length is a budget (--budget-min or --max-tflop), their epochs only a cap: a run of one is complete
+# when its budget ended it. Every other recipe's run is complete when it ran the recipe's own epochs.
+BUDGET_RECIPES = frozenset({"cifar10-cpu", "cifar10-fast", "mnist-fast"})
 
 
 def get_recipe(name: str) -> dict[str, dict[str, Any]]:
