@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import vit_helpers as vh  # noqa: E402
 from vitkit import data, runtime, train, recipes, records  # noqa: E402
 
-PARTS = ("bench", "strong", "finetune", "loader", "notebooks")
+PARTS = ("bench", "strong", "finetune", "finetune_original", "loader", "notebooks")
 
 
 def part_bench(args, device) -> dict:
@@ -63,24 +63,36 @@ def part_strong(args, device) -> dict:
 
 
 def part_finetune(args, device) -> dict:
-    """The fine-tuning recipe's training step (SGD, accumulation 8, clipping) on a random ViT-B/16 at 224 px."""
+    """The ViT paper's fine-tuning recipe's training step (SGD, accumulation 8, clipping) on a random ViT-B/16 at
+    224 px."""
     ft = recipes.finetune_recipe(500)
+    steps = 2 if args.small else args.finetune_steps
+    return _finetune_steps(args, device, ft["data"]["batch_size"], ft["fit"] | {
+        "max_steps": steps, "epochs": steps, "warmup_steps": 1, "accumulation_steps": 2 if args.small else 8})
+
+
+def part_finetune_original(args, device) -> dict:
+    """The original notebooks' fine-tuning step (recipe finetune-original: Adam at 3e-4, batch 64, the schedule per
+    epoch) on a random ViT-B/16 at 224 px: what that recipe costs on this device (its accuracy needs the hub weights)."""
+    ft = recipes.get_recipe("finetune-original")
+    steps = 2 if args.small else args.finetune_steps
+    return _finetune_steps(args, device, ft["data"]["batch_size"], ft["fit"] | {"max_steps": steps})
+
+
+def _finetune_steps(args, device, batch_size: int, fit_args: dict) -> dict:
     size, patch, width = (64, 16, 64) if args.small else (224, 16, 768)
     depth, heads = (2, 2) if args.small else (12, 12)
-    loaders = data.cifar10_loaders(args.data_root, batch_size=8 if args.small else ft["data"]["batch_size"],
+    loaders = data.cifar10_loaders(args.data_root, batch_size=8 if args.small else batch_size,
                                    val_size=64, augment="crop_flip", resize=size,
                                    train_limit=128 if args.small else 8 * 64 * args.finetune_steps)
     model = vh.to_hf(vh.VisionTransformer(image_size=size, patch_size=patch, in_channels=3, num_classes=10,
                                           dim=width, depth=depth, heads=heads, mlp_dim=4 * width),
                      attn_implementation="sdpa")
-    steps = 2 if args.small else args.finetune_steps
-    fit_args = ft["fit"] | {"max_steps": steps, "epochs": steps, "warmup_steps": 1,
-                            "accumulation_steps": 2 if args.small else 8}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     hist = train.fit(model, loaders.train, None, device=device, progress=False, verbose=False, **fit_args)
     out = {"image_size": size, "width": width, "depth": depth, "parameters": vh.count_parameters(model),
-           "optimizer_steps": hist.total_steps, "batch": fit_args["accumulation_steps"] * loaders.train.batch_size,
+           "optimizer_steps": hist.total_steps, "batch": fit_args.get("accumulation_steps", 1) * loaders.train.batch_size,
            "optimizer_steps_per_s": hist.total_steps / hist.wall_time_s, "images_per_s": hist.train_images_per_s,
            "precision": hist.precision}
     if device.type == "cuda":

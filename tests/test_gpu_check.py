@@ -38,5 +38,6 @@ def test_gpu_check_runs_scaled_down_on_cpu(tmp_path):
     assert m["bench"]["training_images_per_s"][f"cpu-{default}"]["ours (fit default)"] > 0
     assert len(m["strong"]["val_acc"]) == 1 and m["strong"]["planned_epochs"] == 100
     assert m["finetune"]["optimizer_steps"] == 2 and m["finetune"]["image_size"] == 64
+    assert m["finetune_original"]["optimizer_steps"] == 2 and m["finetune_original"]["batch"] == 8
     assert m["loader"]["images_per_s"] > 0 and m["loader"]["loader_over_training"] > 0
     assert set(m["notebooks"]["seconds"]) == {"VisionTransformer.ipynb"}
