@@ -16,7 +16,7 @@ import torch
 from vitkit.checks import check_number
 
 __all__ = ["set_seed", "get_device", "cpu_has_native_bf16", "resolve_precision", "precision_reason", "autocast",
-           "resolve_compile", "NotebookSetup", "notebook_setup"]
+           "resolve_compile", "import_inductor_quietly", "NotebookSetup", "notebook_setup"]
 
 
 def set_seed(seed: int) -> None:
@@ -131,6 +131,24 @@ def resolve_compile(compile: bool | str, device: torch.device, precision: str, l
         import shutil
         return long_run and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
     return False
+
+
+def import_inductor_quietly() -> None:
+    """Import torch.utils.cpp_extension (inductor imports it at the first compiled step) with its logger at ERROR
+    for the import only: on a machine with a CUDA folder but no GPU it logs a timestamped "No CUDA runtime is
+    found" warning that says nothing about the run. The logger is restored; nothing global changes."""
+    import logging
+    import sys
+
+    if "torch.utils.cpp_extension" in sys.modules:
+        return
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        logger.setLevel(level)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from vitkit import budget, distributed
 from vitkit import checkpoint as ckpt
 from vitkit.checks import check_labels
 from vitkit.config import FitConfig
-from vitkit.runtime import autocast, get_device, precision_reason, resolve_compile, resolve_precision
+from vitkit.runtime import (autocast, get_device, import_inductor_quietly, precision_reason, resolve_compile,
+                            resolve_precision)
 from vitkit.state import History, RunState
 from vitkit.steps import make_optimizer, mix, mixed_loss, model_logits, num_classes
 
@@ -232,24 +233,6 @@ def _attention_report(model: nn.Module) -> str:
     return f"{' + '.join(paths)} ({chosen})"
 
 
-def _import_cpp_extension_quietly() -> None:
-    """Import torch.utils.cpp_extension (inductor imports it at the first compiled step) with its logger at ERROR
-    for the import only: on a machine with a CUDA folder but no GPU it logs a timestamped "No CUDA runtime is
-    found" warning that says nothing about the run. The logger is restored; nothing global changes."""
-    import logging
-    import sys
-
-    if "torch.utils.cpp_extension" in sys.modules:
-        return
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        import torch.utils.cpp_extension  # noqa: F401
-    finally:
-        logger.setLevel(level)
-
-
 @dataclasses.dataclass
 class _Run:
     """One fit call's objects, private to this module: the loop above reads them; the state it saves is typed."""
@@ -296,7 +279,7 @@ class _Run:
         compiled = resolve_compile(cfg.compile, device, precision,
                                    budget.repays_compilation(cfg, state.total_steps, device.type))
         if compiled:
-            _import_cpp_extension_quietly()
+            import_inductor_quietly()
         runner = model
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
