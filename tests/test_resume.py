@@ -125,7 +125,7 @@ def test_truncated_checkpoint_names_the_file_and_the_way_out(tmp_path):
     path = tmp_path / "run.pt"
     run(model(), *loaders(), path=path, epochs=2)
     path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ckpt.CheckpointError, match=r"run.pt is truncated or corrupt .*start the run fresh \(resume=False\) "
+    with pytest.raises(ckpt.CheckpointError, match=r"run.pt is truncated or corrupt .*start the run afresh \(overwrite=True\) "
                                                    r"or resume from the previous one, run.pt.prev"):
         run(model(), *loaders(), path=path, resume=True, epochs=2)
     path.unlink()
@@ -375,3 +375,28 @@ def test_a_checkpoint_from_before_the_wider_identity_resumes_naming_what_it_lack
             "mixup_alpha, split_sizes; those are not checked") in capsys.readouterr().out
     assert hist.resumes == 1 and hist.epoch == [1, 2, 3]
     assert_same_weights(straight()[0], m)
+
+
+def test_a_finished_run_returned_from_its_checkpoint_keeps_its_totals(tmp_path):
+    path = tmp_path / "run.pt"
+    first = run(model(), *loaders(), path=path)
+    again = run(model(), *loaders(), path=path, resume=True)
+    assert again.total_steps == first.total_steps == 18 and first.train_tflop > 0
+    assert again.train_tflop == pytest.approx(first.train_tflop)
+    assert again.gflop_per_image == first.gflop_per_image > 0
+
+
+def test_run_info_holds_plain_values_and_an_epoch_schedule_takes_no_warmup_steps():
+    with pytest.raises(TypeError, match=r"run_info\['data'\] is a PosixPath .* convert it, e.g. str\(path\)"):
+        train.FitConfig(epochs=1, run_info={"data": __import__("pathlib").Path("x")})
+    with pytest.raises(ValueError, match="give its warmup as warmup_fraction"):
+        train.FitConfig(epochs=30, lr_update="epoch", warmup_steps=6)
+
+
+def test_the_lock_of_another_process_is_never_deleted_by_a_holder_that_lost_it(tmp_path):
+    lock = ckpt.RunLock(tmp_path / "run.pt")
+    lock.acquire(verbose=False)
+    write_lock(tmp_path / "run.pt", pid=1, host="another-host")  # taken over meanwhile (its holder was silent)
+    lock.refresh()
+    lock.release()
+    assert '"another-host"' in (tmp_path / "run.pt.lock").read_text()

@@ -313,3 +313,42 @@ def test_compilation_in_the_first_step_does_not_use_up_the_warmup(monkeypatch):
     assert hist.lr[0] == 0.0 and 25 <= peak <= 35  # 10 % of the 3 s left at 10 ms a step: 30 steps of warmup
     assert max(hist.lr) == pytest.approx(1e-3, rel=0.05)
     assert abs(hist.wall_time_s - 6.0) <= 0.01 and hist.lr[-1] < 0.01 * max(hist.lr)
+
+
+def test_a_short_last_accumulation_group_takes_the_mean_of_its_own_batches():
+    """6 batches in groups of 4: the second step sums 2 batches, and must divide by 2, not 4. With SGD and lr=1 the
+    update is the gradient itself, so the step's size shows the scaling."""
+    runtime.set_seed(0)
+    model = tiny_vit()
+    ds = quadrant_data(96, 0)
+    grads = []
+    real_step = torch.optim.SGD.step
+
+    def recording(self, *args, **kwargs):
+        grads.append(torch.cat([p.grad.flatten() for g in self.param_groups for p in g["params"] if p.grad is not None]))
+        return real_step(self, *args, **kwargs)
+
+    import unittest.mock
+    with unittest.mock.patch.object(torch.optim.SGD, "step", recording):
+        train.fit(model, loader(ds, batch_size=16), epochs=1, optimizer="sgd", lr=1e-9, weight_decay=0.0, momentum=0.0,
+                  warmup_fraction=0.0, accumulation_steps=4, device="cpu", precision="fp32", compile=False,
+                  progress=False, verbose=False)
+    runtime.set_seed(0)
+    reference = tiny_vit()
+    x = torch.stack([ds[i][0] for i in range(64, 96)])
+    F.cross_entropy(reference(x), ds.labels[64:96]).backward()  # the mean loss over the group's two batches
+    from vitkit.steps import param_groups
+    expected = torch.cat([p.grad.flatten() for g in param_groups(reference, 0.0) for p in g["params"]])  # fit's order
+    assert len(grads) == 2 and torch.allclose(grads[1], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_time_budget_run_ended_by_its_step_cap_still_decays_to_zero(monkeypatch):
+    import time
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    runtime.set_seed(0)
+    capped = train.fit(tiny_vit(), PacedLoader(clock, s=0.01), epochs=1000, max_steps=40, time_budget_s=100.0,
+                       warmup_fraction=0.0, device="cpu", compile=False, precision="fp32", progress=False,
+                       verbose=False)
+    assert len(capped.lr) == 40 and capped.lr[-1] < 0.05 * capped.lr[0]  # the step cap's share drives the decay
+    assert all(b <= a for a, b in zip(capped.lr, capped.lr[1:]))

@@ -43,7 +43,8 @@ def flops_per_image(model: nn.Module, loader, device: torch.device) -> float:
 
     probe = copy.deepcopy(model).to(device).train()
     x = torch.zeros(2, *_input_shape(model, loader), device=device)  # two images: BatchNorm needs more than one
-    with FlopCounterMode(display=False) as counter:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            FlopCounterMode(display=False) as counter:  # dropout in the probe draws no number of the run's
         model_logits(probe, x).float().sum().backward()
     del probe
     return counter.get_total_flops() / len(x)
@@ -62,12 +63,15 @@ def planned_steps(cfg: FitConfig, steps_per_epoch: int, images_per_step: int, im
 
 def progress(cfg: FitConfig, step: int, total_steps: int, elapsed_s: float, start_s: float | None = None) -> float:
     """How far through its budget the run is, in [0, 1]: step / planned steps, or under a time budget the wall time
-    since ``start_s`` (the end of the first optimizer step; None before it) over what the budget had left then."""
+    since ``start_s`` (the end of the first optimizer step; None before it) over what the budget had left then, or
+    the share of the step cap if that is further (both only grow, so their maximum is continuous too)."""
+    steps = min(1.0, step / total_steps)
     if cfg.time_budget_s is None:
-        return min(1.0, step / total_steps)
+        return steps
     if start_s is None:
         return 0.0
-    return min(1.0, max(0.0, elapsed_s - start_s) / max(1e-9, cfg.time_budget_s - start_s))
+    spent = min(1.0, max(0.0, elapsed_s - start_s) / max(1e-9, cfg.time_budget_s - start_s))
+    return max(spent, steps)  # a step or epoch cap that comes first still ends the schedule at 0
 
 
 def lr_factor(cfg: FitConfig, step: int, total_steps: int, epoch: int, epochs: int, elapsed_s: float,

@@ -59,11 +59,11 @@ def load(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, unpickling error, wrong format
         alternative = f" or resume from the previous one, {prev.name} (rename it to {path.name})" if prev.is_file() else ""
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); start the run fresh "
-                              f"(resume=False){alternative}.") from e
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); start the run afresh "
+                              f"(overwrite=True){alternative}.") from e
     if not isinstance(state, dict) or state.get("version") not in (1, VERSION):
-        raise CheckpointError(f"{path} is not a vitkit training checkpoint (version {VERSION}); start the run fresh "
-                              "(resume=False) or pass the right file.")
+        raise CheckpointError(f"{path} is not a vitkit training checkpoint (version {VERSION}); pass the right file, or "
+                              "start a run afresh on it with overwrite=True.")
     return _from_version_1(state) if state["version"] == 1 else state
 
 
@@ -274,9 +274,10 @@ class RunLock:
                 if not self._stale(holder):
                     raise CheckpointError(
                         f"{self.path.with_suffix('')} is in use by process {holder.get('pid')} on "
-                        f"{holder.get('host')} (since {holder.get('started')}, last checkpoint "
+                        f"{holder.get('host')} (since {holder.get('started')}, last heartbeat "
                         f"{self._age(holder):.0f} s ago): two runs would overwrite each other's checkpoints. Wait "
-                        f"for it, stop it, or pass another checkpoint path.") from None
+                        f"for it, stop it, or pass another checkpoint path. If that machine is gone (a notebook "
+                        f"host that disconnected), delete {self.path} and run again.") from None
                 if verbose:
                     print(f"fit: taking over {self.path.name}: its holder (process {holder.get('pid')} on "
                           f"{holder.get('host')}) is gone")
@@ -291,20 +292,26 @@ class RunLock:
             return
         raise CheckpointError(f"could not take {self.path}: other processes keep creating it.")
 
-    def refresh(self) -> None:
-        """The heartbeat: the lock's time, rewritten at every checkpoint."""
+    def refresh(self, epoch_s: float | None = None) -> None:
+        """The heartbeat: the lock's time (and how long an epoch takes, so that another host waits long enough),
+        rewritten at every checkpoint, unless another process has taken the lock over meanwhile."""
         import json
 
-        if self.held:
-            info = {**self._holder(), **self._info()}
+        if self.held and self._ours():
+            info = {**self._holder(), **self._info(), **({"epoch_s": epoch_s} if epoch_s is not None else {})}
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text(json.dumps(info))
             os.replace(tmp, self.path)
 
     def release(self) -> None:
-        if self.held:
+        if self.held and self._ours():
             self.path.unlink(missing_ok=True)
-            self.held = False
+        self.held = False
+
+    def _ours(self) -> bool:
+        import socket
+        holder = self._holder()
+        return holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid()
 
     def _info(self, **extra) -> dict[str, Any]:
         import socket
@@ -328,8 +335,9 @@ class RunLock:
         pid = holder.get("pid")
         if not holder or not isinstance(pid, int):
             return True
-        if holder.get("host") != socket.gethostname():
-            return self._age(holder) > self.stale_s
+        if holder.get("host") != socket.gethostname():  # silent for longer than a few of its epochs, and 2 hours
+            epoch_s = holder.get("epoch_s") if isinstance(holder.get("epoch_s"), (int, float)) else 0
+            return self._age(holder) > max(self.stale_s, 3 * epoch_s)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

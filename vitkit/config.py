@@ -103,6 +103,25 @@ class FitConfig:
         return min(total, count)
 
 
+def _check_plain(value, where: str) -> None:
+    """Plain values only (str, int, float, bool, None, lists and dicts of them): a checkpoint stores them and loads
+    them back with torch.load(weights_only=True), which refuses any other object."""
+    if value is None or type(value) in (str, int, float, bool):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"{where} has a key {k!r}; its keys must be strings.")
+            _check_plain(v, f"{where}[{k!r}]")
+        return
+    raise TypeError(f"{where} is a {type(value).__name__} ({value!r}); a run's identity holds plain values (str, int, "
+                    "float, bool, None, lists and dicts): convert it, e.g. str(path) or int(n).")
+
+
 def _check(cfg: FitConfig) -> None:
     """Every field, with a message that names it and the fix."""
     check_number("epochs", cfg.epochs, low=1, integer=True)
@@ -135,6 +154,7 @@ def _check(cfg: FitConfig) -> None:
     if cfg.run_info is not None and not isinstance(cfg.run_info, dict):
         raise TypeError(f"run_info must be a dict (e.g. {{'recipe': ..., 'seed': ...}}) or None, got "
                         f"{type(cfg.run_info).__name__}.")
+    _check_plain(cfg.run_info, "run_info")
     if cfg.resume and cfg.overwrite:
         raise ValueError("resume=True continues the run in the checkpoint and overwrite=True replaces it; pass one of "
                          "them.")
@@ -143,6 +163,9 @@ def _check(cfg: FitConfig) -> None:
     if cfg.lr_update not in LR_UPDATES:
         raise ValueError(f"lr_update must be 'step' (the LR changes every optimizer step) or 'epoch' (once per epoch), "
                          f"got {cfg.lr_update!r}.")
+    if cfg.lr_update == "epoch" and cfg.warmup_steps is not None:
+        raise ValueError("lr_update='epoch' counts the schedule in epochs; give its warmup as warmup_fraction (of the "
+                         "epochs), not warmup_steps.")
     if cfg.lr_update == "epoch" and cfg.time_budget_s is not None:
         raise ValueError("lr_update='epoch' counts the schedule in epochs, which a time budget does not fix in "
                          "advance; use lr_update='step' with time_budget_s, or give epochs without a time budget.")

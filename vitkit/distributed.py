@@ -50,17 +50,23 @@ def shard(loader, d: Dist, seed: int):
     ``seed``; its order then depends on the epoch, see ``set_epoch``) and ``batch_size / world`` per process."""
     if d.world == 1:
         return loader
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
+    if type(loader.sampler) not in (RandomSampler, SequentialSampler):
+        raise ValueError(f"under torchrun fit shards the data with a DistributedSampler, which replaces the loader's "
+                         f"{type(loader.sampler).__name__}; pass a loader over the training set itself with "
+                         "shuffle=True (or False), e.g. a Subset of the data set instead of a SubsetRandomSampler.")
     if loader.batch_size is None or loader.batch_size % d.world:
         raise ValueError(f"under torchrun the loader's batch_size is the global batch, split over {d.world} "
                          f"processes, so it must be a multiple of {d.world}; got {loader.batch_size}.")
     sampler = DistributedSampler(loader.dataset, num_replicas=d.world, rank=d.rank,
                                  shuffle=isinstance(loader.sampler, RandomSampler), seed=seed,
                                  drop_last=loader.drop_last)
+    workers = dict(persistent_workers=loader.persistent_workers, prefetch_factor=loader.prefetch_factor,
+                   worker_init_fn=loader.worker_init_fn) if loader.num_workers else {}
     return DataLoader(loader.dataset, batch_size=loader.batch_size // d.world, sampler=sampler,
                       num_workers=loader.num_workers, collate_fn=loader.collate_fn, pin_memory=loader.pin_memory,
-                      drop_last=loader.drop_last, generator=loader.generator)
+                      drop_last=loader.drop_last, generator=loader.generator, **workers)
 
 
 def _tensor(values: list[float]) -> torch.Tensor:

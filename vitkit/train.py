@@ -139,17 +139,19 @@ def _fit(model, train_loader, val_loader, cfg: FitConfig, device, dist, batches:
         saved = ckpt.open_run(Path(cfg.checkpoint), cfg.resume, identity, verbose, cfg.overwrite)
     if saved is not None and saved["state"].finished:
         return _finished(model.to(device), saved, cfg, verbose)
-    precision = (resolve_precision(device, cfg.precision) if saved is None
+    precision = (resolve_precision(device, cfg.precision) if saved is None or cfg.precision != "auto"
                  else ckpt.resumed_precision(saved["state"].history.precision, device, verbose))
     loader = distributed.shard(train_loader, dist, seed=_loader_seed(train_loader))
     run = _Run.start(model.to(device), loader, cfg, device, precision, dist, batches, identity, saved)
-    run.lock = lock
+    run.lock, run.saved_epoch = lock, (run.state.epoch if saved is not None else None)
     try:
         _loop(run, loader, val_loader)
     except KeyboardInterrupt:
-        run.say(f"fit: interrupted in epoch {run.state.epoch}; {cfg.checkpoint} holds the run after epoch "
-                f"{run.state.epoch - 1}: fit(..., resume=True) redoes epoch {run.state.epoch}"
-                if cfg.checkpoint is not None else "")
+        saved_epoch = run.saved_epoch
+        run.say("" if cfg.checkpoint is None else
+                f"fit: interrupted in epoch {run.state.epoch}; {cfg.checkpoint} holds this run after epoch "
+                f"{saved_epoch}: fit(..., resume=True) continues from there" if saved_epoch is not None else
+                f"fit: interrupted in epoch {run.state.epoch}, before this run wrote its first checkpoint")
         raise
     finally:
         run.close()
@@ -176,9 +178,10 @@ def _loop(run: "_Run", loader, val_loader) -> None:
             with autocast(run.device, run.precision):
                 logits = model_logits(run.runner, x).float()  # the one forward pass
             loss = mixed_loss(logits, y_a, y_b, lam, cfg.label_smoothing)
-            if (run.device.type != "cuda" or i % 25 == 0) and not torch.isfinite(loss):  # free on a CPU
+            if (run.device.type != "cuda" or i % 25 == 0) and run.bad(loss):  # free on a CPU; every rank agrees
                 raise run.diverged(loss.item(), x, i + 1)
-            scaler.scale(loss / accumulation).backward()  # the scaler is a no-op unless fp16
+            group = accumulation if i < batches - batches % accumulation else batches % accumulation
+            scaler.scale(loss / group).backward()  # the mean over the group; the scaler is a no-op unless fp16
             if (i + 1) % accumulation == 0 or i + 1 == batches:
                 lr = cfg.lr * run.lr_factor()
                 for group in opt.param_groups:
@@ -255,6 +258,8 @@ class _Run:
     start: float  # time.perf_counter() when this stretch began
     now_s: float = 0.0  # the run's wall time at the last optimizer step (rank 0's under torchrun)
     lock: Any = None  # the checkpoint's RunLock: its heartbeat is refreshed at every checkpoint
+    save_s: float = 0.0  # what the last checkpoint write took (rank 0's)
+    saved_epoch: int | None = None  # the last epoch this call wrote a checkpoint of
     first_epoch: int = 1  # of this stretch
 
     @classmethod
@@ -325,11 +330,18 @@ class _Run:
         return budget.lr_factor(self.cfg, s.step, s.total_steps, s.epoch, s.epochs, self.now_s, s.clock_start_s)
 
     def time_is_up(self) -> bool:
+        """Rank 0's clock and reserve (broadcast), so that every process stops at the same batch."""
         return budget.time_is_up(self.cfg, self.now_s, self.state.end_reserve_s)
 
     def done(self) -> bool:
+        """The one stop decision between epochs: decided at the end of the last epoch (and saved with it)."""
         s = self.state
-        return s.epoch >= s.epochs or s.step >= s.total_steps or self.time_is_up()
+        return s.finished or s.epoch >= s.epochs or s.step >= s.total_steps
+
+    def bad(self, loss: torch.Tensor) -> bool:
+        """A NaN or infinite loss on any process (under torchrun all of them stop together)."""
+        bad = not bool(torch.isfinite(loss))
+        return bool(distributed.all_sum([float(bad)], self.dist)[0]) if self.dist.world > 1 else bad
 
     def say(self, text: str) -> None:
         """One line from rank 0, under the progress bar."""
@@ -419,32 +431,33 @@ class _Run:
                                  ("val_loss", hist.val_loss), ("val_acc", hist.val_acc)):
                 if values:
                     self.writer.add_scalar(f"epoch/{name}", values[-1], s.epoch)
-        s.finished = s.epoch >= s.epochs or s.step >= s.total_steps or budget.time_is_up(
-            cfg, self.elapsed(), s.end_reserve_s)
+        # The one stop decision, on rank 0's clock: the end of an epoch costs its validation and the last checkpoint.
+        now, validation_s = distributed.broadcast([self.elapsed(), time.perf_counter() - train_end], self.dist)
+        s.end_reserve_s = validation_s + self.save_s
+        s.finished = s.epoch >= s.epochs or s.step >= s.total_steps or budget.time_is_up(cfg, now, s.end_reserve_s)
         hist.epoch_time_s.append(time.perf_counter() - t0)  # training and validation; the checkpoint added below
+        self.summarize()
         if cfg.checkpoint is not None:
             rng = distributed.gather(ckpt.rng_state(self.loader), self.dist)  # every process's
         if cfg.checkpoint is not None and self.dist.main:
             saving = time.perf_counter()
-            hist.wall_time_s = self.elapsed()
-            stretch = hist.stretches[-1]
-            stretch["last_epoch"], stretch["wall_time_s"] = s.epoch, time.perf_counter() - self.start
             s.rng = rng
             saved = dataclasses.replace(s, elapsed_s=self.elapsed())  # the whole run's wall time so far
             ckpt.save_run(Path(cfg.checkpoint), self.model, self.opt, self.scaler, saved, self.identity)
             if self.lock is not None:
-                self.lock.refresh()
+                self.lock.refresh(epoch_s=hist.epoch_time_s[-1])
             hist.epoch_time_s[-1] += time.perf_counter() - saving
-        s.end_reserve_s = time.perf_counter() - train_end  # what the end of an epoch costs a time budget
-        self.now_s = distributed.broadcast([self.elapsed()], self.dist)[0]
+            self.save_s = time.perf_counter() - saving
+        self.saved_epoch = s.epoch if cfg.checkpoint is not None else None
+        self.now_s, self.save_s = distributed.broadcast([self.elapsed(), self.save_s], self.dist)
 
     def close(self) -> None:
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
 
-    def finish(self) -> History:
-        """Record time, pace and compute, and put the best validation epoch's weights back."""
+    def summarize(self) -> None:
+        """The run's totals so far in its History: time, steps, pace, compute, this stretch's end."""
         s, hist = self.state, self.state.history
         hist.wall_time_s = self.elapsed()
         hist.total_steps = s.step
@@ -452,9 +465,14 @@ class _Run:
         hist.stretches[-1]["wall_time_s"] = time.perf_counter() - self.start
         hist.train_images_per_s = s.images / max(1e-9, s.train_s)  # training only, validation excluded
         hist.gflop_per_image, hist.train_tflop = self.image_flops / 1e9, self.image_flops * s.images / 1e12
-        if self.cfg.restore_best and s.best_state is not None:
-            self.model.load_state_dict(s.best_state)
-        return hist
+
+    def finish(self) -> History:
+        """Record time, pace and compute, and put the best validation epoch's weights back."""
+        self.summarize()
+        self.opt.zero_grad(set_to_none=True)  # a budget may stop inside an accumulation group
+        if self.cfg.restore_best and self.state.best_state is not None:
+            self.model.load_state_dict(self.state.best_state)
+        return self.state.history
 
 
 def _finished(model: nn.Module, saved: dict, cfg: FitConfig, verbose: bool) -> History:
