@@ -244,29 +244,19 @@ def _environ(**values: str):
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
-def _set_aside_checkpoints(root: Path, stem: str) -> None:
-    """A full run starts its training afresh: the notebook's run checkpoints from before move to
-    checkpoints/runs/previous/ (replacing older ones there), so that a second run is neither refused by them nor
-    handed a stale finished run."""
-    folder = root / "checkpoints" / "runs"
-    old = [p for p in folder.glob(f"{stem}-*") if p.is_file() and not p.name.endswith(".lock")]
-    if old:
-        (folder / "previous").mkdir(parents=True, exist_ok=True)
-        for p in old:
-            os.replace(p, folder / "previous" / p.name)
-        print(f"{stem}: moved {len(old)} earlier run checkpoint file(s) to {(folder / 'previous').relative_to(root)}/")
-
-
 def execute(path: Path, data_root: str, timeout_s: int | None = None, root: Path = ROOT) -> list[str]:
     """Run the notebook at ``path`` in full (in folder ``root``), store it executed and stamped; returns its
     problems (empty: clean)."""
     import papermill
 
+    from vitkit import checkpoint as ckpt
     from vitkit.records import code_commit
 
     name = path.name
     commit = code_commit() or "unknown"  # the code as it was when the run started
-    _set_aside_checkpoints(root, path.stem)
+    moved = ckpt.set_aside(root / "checkpoints" / "runs", f"{path.stem}-")  # a full run starts afresh
+    if moved:
+        print(f"{name}: moved {moved} earlier run checkpoint file(s) to checkpoints/runs/previous/")
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp, _environ(VIT_DATA_ROOT=data_root, TQDM_DISABLE="1", VIT_SMOKE="0"):
         out = Path(tmp) / name

@@ -86,6 +86,9 @@ def run_notebook(name: str, env: dict, **parameters):
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VIT_SMOKE="1",
                       MPLBACKEND="module://matplotlib_inline.backend_inline")
     env["out"].mkdir(parents=True, exist_ok=True)
+    from vitkit import checkpoint as ckpt  # the kernel and this process import vitkit from the repository
+
+    ckpt.set_aside(env["out"] / "checkpoints" / "runs", f"{Path(name).stem}-")  # each smoke run starts afresh
     params = {**notebook_parameters(name, env), **parameters}
     papermill.execute_notebook(str(ROOT / name), str(env["out"] / name), parameters=params, cwd=str(ROOT),
                                kernel_name="python3", progress_bar=False)

@@ -400,3 +400,12 @@ def test_the_lock_of_another_process_is_never_deleted_by_a_holder_that_lost_it(t
     lock.refresh()
     lock.release()
     assert '"another-host"' in (tmp_path / "run.pt.lock").read_text()
+
+
+def test_set_aside_moves_a_notebooks_earlier_checkpoints_and_leaves_others(tmp_path):
+    for name in ("Nb-a-full.pt", "Nb-a-full.pt.prev", "Nb-b-full.pt", "Other-full.pt", "Nb-a-full.pt.lock"):
+        (tmp_path / name).write_text(name)
+    assert ckpt.set_aside(tmp_path, "Nb-") == 3
+    assert sorted(p.name for p in (tmp_path / "previous").iterdir()) == ["Nb-a-full.pt", "Nb-a-full.pt.prev",
+                                                                        "Nb-b-full.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt*")) == ["Nb-a-full.pt.lock", "Other-full.pt"]

@@ -25,7 +25,7 @@ from vitkit.runtime import precision_reason, resolve_precision
 from vitkit.state import RunState
 
 __all__ = ["CheckpointError", "save", "load", "run_identity", "check_identity", "data_fingerprint", "describe",
-           "rng_state", "set_rng_state", "stretch", "save_run", "open_run", "resumed_precision", "RunLock"]
+           "rng_state", "set_rng_state", "stretch", "save_run", "open_run", "resumed_precision", "set_aside", "RunLock"]
 
 VERSION = 2  # 1: the same content before RunState existed (read and converted by load)
 
@@ -242,6 +242,18 @@ def resumed_precision(precision: str, device: torch.device, verbose: bool) -> st
                   f"({precision_reason(device, 'fp32')}): continuing in fp32")
         return "fp32"
     return precision
+
+
+def set_aside(folder: Path, prefix: str) -> int:
+    """Move the checkpoints in ``folder`` whose names start with ``prefix`` (and their ``.prev`` copies) to
+    ``folder/previous/``, replacing older ones there, so that a run started afresh is neither refused by them nor handed
+    a stale finished run; returns how many files moved. A held lock stays where it is."""
+    old = [p for p in Path(folder).glob(f"{prefix}*") if p.is_file() and not p.name.endswith(".lock")]
+    if old:
+        (Path(folder) / "previous").mkdir(parents=True, exist_ok=True)
+        for p in old:
+            os.replace(p, Path(folder) / "previous" / p.name)
+    return len(old)
 
 
 class RunLock:
