@@ -44,7 +44,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
                     device: torch.device) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay)
-    fused = {"fused": True} if device.type == "cuda" else {}
+    # One fused kernel for the whole update: on a 2-core CPU AdamW's step took 1.5 ms instead of 11.6 ms (foreach)
+    # for 2.6 M parameters; the same maths. CUDA and CPU support it; elsewhere (MPS) the default implementation.
+    fused = {"fused": True} if device.type in ("cuda", "cpu") else {}
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, **fused)
     if name == "adam":
