@@ -80,7 +80,7 @@ def _check_before_data(args, recipe: dict, out: Path, name: str, checkpoint: Pat
         ap.error(f"--out-dir {out} is a file; pass a folder (results/, images/ and checkpoints/ go under it)")
     try:
         (out / "results").mkdir(parents=True, exist_ok=True)
-        probe = out / "results" / f".{name}.write-test"
+        probe = out / "results" / f".{name}.write-test-{os.getpid()}"  # one per process (torchrun)
         probe.write_text("")
         probe.unlink()
     except OSError as e:
