@@ -309,7 +309,7 @@ class _Run:
         run = cls(cfg=cfg, model=model, runner=runner, opt=opt, scaler=scaler, state=state, device=device,
                   precision=precision, dist=dist, loader=loader, bar=None, writer=None, identity=identity, classes=num_classes(model),
                   image_flops=image_flops, batches=batches, start=start, first_epoch=first_epoch)
-        run.now_s = run.elapsed()
+        run.now_s = distributed.broadcast([run.elapsed()], dist)[0]  # rank 0's clock from the start
         run.bar = run._make_bar(loader)
         if cfg.log_dir is not None and dist.main:
             from torch.utils.tensorboard import SummaryWriter
