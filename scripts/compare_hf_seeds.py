@@ -1,0 +1,120 @@
+"""Ours vs HF's ViT trained from scratch, over several seeds: ImportedVisionTransformer.ipynb's part 2, headless.
+
+    python scripts/compare_hf_seeds.py --data-root ../shared/data --threads 2            # seeds 0 1 2, 12 min each
+    python scripts/compare_hf_seeds.py --data-root ../shared/data --seeds 3 4            # add seeds to the record
+
+Per seed: the same recipe (cifar10-seed), the same data split and batch order for both models, the same wall-clock
+budget each (``fit(time_budget_s=...)``), our ``VisionTransformer`` and HF's ``ViTForImageClassification`` with their
+own initialisations. Every run is added to results/ours-vs-hf-seeds.json as it ends (a later call runs only what the
+record lacks; a killed run resumes from its checkpoint); the record's summary holds each model's mean and standard
+deviation over the seeds and the difference of the means with its standard error, so that the notebook can say
+whether the two differ by more than 2 standard errors or are within noise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import vit_helpers as vh  # noqa: E402
+from vitkit import data, recipes, records, runtime, train  # noqa: E402
+
+RECIPE = "cifar10-seed"
+MODELS = ("ours", "hf")
+
+
+def build(name: str, m: dict):
+    """Our ViT or HF's with the recipe's hyperparameters, each with its own init (seed the RNG before)."""
+    if name == "ours":
+        return vh.VisionTransformer(**m)
+    from transformers import ViTConfig, ViTForImageClassification
+
+    hf_config = ViTConfig(image_size=m["image_size"], patch_size=m["patch_size"], num_channels=m["in_channels"],
+                          hidden_size=m["dim"], num_hidden_layers=m["depth"], num_attention_heads=m["heads"],
+                          intermediate_size=m["mlp_dim"], hidden_dropout_prob=m["dropout"],
+                          num_labels=m["num_classes"])
+    return ViTForImageClassification._from_config(hf_config, attn_implementation="sdpa")
+
+
+def summary(runs: list[dict]) -> dict:
+    """Per model: mean and standard deviation of test and validation accuracy; HF minus ours with its standard error
+    (sqrt(s1^2/n1 + s2^2/n2)) and whether it exceeds 2 of them."""
+    out = {}
+    for metric in ("test_acc", "best_val_acc"):
+        values = {k: [r[metric] for r in runs if r["model"] == k] for k in MODELS}
+        if min(len(v) for v in values.values()) < 2:
+            continue
+        stats = {k: {"mean": statistics.mean(v), "std": statistics.stdev(v), "n": len(v)} for k, v in values.items()}
+        diff = stats["hf"]["mean"] - stats["ours"]["mean"]
+        se = math.sqrt(sum(s["std"] ** 2 / s["n"] for s in stats.values()))
+        out[metric] = {**stats, "hf_minus_ours": diff, "standard_error": se, "beyond_noise": abs(diff) > 2 * se}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", default=data.default_data_root())
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--budget-min", type=float, default=12.0, help="wall-clock training budget per model and seed")
+    ap.add_argument("--val-size", type=int, default=5000)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--smoke", action="store_true", help="a tiny model and subset for seconds: checks the pipeline")
+    ap.add_argument("--out", default=None, help="default: results/ours-vs-hf-seeds[-smoke].json")
+    ap.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints" / "runs"))
+    args = ap.parse_args()
+    if args.threads is not None:
+        if args.threads < 1:
+            ap.error(f"--threads must be a positive int, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.budget_min <= 0:
+        ap.error(f"--budget-min must be > 0, got {args.budget_min}")
+    recipe = recipes.get_recipe(RECIPE)
+    if args.smoke:
+        recipe["model"].update(dim=32, depth=1, heads=2, mlp_dim=64)
+        recipe["data"].update(train_limit=256, test_limit=128)
+        args.val_size = min(args.val_size, 128)
+    out = Path(args.out or ROOT / "results" / f"ours-vs-hf-seeds{'-smoke' if args.smoke else ''}.json")
+    runs = json.loads(out.read_text())["metrics"]["runs"] if out.is_file() else []
+    have = {(r["model"], r["seed"]) for r in runs}
+    start = time.perf_counter()
+    for seed in args.seeds:
+        if all((k, seed) in have for k in MODELS):
+            continue
+        loaders = data.cifar10_loaders(args.data_root, val_size=args.val_size, seed=seed, **recipe["data"])
+        for name in MODELS:
+            if (name, seed) in have:
+                continue
+            runtime.set_seed(seed)
+            model = build(name, recipe["model"])
+            loaders.train.generator.manual_seed(seed)  # the same batch order for both models
+            tag = f"ours-vs-hf-{name}-s{seed}{'-smoke' if args.smoke else ''}"
+            hist = train.fit(model, loaders.train, loaders.val, device=args.device, time_budget_s=args.budget_min * 60,
+                             checkpoint=Path(args.checkpoint_dir) / f"{tag}.pt", resume=True, progress=False,
+                             verbose=False, run_info={"study": "ours-vs-hf", "model_kind": name, "seed": seed},
+                             **recipe["fit"])
+            test = train.evaluate(model, loaders.test, args.device)
+            runs.append({"model": name, "seed": seed, "test_acc": test["acc"], "best_val_acc": hist.best_val_acc,
+                         "epochs": len(hist.epoch), "optimizer_steps": hist.total_steps,
+                         "train_images_per_s": hist.train_images_per_s, "wall_time_s": hist.wall_time_s,
+                         "precision": hist.precision, "parameters": vh.count_parameters(model)})
+            print(f"{name:4s} seed {seed}: test {test['acc']:.2%}, val {hist.best_val_acc:.2%}, {len(hist.epoch)} epochs",
+                  flush=True)
+            records.save_results(out, metrics={"runs": runs, "summary": summary(runs)}, seed=min(args.seeds),
+                                 dataset=loaders.train.dataset.source, wall_time_s=sum(r["wall_time_s"] for r in runs),
+                                 device=args.device, config={"recipe": RECIPE, **recipe, "budget_min": args.budget_min,
+                                                             "val_size": args.val_size, "smoke": args.smoke,
+                                                             "threads": torch.get_num_threads()})
+    print(f"{len(runs)} runs in {out.name}; this call {(time.perf_counter() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
