@@ -1,14 +1,16 @@
 """Ours vs HF's ViT trained from scratch, over several seeds: ImportedVisionTransformer.ipynb's part 2, headless.
 
-    python scripts/compare_hf_seeds.py --data-root ../shared/data --threads 2            # seeds 0 1 2, 12 min each
-    python scripts/compare_hf_seeds.py --data-root ../shared/data --seeds 3 4            # add seeds to the record
+    python scripts/compare_hf_seeds.py --data-root ../shared/data --threads 2   # seeds 0 1 2, 4 epochs (~12 min) each
+    python scripts/compare_hf_seeds.py --data-root ../shared/data --seeds 3 4   # add seeds to the record
 
-Per seed: the same recipe (cifar10-seed), the same data split and batch order for both models, the same wall-clock
-budget each (``fit(time_budget_s=...)``), our ``VisionTransformer`` and HF's ``ViTForImageClassification`` with their
-own initialisations. Every run is added to results/ours-vs-hf-seeds.json as it ends (a later call runs only what the
-record lacks; a killed run resumes from its checkpoint); the record's summary holds each model's mean and standard
-deviation over the seeds and the difference of the means with its standard error, so that the notebook can say
-whether the two differ by more than 2 standard errors or are within noise.
+Per seed: the same recipe (cifar10-seed) with its schedule compressed into ``--epochs`` (4 by default: what the
+notebook's part 2 trains on a CPU), the same data split and batch order for both models, our ``VisionTransformer``
+and HF's ``ViTForImageClassification`` with their own initialisations. A fixed number of epochs (not a wall-clock
+budget) gives both models exactly the same images, however loaded the machine is. Every run is added to
+results/ours-vs-hf-seeds.json as it ends (a later call runs only what the record lacks; a killed run resumes from
+its checkpoint); the record's summary holds each model's mean and standard deviation over the seeds and the
+difference of the means with its standard error, so that the notebook can say whether the two differ by more than
+2 standard errors or are within noise.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=data.default_data_root())
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    ap.add_argument("--budget-min", type=float, default=12.0, help="wall-clock training budget per model and seed")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per model and seed (the schedule fits them)")
     ap.add_argument("--val-size", type=int, default=5000)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default=None)
@@ -75,15 +77,18 @@ def main() -> None:
         if args.threads < 1:
             ap.error(f"--threads must be a positive int, got {args.threads}")
         torch.set_num_threads(args.threads)
-    if args.budget_min <= 0:
-        ap.error(f"--budget-min must be > 0, got {args.budget_min}")
+    if args.epochs < 1:
+        ap.error(f"--epochs must be a positive int, got {args.epochs}")
     recipe = recipes.get_recipe(RECIPE)
+    recipe["fit"]["epochs"] = args.epochs
     if args.smoke:
         recipe["model"].update(dim=32, depth=1, heads=2, mlp_dim=64)
         recipe["data"].update(train_limit=256, test_limit=128)
         args.val_size = min(args.val_size, 128)
     out = Path(args.out or ROOT / "results" / f"ours-vs-hf-seeds{'-smoke' if args.smoke else ''}.json")
     runs = json.loads(out.read_text())["metrics"]["runs"] if out.is_file() else []
+    if runs and json.loads(out.read_text())["config"]["fit"]["epochs"] != args.epochs:
+        ap.error(f"{out.name} holds runs of another --epochs; give that value, or --out for a new record")
     have = {(r["model"], r["seed"]) for r in runs}
     start = time.perf_counter()
     for seed in args.seeds:
@@ -97,7 +102,7 @@ def main() -> None:
             model = build(name, recipe["model"])
             loaders.train.generator.manual_seed(seed)  # the same batch order for both models
             tag = f"ours-vs-hf-{name}-s{seed}{'-smoke' if args.smoke else ''}"
-            hist = train.fit(model, loaders.train, loaders.val, device=args.device, time_budget_s=args.budget_min * 60,
+            hist = train.fit(model, loaders.train, loaders.val, device=args.device,
                              checkpoint=Path(args.checkpoint_dir) / f"{tag}.pt", resume=True, progress=False,
                              verbose=False, run_info={"study": "ours-vs-hf", "model_kind": name, "seed": seed},
                              **recipe["fit"])
@@ -110,8 +115,7 @@ def main() -> None:
                   flush=True)
             records.save_results(out, metrics={"runs": runs, "summary": summary(runs)}, seed=min(args.seeds),
                                  dataset=loaders.train.dataset.source, wall_time_s=sum(r["wall_time_s"] for r in runs),
-                                 device=args.device, config={"recipe": RECIPE, **recipe, "budget_min": args.budget_min,
-                                                             "val_size": args.val_size, "smoke": args.smoke,
+                                 device=args.device, config={"recipe": RECIPE, **recipe, "val_size": args.val_size, "smoke": args.smoke,
                                                              "threads": torch.get_num_threads()})
     print(f"{len(runs)} runs in {out.name}; this call {(time.perf_counter() - start) / 60:.1f} min")
 
