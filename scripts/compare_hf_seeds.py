@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -27,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import vit_helpers as vh  # noqa: E402
-from vitkit import data, recipes, records, runtime, train  # noqa: E402
+from vitkit import data, recipes, records, runtime, stats, train  # noqa: E402
 
 RECIPE = "cifar10-seed"
 MODELS = ("ours", "hf")
@@ -47,17 +45,14 @@ def build(name: str, m: dict):
 
 
 def summary(runs: list[dict]) -> dict:
-    """Per model: mean and standard deviation of test and validation accuracy; HF minus ours with its standard error
-    (sqrt(s1^2/n1 + s2^2/n2)) and whether it exceeds 2 of them."""
+    """Per metric: each model's mean, standard deviation and count over the seeds, and HF minus ours with its
+    standard error (:func:`vitkit.stats.seed_difference`) and whether it exceeds twice that."""
     out = {}
     for metric in ("test_acc", "best_val_acc"):
         values = {k: [r[metric] for r in runs if r["model"] == k] for k in MODELS}
-        if min(len(v) for v in values.values()) < 2:
-            continue
-        stats = {k: {"mean": statistics.mean(v), "std": statistics.stdev(v), "n": len(v)} for k, v in values.items()}
-        diff = stats["hf"]["mean"] - stats["ours"]["mean"]
-        se = math.sqrt(sum(s["std"] ** 2 / s["n"] for s in stats.values()))
-        out[metric] = {**stats, "hf_minus_ours": diff, "standard_error": se, "beyond_noise": abs(diff) > 2 * se}
+        if min(len(v) for v in values.values()) >= 2:
+            d = stats.seed_difference(values["hf"], values["ours"])
+            out[metric] = {"hf": d.pop("a"), "ours": d.pop("b"), **d}  # difference: HF minus ours
     return out
 
 

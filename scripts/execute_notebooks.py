@@ -34,11 +34,13 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+from notebook_numbers import load_allowed, typed_numbers, unbacked_numbers  # noqa: E402
 from smoke_env import NOTEBOOKS  # noqa: E402
 
 STAMP_KEY = "vit_run"  # notebook metadata key of the run stamp
 STAMP_CELL = "run-stamp"  # id of the first (markdown) cell that says where the outputs come from
 MAX_OUTPUT_BYTES = 10_000_000  # all notebooks' stored outputs together: the repository stays light to clone
+MAX_IMAGE_BYTES = 300_000  # one stored figure (PNG bytes): GitHub renders the notebook quickly
 _MACHINE_PATH = re.compile(r"(?<![\w.~-])(/(?:home|root|work|Users|tmp|mnt|private|opt|srv|content)/|[A-Za-z]:\\)")
 _TIMESTAMP = re.compile(r"\b\d{4}-\d\d-\d\d[ T]\d\d:\d\d|^[IWE]\d{4} \d\d:\d\d:\d\d", re.M)
 _RECORD_LINE = re.compile(r"^record (\S+\.json)$", re.M)
@@ -149,18 +151,21 @@ def output_bytes(nb) -> int:
     return sum(len(json.dumps(o)) for o in _outputs(nb))
 
 
-def problems(path: Path, root: Path = ROOT) -> list[str]:
-    """Why a stored notebook's outputs cannot be trusted (empty when they can, or when it has no outputs).
+def problems(path: Path, root: Path = ROOT, allowed: dict | None = None) -> list[str]:
+    """Why a stored notebook cannot be trusted (empty when it can): measured numbers typed into its prose (``allowed``:
+    the whitelist, by default tests/allowed_prose_numbers.toml), and, when it has outputs, every way they can be stale.
     ``root``: the folder the notebook ran in (its results file is relative to it)."""
     nb = nbformat.read(path, as_version=4)
     name, rerun = path.name, f"python scripts/execute_notebooks.py {path.name}"
+    typed = typed_numbers(nb, name, load_allowed() if allowed is None else allowed)
     if not has_outputs(nb):
-        return [] if STAMP_KEY not in nb.metadata else [f"{name}: a run stamp but no outputs; re-run: {rerun}"]
+        stamped = STAMP_KEY in nb.metadata
+        return typed + ([f"{name}: a run stamp but no outputs; re-run: {rerun}"] if stamped else [])
     stamp = nb.metadata.get(STAMP_KEY)
     if not stamp:
-        return [f"{name}: stored outputs without a run stamp, so nothing says which code made them; re-run it with "
-                f"`{rerun}` or strip its outputs (jupyter nbconvert --clear-output --inplace {name})"]
-    found = []
+        return typed + [f"{name}: stored outputs without a run stamp, so nothing says which code made them; re-run it "
+                        f"with `{rerun}` or strip its outputs (jupyter nbconvert --clear-output --inplace {name})"]
+    found = typed
     if stamp["code_hash"] != code_hash(nb):
         found.append(f"{name}: its code cells changed since its outputs were recorded (stamp {stamp['code_hash']}, "
                      f"now {code_hash(nb)}); re-run: {rerun}")
@@ -175,6 +180,13 @@ def problems(path: Path, root: Path = ROOT) -> list[str]:
             if path_seen := _MACHINE_PATH.search(text):
                 found.append(f"{name}: code cell {i + 1} shows a path of the machine ({path_seen.group(0)!r}...): "
                              "print paths relative to the repository")
+            png = o.get("data", {}).get("image/png")
+            if png and len(png) * 3 // 4 > MAX_IMAGE_BYTES:
+                found.append(f"{name}: code cell {i + 1} stores a {len(png) * 3 // 4 // 1000} KB figure (limit "
+                             f"{MAX_IMAGE_BYTES // 1000} KB): fewer panels or a lower dpi")
+            if o.get("data", {}).get("text/plain", "").startswith("Canvas("):
+                found.append(f"{name}: code cell {i + 1} stores a figure as an ipympl Canvas widget: draw it with the "
+                             "inline backend, so that it is stored as a PNG")
             if time_seen := _TIMESTAMP.search(text):
                 found.append(f"{name}: code cell {i + 1} shows a timestamp ({time_seen.group(0)!r}), "
                              "which changes every run")
@@ -195,9 +207,11 @@ def _record_problems(name: str, nb, stamp: dict, rerun: str, root: Path) -> list
     if _sha(file.read_bytes()) != stamp["results_hash"]:
         return [f"{name}: {results} changed after the run that made the stored outputs; restore it "
                 f"(git checkout {stamp['commit'][:10]} -- {results}) or re-run: {rerun}"]
-    metrics = flat_metrics(json.loads(file.read_text())["metrics"])
+    record = json.loads(file.read_text())
+    metrics = flat_metrics(record["metrics"])
     return [f"{name}: its outputs say {key} = {value}, its record {results} says {metrics.get(key)!r}"
-            for key, value in printed.items() if key not in metrics or not _same(value, metrics[key])]
+            for key, value in printed.items() if key not in metrics or not _same(value, metrics[key])] + \
+        unbacked_numbers(nb, name, record, results)
 
 
 def stale_modules(path: Path) -> list[str]:

@@ -78,17 +78,24 @@ def notebook_parameters(name: str, env: dict) -> dict:
     return params
 
 
-def run_notebook(name: str, env: dict, **parameters):
-    """Execute notebook ``name`` offline in smoke mode; returns the executed notebook."""
+def smoke_environ() -> None:
+    """The environment a smoke run's kernel inherits: offline, smoke mode, the inline figure backend."""
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VIT_SMOKE="1",
+                      MPLBACKEND="module://matplotlib_inline.backend_inline")
+
+
+def run_notebook(name: str, env: dict, fresh: bool = True, **parameters):
+    """Execute notebook ``name`` offline in smoke mode; returns the executed notebook. ``fresh``: move its earlier run
+    checkpoints aside first (False: leave them, as a user re-running the notebook would)."""
     import nbformat
     import papermill
 
-    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VIT_SMOKE="1",
-                      MPLBACKEND="module://matplotlib_inline.backend_inline")
+    smoke_environ()
     env["out"].mkdir(parents=True, exist_ok=True)
     from vitkit import checkpoint as ckpt  # the kernel and this process import vitkit from the repository
 
-    ckpt.set_aside(env["out"] / "checkpoints" / "runs", f"{Path(name).stem}-")  # each smoke run starts afresh
+    if fresh:
+        ckpt.set_aside(env["out"] / "checkpoints" / "runs", f"{Path(name).stem}-")
     params = {**notebook_parameters(name, env), **parameters}
     papermill.execute_notebook(str(ROOT / name), str(env["out"] / name), parameters=params, cwd=str(ROOT),
                                kernel_name="python3", progress_bar=False)

@@ -105,6 +105,17 @@ def test_perturbation_curve_on_a_model_whose_answer_is_known():
     assert neg_right["accuracy"] == [1.0, 1.0, 1.0, 1.0]
 
 
+def test_per_image_aucs_average_to_the_auc_and_pair_images_across_maps():
+    x = torch.zeros(4, 1, 8, 8)
+    x[:, :, :4, :4] = 1.0
+    labels = torch.ones(4, dtype=torch.long)
+    maps = torch.tensor([[[1.0, 0.3], [0.2, 0.1]]]).repeat(4, 1, 1)
+    maps[2:, 0, 0] = 0.0  # images 2 and 3: the top-left patch ranks last
+    curve = explain.perturbation_curve(TopLeftPatch(), x, labels, maps, fractions=(0.0, 0.25, 0.5, 0.75))
+    assert curve["per_image_auc"].tolist() == [12.5, 12.5, 75.0, 75.0]
+    assert curve["auc"] == pytest.approx(43.75) and curve["accuracy"] == [1.0, 0.5, 0.5, 0.5]
+
+
 def test_remove_patches_and_mass_on_mask_exactly():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     maps = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]])

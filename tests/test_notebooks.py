@@ -18,6 +18,7 @@ from conftest import ROOT, SHARED_DATA
 
 HARNESS = [importlib.import_module(f"vitkit.{p.stem}") for p in (ROOT / "vitkit").glob("*.py") if p.stem != "__init__"]
 sys.path.insert(0, str(ROOT / "scripts"))
+import notebook_numbers as nn  # noqa: E402
 from smoke_env import NOTEBOOKS, make_smoke_env, run_notebook  # noqa: E402
 
 
@@ -97,10 +98,18 @@ def test_inductive_bias_notebook(env):
 
 @pytest.mark.slow
 def test_visualize_attention_notebook(env):
-    _run("VisualizeAttentionMap.ipynb", env)
+    nb = _run("VisualizeAttentionMap.ipynb", env)
     record = _record(env, "VisualizeAttentionMap")
     assert record["config"]["data"]["invert"] is True
     faith = record["metrics"]["faithfulness"]
+    vs_random = record["metrics"]["faithfulness_vs_random"]  # paired bootstrap over the test digits
+    assert set(vs_random) == set(explain.EXPLAINERS) - {"random"}
+    assert all(set(v) == {"positive_auc", "negative_auc", "stroke_mass"} and
+               v["positive_auc"]["low"] <= v["positive_auc"]["difference"] <= v["positive_auc"]["high"]
+               for v in vs_random.values())
+    assert sorted(record["metrics"]["rollout_by_depth"], key=int) == [str(k) for k in range(1, 7)]  # shipped: 6 layers
+    (summary,) = [t for _, t in nn.markdown_outputs(nb)]
+    assert "than random" in summary and nn.unbacked_numbers(nb, "VisualizeAttentionMap.ipynb", record, "r") == []
     assert set(faith) == set(explain.EXPLAINERS) and record["config"]["weights"] == "weights/mnist-fast.safetensors"
     assert all(len(f["positive_accuracy"]) == 10 and 0 <= f["stroke_mass"] <= 1 for f in faith.values())
     assert 0 < record["metrics"]["seconds_to_first_maps"] < record["wall_time_s"]
@@ -129,9 +138,15 @@ def test_imported_vision_transformer_notebook(env):
 
 @pytest.mark.slow
 def test_weakly_supervised_localization_notebook(env):
-    _run("WeaklySupervisedLocalization.ipynb", env)
+    nb = _run("WeaklySupervisedLocalization.ipynb", env)
     record = _record(env, "WeaklySupervisedLocalization")
     m = record["metrics"]
+    for measure, pairs in m["ranking"].items():  # neighbours down the ranking, each with a paired bootstrap
+        assert len(pairs) == len(m["localization"]) - 1 and all(p["low"] <= p["difference"] <= p["high"] for p in pairs)
+        assert [m["localization"][p["first"]][measure] for p in pairs] == \
+            sorted((m["localization"][p["first"]][measure] for p in pairs), reverse=True), measure
+    assert nn.unbacked_numbers(nb, "WeaklySupervisedLocalization.ipynb", record, "r") == []
+    assert any("Pointing game" in t for _, t in nn.markdown_outputs(nb))
     stems = {"patch", "conv", "conv-centred"}
     assert m["stem"] in stems and set(m["stem_val_acc"]) == stems
     assert set(m["localization"]) == set(explain.EXPLAINERS) | {"Grad-CAM (CNN)", "centre box (baseline)"}
@@ -160,3 +175,60 @@ def test_imported_notebook_offline_skips_the_hub_parts_and_runs_the_rest(env):
     assert "skipped parts 4 and 5 (an ImageNet ViT on photos): it would download" in printed
     metrics = _record(env, "ImportedVisionTransformer")["metrics"]
     assert "finetune" not in metrics and "imagenet_top5" not in metrics and metrics["scratch_side_by_side"]
+
+
+@pytest.mark.slow
+def test_a_notebook_stopped_mid_training_continues_when_run_again_at_its_defaults(env):
+    """Kernel interrupted in epoch 2 of 3 (as a closed tab or a Ctrl-C would), then the notebook run again with the
+    same parameters, RESUME left at its default: it continues from epoch 1's checkpoint and finishes all 3 epochs."""
+    import os
+    import signal
+    import threading
+    import time
+
+    pytest.importorskip("papermill")
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from smoke_env import notebook_parameters, smoke_environ
+
+    from vitkit import checkpoint as ckpt
+
+    name = "VisualizeAttentionMap.ipynb"
+    params = {"TRAIN": True, "EPOCHS": 3, "CIFAR10_WEIGHTS": None, "N_FAITHFUL": 16, "N_DIGITS": 4}
+    smoke_environ()
+    runs = env["out"] / "checkpoints" / "runs"
+    ckpt.set_aside(runs, "VisualizeAttentionMap-")
+    saved = runs / "VisualizeAttentionMap-fast-smoke.pt"
+    nb = nbformat.read(ROOT / name, as_version=4)
+    given = {**notebook_parameters(name, env), **params}  # after the parameters cell, as papermill injects them
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in given.items())))
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    interrupted = threading.Event()
+
+    def interrupt_after_the_first_checkpoint():
+        while not saved.exists():
+            time.sleep(0.02)
+        interrupted.set()
+        os.kill(client.km.provisioner.process.pid, signal.SIGINT)  # what Jupyter's interrupt button sends
+
+    with client.setup_kernel():
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            if "train.fit(" in cell.source:
+                threading.Thread(target=interrupt_after_the_first_checkpoint, daemon=True).start()
+            try:
+                client.execute_cell(cell, i)
+            except CellExecutionError as e:
+                assert interrupted.is_set() and "KeyboardInterrupt" in str(e), e
+                break
+        else:
+            pytest.fail("the training cell was not interrupted")
+    assert "unfinished after epoch 1 of 3" in ckpt.describe(saved)
+
+    again = _run(name, env, fresh=False, **params)  # as a user would: the same parameters, RESUME at its default
+    out = "".join(o.get("text", "") for c in again.cells if "train.fit(" in c.source for o in c.outputs)
+    assert f"resumed {saved} after epoch 1" in out and "epoch   3 |" in out and "epoch   1 |" not in out, out
+    record = _record(env, "VisualizeAttentionMap")
+    assert record["metrics"]["epochs_run"] == 3 and len(record["history"]["epoch"]) == 3

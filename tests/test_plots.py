@@ -19,7 +19,8 @@ def test_upsampled_masks_are_scaled_to_unit_range():
 def test_attention_figure_layout_and_saving(tmp_path):
     images, masks = torch.randn(10, 1, 28, 28), torch.rand(10, 7, 7)
     fig = plots.attention_maps(images, masks, mean=(0.5,), std=(0.5,), save_path=tmp_path / "att.png")
-    assert len(fig.axes) == 3 * 12  # 10 triplets, 4 per row -> 3 rows of 12 panels
+    assert len(fig.axes) == 3 * 12 + 1  # 10 triplets, 4 per row -> 3 rows of 12 panels, and one colour bar
+    assert fig.axes[-1].get_ylabel() == "each map scaled: min 0, max 1"
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[:3] == ["#0: original", "mask", "overlay"]
     assert (tmp_path / "att.png").stat().st_size > 1000
@@ -55,7 +56,8 @@ def test_confusion_matrix_counts():
 def test_mask_grid_rows_and_columns():
     columns = {"layer 1": torch.rand(3, 4, 4), "layer 2": torch.rand(3, 4, 4)}
     fig = plots.mask_grid(torch.rand(3, 3, 16, 16), columns, row_titles=["a", "b", "c"])
-    assert len(fig.axes) == 3 * 3
+    assert len(fig.axes) == 3 * 3 + 1  # and the colour bar that every map shares
+    assert fig.axes[-1].get_ylabel() == "each map scaled: min 0, max 1"
     assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "layer 1", "layer 2"]
     with pytest.raises(ValueError, match="expected \\(3, h, w\\)"):
         plots.mask_grid(torch.rand(3, 3, 16, 16), {"bad": torch.rand(2, 4, 4)})

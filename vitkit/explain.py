@@ -282,8 +282,10 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, 
                        fill: float = 0.0, batch_size: int = 256) -> dict[str, Any]:
     """Positive (``most_relevant_first=True``) or negative perturbation test (Chefer et al. 2021): remove the
     patches a map ranks highest (lowest) first, in steps of ``fractions`` of the patches, and re-classify.
-    Returns ``{"fractions", "accuracy", "auc"}``; ``auc`` is the area under accuracy (in %) over the removed
-    fraction (trapezoid). Positive perturbation: lower is more faithful; negative: higher is."""
+    Returns ``{"fractions", "accuracy", "auc", "per_image_auc"}``; ``auc`` is the area under accuracy (in %) over
+    the removed fraction (trapezoid), the mean of ``per_image_auc`` (a ``(B,)`` tensor: each image's own area under
+    its 0/1 correctness, for a bootstrap over images, :func:`vitkit.stats.bootstrap_difference`). Positive
+    perturbation: lower is more faithful; negative: higher is."""
     fr = list(fractions)  # once: a generator is used up by the first pass over it
     if len(fr) < 2 or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 <= f <= 1 for f in fr) \
             or fr != sorted(fr):
@@ -294,17 +296,18 @@ def perturbation_curve(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, 
                          f"{maps.shape[0]}.")
     check_labels(labels.cpu(), num_classes(model))
     x = _explain_setup(model, x)
-    accuracy = []
+    correct = []  # per fraction, (B,) 0/1
     with torch.no_grad():
         for f in fr:
-            correct = 0
+            hits = []
             for i in range(0, len(x), batch_size):
                 xb = remove_patches(x[i:i + batch_size], maps[i:i + batch_size], f, most_relevant_first, fill)
-                logits = model_logits(model, xb)
-                correct += (logits.argmax(-1).cpu() == labels[i:i + batch_size].cpu()).sum().item()
-            accuracy.append(correct / len(x))
-    auc = sum(50 * (accuracy[i] + accuracy[i + 1]) * (fr[i + 1] - fr[i]) for i in range(len(fr) - 1))  # trapezoid, %
-    return {"fractions": fr, "accuracy": accuracy, "auc": auc}
+                hits.append(model_logits(model, xb).argmax(-1).cpu() == labels[i:i + batch_size].cpu())
+            correct.append(torch.cat(hits).double())
+    widths = torch.tensor([b - a for a, b in zip(fr, fr[1:])], dtype=torch.float64)
+    per_image = 50 * ((torch.stack(correct[:-1]) + torch.stack(correct[1:])) * widths[:, None]).sum(0)  # trapezoid, %
+    return {"fractions": fr, "accuracy": [c.mean().item() for c in correct], "auc": per_image.mean().item(),
+            "per_image_auc": per_image}
 
 
 def mass_on_mask(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

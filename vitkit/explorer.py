@@ -21,7 +21,7 @@ from torch import nn
 
 import vit_helpers as vh
 from vitkit.explain import ModelAttentions, attentions_and_gradients, gradient_rollout_matrix
-from vitkit.plots import denormalize, to_hwc, upsample_masks
+from vitkit.plots import HEAT_CMAP, denormalize, to_hwc, upsample_masks
 
 __all__ = ["METHODS", "attention_view", "AttentionExplorer"]
 
@@ -137,7 +137,7 @@ class AttentionExplorer:
         self.ax_image, self.ax_top = self.figure.subplots(1, 2, width_ratios=(1, 1.1))
         self.ax_image.set_axis_off()
         self.image_artist = self.ax_image.imshow(self._display_image(0))
-        self.overlay = self.ax_image.imshow(torch.zeros(self.images.shape[-2:]).numpy(), cmap="jet", alpha=0.45,
+        self.overlay = self.ax_image.imshow(torch.zeros(self.images.shape[-2:]).numpy(), cmap=HEAT_CMAP, alpha=0.45,
                                             vmin=0, vmax=1)
         self.marker = self.ax_image.add_patch(Rectangle((0, 0), 1, 1, fill=False, edgecolor="white", lw=2))
 

@@ -94,6 +94,20 @@ def _check_masks(masks, n: int, name: str = "masks") -> torch.Tensor:
     return masks.detach().float().cpu()
 
 
+HEAT_CMAP = "inferno"  # perceptually uniform: equal steps of a map's value look like equal steps of colour
+_SCALE_LABEL = "each map scaled: min 0, max 1"
+
+
+def _map_colorbar(fig, axes, cmap: str) -> None:
+    """One colour bar for every map of the figure: each map is min-max scaled on its own, so they share it."""
+    import matplotlib as mpl
+
+    bar = fig.colorbar(mpl.cm.ScalarMappable(mpl.colors.Normalize(0, 1), cmap), ax=axes, pad=0.01,
+                       fraction=0.03, shrink=1.0 if axes.shape[0] == 1 else 0.8)
+    bar.set_label(_SCALE_LABEL, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+
+
 def _overlay(img: np.ndarray, mask: torch.Tensor, colormap, alpha: float) -> np.ndarray:
     """Blend an (H, W, 3) image with a colour-mapped (H, W) mask in [0, 1]."""
     return (1 - alpha) * img + alpha * colormap(mask.numpy())[..., :3]
@@ -101,12 +115,12 @@ def _overlay(img: np.ndarray, mask: torch.Tensor, colormap, alpha: float) -> np.
 
 def attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequence[float] | None = None,
                    std: Sequence[float] | None = None, titles: Sequence[str] | None = None,
-                   per_row: int | None = None, alpha: float = 0.5, cmap: str = "jet",
+                   per_row: int | None = None, alpha: float = 0.5, cmap: str = HEAT_CMAP,
                    suptitle: str | None = "Attention rollout", save_path: str | Path | None = None):
     """For each image: original | mask | overlay. ``images`` is a normalised batch ``(B, C, H, W)`` (pass
     ``mean``/``std`` to undo it) or already in [0, 1]; ``masks`` is ``(B, h, w)`` from :func:`attention_rollout`,
     upsampled to the image and scaled to [0, 1]. ``per_row`` triplets per figure row (default: 1 for up to
-    3 images, else 4)."""
+    3 images, else 4). One colour bar serves every mask (each is scaled to its own min and max)."""
     import matplotlib.pyplot as plt
 
     images = _check_images(images, mean, std, titles)
@@ -128,18 +142,21 @@ def attention_maps(images: torch.Tensor, masks: torch.Tensor, *, mean: Sequence[
         name = titles[i] if titles is not None else f"#{i}"
         for j, (panel, label) in enumerate(((img, "original"), (up[i].numpy(), "mask"), (overlay, "overlay"))):
             ax = axes[r, 3 * c + j]
-            ax.imshow(panel, cmap=cmap if j == 1 else None, vmin=0, vmax=1)
+            ax.imshow(panel, cmap=cmap if j == 1 else None, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(f"{name}: {label}" if j == 0 else label, fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    return _finish(fig, save_path)
+    fig.tight_layout()
+    _map_colorbar(fig, axes, cmap)
+    return _finish(fig, save_path, tight=False)
 
 
 def mask_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], *, mean: Sequence[float] | None = None,
               std: Sequence[float] | None = None, row_titles: Sequence[str] | None = None, alpha: float = 0.5,
-              cmap: str = "jet", suptitle: str | None = None, save_path: str | Path | None = None):
+              cmap: str = HEAT_CMAP, suptitle: str | None = None, save_path: str | Path | None = None):
     """One image per row: the original, then one overlay per entry of ``columns`` (name -> masks (B, h, w)),
-    e.g. the rollout after each layer, or mean/max/min head fusion, side by side."""
+    e.g. the rollout after each layer, or mean/max/min head fusion, side by side; one colour bar for all (each map
+    is scaled to its own min and max)."""
     import matplotlib.pyplot as plt
 
     images = _check_images(images, mean, std, row_titles, "row_titles")
@@ -150,16 +167,18 @@ def mask_grid(images: torch.Tensor, columns: dict[str, torch.Tensor], *, mean: S
     fig, axes = plt.subplots(n, k + 1, figsize=(1.7 * (k + 1), 1.8 * n), squeeze=False)
     for i in range(n):
         img = to_hwc(images[i])
-        axes[i, 0].imshow(img)
+        axes[i, 0].imshow(img, interpolation="nearest")  # the pixels as they are (and light PNGs)
         axes[i, 0].set_title(row_titles[i] if row_titles is not None else "original", fontsize=8)
         for j, (name, masks) in enumerate(upsampled.items(), start=1):
-            axes[i, j].imshow(_overlay(img, masks[i], colormap, alpha))
+            axes[i, j].imshow(_overlay(img, masks[i], colormap, alpha), interpolation="nearest")
             axes[i, j].set_title(name, fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
     if suptitle:
         fig.suptitle(suptitle)
-    return _finish(fig, save_path)
+    fig.tight_layout()
+    _map_colorbar(fig, axes, cmap)
+    return _finish(fig, save_path, tight=False)
 
 
 def training_curves(history, title: str = "Training", save_path: str | Path | None = None):
@@ -206,7 +225,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, mea
         ax.axis("off")
     for i in range(n):
         ax = axes.flat[i]
-        ax.imshow(to_hwc(images[i]))
+        ax.imshow(to_hwc(images[i]), interpolation="nearest")
         if titles is not None:
             ax.set_title(titles[i], fontsize=8)
     if suptitle:

@@ -1,0 +1,77 @@
+"""Is a difference larger than the noise? The two measures of spread the notebooks use, and the rule they follow.
+
+* Over **seeds** (training runs): each side's mean and standard deviation; the difference of the means with its
+  standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``.
+* Over **test images** (two methods on one trained model): a paired bootstrap of the per-image difference (the
+  same resampled images for both), its standard error and 95 % percentile interval. It says how sure the
+  comparison is *for this model*; the spread over trained models is another, larger one.
+
+The rule: a difference is stated as one only when ``|difference| > 2 x standard error``; otherwise the two are
+within noise. :func:`verdict` gives the words for it.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Sequence
+
+import torch
+
+from vitkit.checks import check_number
+
+__all__ = ["NOISE_SE", "bootstrap_difference", "seed_difference", "verdict"]
+
+NOISE_SE = 2.0  # a difference counts when it exceeds this many standard errors
+
+
+def _values(name: str, values, at_least: int) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if len(t) < at_least or not torch.isfinite(t).all():
+        raise ValueError(f"{name} needs at least {at_least} finite values, got {t.tolist()[:8]}"
+                         f"{'...' if len(t) > 8 else ''}.")
+    return t
+
+
+def bootstrap_difference(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor, *,
+                         n_boot: int = 2000, seed: int = 0) -> dict[str, float | bool]:
+    """Paired bootstrap of ``mean(a) - mean(b)`` where ``a[i]`` and ``b[i]`` are measured on the same image ``i``
+    (e.g. one image's AUC under two explanation methods, or whether two maps point inside its box). Returns
+    ``{"difference", "standard_error", "two_standard_errors", "low", "high", "beyond_noise"}`` (``low``/``high``: the 95 % percentile
+    interval; ``beyond_noise``: ``|difference| > 2 x standard_error``)."""
+    a, b = _values("a", a, 2), _values("b", b, 2)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must be paired (one value per image each), got {len(a)} and {len(b)} values.")
+    check_number("n_boot", n_boot, low=2, integer=True)
+    d = a - b
+    g = torch.Generator().manual_seed(seed)
+    means = d[torch.randint(len(d), (n_boot, len(d)), generator=g)].mean(dim=1)
+    se = means.std().item()
+    diff = d.mean().item()
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"difference": diff, "standard_error": se, "two_standard_errors": NOISE_SE * se, "low": low, "high": high,
+            "beyond_noise": abs(diff) > NOISE_SE * se}
+
+
+def seed_difference(a: Sequence[float], b: Sequence[float]) -> dict:
+    """``mean(a) - mean(b)`` over independent runs (seeds) of two setups, with each side's mean, standard
+    deviation and count, and the difference's standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``."""
+    a, b = [float(v) for v in _values("a", a, 2)], [float(v) for v in _values("b", b, 2)]
+    sides = {k: {"mean": statistics.mean(v), "std": statistics.stdev(v), "n": len(v)} for k, v in (("a", a), ("b", b))}
+    diff = sides["a"]["mean"] - sides["b"]["mean"]
+    se = math.sqrt(sum(s["std"] ** 2 / s["n"] for s in sides.values()))
+    return {**sides, "difference": diff, "standard_error": se, "two_standard_errors": NOISE_SE * se,
+            "beyond_noise": abs(diff) > NOISE_SE * se}
+
+
+def verdict(result: dict, higher: str, lower: str, unit: str = "points", scale: float = 100.0,
+            digits: int = 1) -> str:
+    """Words for a difference ``higher - lower`` from :func:`bootstrap_difference` or :func:`seed_difference`, e.g.
+    "HF ahead of ours by 3.2 points (twice the standard error: 1.1)" or "HF and ours within noise (3.2 points
+    apart; twice the standard error: 4.0)". ``scale`` turns the values into ``unit`` (100: fractions to points of
+    accuracy). Every number it writes is in ``result`` (times ``scale``), so a notebook's record backs it."""
+    d, two_se = result["difference"] * scale, result["two_standard_errors"] * scale
+    noise = f"twice the standard error: {two_se:.{digits}f}"
+    if result["beyond_noise"]:
+        first, second = (higher, lower) if d > 0 else (lower, higher)
+        return f"{first} ahead of {second} by {abs(d):.{digits}f} {unit} ({noise})"
+    return f"{higher} and {lower} within noise ({abs(d):.{digits}f} {unit} apart; {noise})"
