@@ -24,10 +24,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import cli  # noqa: E402
 import vit_helpers as vh  # noqa: E402
 from vitkit import data, recipes, records, runtime, stats, train  # noqa: E402
 
 RECIPE = "cifar10-seed"
+RECORD = "ours-vs-hf-seeds"
 MODELS = ("ours", "hf")
 
 
@@ -62,16 +65,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=4, help="epochs per model and seed (the schedule fits them)")
     ap.add_argument("--val-size", type=int, default=5000)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--smoke", action="store_true", help="a tiny model and subset for seconds: checks the pipeline")
-    ap.add_argument("--out", default=None, help="default: results/ours-vs-hf-seeds[-smoke].json")
-    ap.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints" / "runs"))
+    cli.add_machine_options(ap)
+    cli.add_study_options(ap, RECORD)
     args = ap.parse_args()
-    if args.threads is not None:
-        if args.threads < 1:
-            ap.error(f"--threads must be a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    cli.apply_machine_options(ap, args)
     if args.epochs < 1:
         ap.error(f"--epochs must be a positive int, got {args.epochs}")
     recipe = recipes.get_recipe(RECIPE)
@@ -80,7 +77,7 @@ def main() -> None:
         recipe["model"].update(dim=32, depth=1, heads=2, mlp_dim=64)
         recipe["data"].update(train_limit=256, test_limit=128)
         args.val_size = min(args.val_size, 128)
-    out = Path(args.out or ROOT / "results" / f"ours-vs-hf-seeds{'-smoke' if args.smoke else ''}.json")
+    out = cli.study_record(args, RECORD)
     runs = json.loads(out.read_text())["metrics"]["runs"] if out.is_file() else []
     if runs and json.loads(out.read_text())["config"]["fit"]["epochs"] != args.epochs:
         ap.error(f"{out.name} holds runs of another --epochs; give that value, or --out for a new record")

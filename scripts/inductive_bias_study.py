@@ -24,9 +24,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import cli  # noqa: E402
 import vit_helpers as vh  # noqa: E402
 from vitkit import baselines, data, recipes, records, runtime, train  # noqa: E402
 from vitkit.sources import InMemoryImages  # noqa: E402
+
+RECORD = "inductive-bias-study"
 
 # The ViT variants: the cifar10-cpu recipe's model with the linear patch stem, and one prior added at a time.
 VARIANTS = {"vit": {}, "cct-stem": {"stem": "cct"}, "spt-lsa": {"stem": "spt", "lsa": True},
@@ -112,16 +116,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     ap.add_argument("--tflop", nargs="*", default=[], metavar="SIZE=TFLOP", help="override a size's compute")
     ap.add_argument("--subset-seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--smoke", action="store_true", help="tiny compute, a separate record: checks the pipeline")
-    ap.add_argument("--out", default=None, help="default: results/inductive-bias-study[-smoke].json")
-    ap.add_argument("--checkpoint-dir", default=str(ROOT / "checkpoints" / "runs"))
+    cli.add_machine_options(ap)
+    cli.add_study_options(ap, RECORD)
     args = ap.parse_args()
-    if args.threads is not None:
-        if args.threads < 1:
-            ap.error(f"--threads must be a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    cli.apply_machine_options(ap, args)
     budgets = dict(TFLOP)
     for item in args.tflop:
         size, _, value = item.partition("=")
@@ -132,7 +130,7 @@ def main() -> None:
     missing = [s for s in args.sizes if s not in budgets]
     if missing:
         ap.error(f"no compute budget for sizes {missing}; give --tflop SIZE=TFLOP")
-    out = Path(args.out or ROOT / "results" / f"inductive-bias-study{'-smoke' if args.smoke else ''}.json")
+    out = cli.study_record(args, RECORD)
     done = json.loads(out.read_text())["metrics"]["runs"] if out.is_file() else []
     have = {(r["variant"], r["size"], r["seed"]) for r in done}
     recipe = recipes.get_recipe(RECIPE)

@@ -33,28 +33,43 @@ def load_allowed(path: Path = ALLOWED_FILE) -> dict[str, dict[str, str]]:
     return tomllib.loads(path.read_text()) if path.is_file() else {}
 
 
-def typed_numbers(nb, name: str, allowed: dict[str, dict[str, str]]) -> list[str]:
-    """Measured numbers typed into the notebook's markdown, and whitelist entries that are stale or lack a
-    reason."""
+def _typed(pieces, name: str, allowed: dict[str, dict[str, str]]) -> list[str]:
+    """Measured numbers in ``pieces`` ((where, text) pairs) that the whitelist does not allow for ``name``, and
+    whitelist entries that are stale or lack a reason."""
     own = allowed.get(name, {})
     found, used = [], set()
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "markdown" or cell.get("id") == STAMP_CELL:
-            continue
-        for match in _TYPED.finditer(cell.source):
+    for where, text in pieces:
+        for match in _TYPED.finditer(text):
             token = " ".join(match.group(0).split())
             if token in own:
                 used.add(token)
             else:
-                found.append(f"{name}: markdown cell {i} types the number {token!r} into prose; render it from the "
-                             f"record in a code cell, or, if it is a constant or a cited reference number, list it "
-                             f"under [\"{name}\"] in {ALLOWED_FILE.relative_to(ROOT)} with its reason")
+                found.append(f"{name}: {where} types the number {token!r} into prose; render it from the record "
+                             f"(a code cell; scripts/results_table.py for the README), or, if it is a constant or a "
+                             f"cited reference number, list it under [\"{name}\"] in "
+                             f"{ALLOWED_FILE.relative_to(ROOT)} with its reason")
     for token, reason in own.items():
         if token not in used:
             found.append(f"{name}: {ALLOWED_FILE.name} allows {token!r}, which its prose no longer holds: remove it")
         elif not str(reason).strip():
             found.append(f"{name}: {ALLOWED_FILE.name} allows {token!r} without a reason")
     return found
+
+
+def typed_numbers(nb, name: str, allowed: dict[str, dict[str, str]]) -> list[str]:
+    """Measured numbers typed into the notebook's markdown (the run-stamp cell aside), and whitelist entries that
+    are stale or lack a reason."""
+    return _typed(((f"markdown cell {i}", c.source) for i, c in enumerate(nb.cells)
+                   if c.cell_type == "markdown" and c.get("id") != STAMP_CELL), name, allowed)
+
+
+RENDERED_BLOCK = re.compile(r"<!-- (\S+):start -->.*?<!-- \1:end -->", re.S)  # written by scripts/results_table.py
+
+
+def typed_numbers_in_page(path: Path, allowed: dict[str, dict[str, str]]) -> list[str]:
+    """The same check on a Markdown page (the README): the blocks that results_table.py renders are exempt."""
+    text = RENDERED_BLOCK.sub("", path.read_text())
+    return _typed([("its prose", text)], path.name, allowed)
 
 
 def record_numbers(record) -> list[float]:

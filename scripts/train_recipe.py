@@ -24,6 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+import cli  # noqa: E402
 import vit_helpers as vh  # noqa: E402
 from vitkit import checkpoint as ckpt  # noqa: E402
 from vitkit import data, plots, recipes, records, runtime, train  # noqa: E402
@@ -106,8 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("recipe", choices=sorted(recipes.RECIPES))
     ap.add_argument("--data-root", default=data.default_data_root())
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: torch's choice, one per core)")
+    cli.add_machine_options(ap)
     ap.add_argument("--notes", default="", help="written to the record (e.g. what else ran on the machine)")
     ap.add_argument("--budget-min", type=float, default=None, help="wall-clock budget; the schedule follows it")
     ap.add_argument("--max-tflop", type=float, default=None,
@@ -126,7 +127,6 @@ def _parser() -> argparse.ArgumentParser:
                     help="images held out of the training split (default: the recipe's, else 5000)")
     ap.add_argument("--train-limit", type=int, default=None, help="train on a seeded subset (smoke runs)")
     ap.add_argument("--tag", default="run", help="suffix of the output files (default: run)")
-    ap.add_argument("--device", default=None)
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
                     help="auto: bf16 where the hardware has it natively, else fp32 (see vitkit.runtime)")
     ap.add_argument("--checkpoint", default=None,
@@ -203,10 +203,7 @@ def main() -> None:
     ap = _parser()
     args = ap.parse_args()
     out = Path(args.out_dir)
-    if args.threads is not None and args.threads < 1:
-        ap.error(f"--threads must be a positive int, got {args.threads}")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    cli.apply_machine_options(ap, args)
     runtime.set_seed(args.seed)
     dataset_name = recipes.RECIPES[args.recipe].get("dataset", args.recipe.split("-")[0])
     loader_fn = data.mnist_loaders if dataset_name == "mnist" else data.cifar10_loaders

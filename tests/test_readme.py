@@ -125,3 +125,11 @@ def test_the_quick_start_snippet_runs_and_moves_the_batch_to_the_model(fake_mnis
     scope = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert asked and scope["masks"].shape == (8, 7, 7) and scope["why_seven"].shape == (8, 7, 7)
+
+
+def test_the_readme_types_no_measured_number_outside_its_rendered_tables():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import notebook_numbers as nn
+
+    found = nn.typed_numbers_in_page(ROOT / "README.md", nn.load_allowed())
+    assert not found, "\n".join(found)
