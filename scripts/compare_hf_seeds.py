@@ -59,6 +59,15 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
+def merged(out: Path, runs: list[dict]) -> list[dict]:
+    """``runs`` and the runs the record on disk holds for other (model, seed) pairs: two processes given different
+    ``--seeds`` (e.g. two 1-thread runs side by side) add to one record without losing each other's runs."""
+    mine = {(r["model"], r["seed"]) for r in runs}
+    on_disk = json.loads(out.read_text())["metrics"]["runs"] if out.is_file() else []
+    return sorted([r for r in on_disk if (r["model"], r["seed"]) not in mine] + runs,
+                  key=lambda r: (r["seed"], MODELS.index(r["model"])))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=data.default_data_root())
@@ -102,10 +111,12 @@ def main() -> None:
             runs.append({"model": name, "seed": seed, "test_acc": test["acc"], "best_val_acc": hist.best_val_acc,
                          "epochs": len(hist.epoch), "optimizer_steps": hist.total_steps,
                          "train_images_per_s": hist.train_images_per_s, "wall_time_s": hist.wall_time_s,
-                         "precision": hist.precision, "parameters": vh.count_parameters(model)})
+                         "precision": hist.precision, "threads": torch.get_num_threads(),
+                         "parameters": vh.count_parameters(model)})
             print(f"{name:4s} seed {seed}: test {test['acc']:.2%}, val {hist.best_val_acc:.2%}, {len(hist.epoch)} epochs",
                   flush=True)
-            records.save_results(out, metrics={"runs": runs, "summary": summary(runs)}, seed=min(args.seeds),
+            runs = merged(out, runs)
+            records.save_results(out, metrics={"runs": runs, "summary": summary(runs)}, seed=min(r["seed"] for r in runs),
                                  dataset=loaders.train.dataset.source, wall_time_s=sum(r["wall_time_s"] for r in runs),
                                  device=args.device, config={"recipe": RECIPE, **recipe, "val_size": args.val_size, "smoke": args.smoke,
                                                              "threads": torch.get_num_threads()})
