@@ -375,11 +375,39 @@ def original_table(records) -> str:
     return "\n".join(rows) if len(rows) > 2 else "_No complete run of an original recipe is recorded yet._"
 
 
+def seeds_table(records) -> str:
+    """scripts/compare_hf_seeds.py's record: ours and HF's ViT from scratch, seed by seed, the means and standard
+    deviations, and HF minus ours against twice its standard error."""
+    rec = dict(records).get("ours-vs-hf-seeds.json")
+    if rec is None or "test_acc" not in rec["metrics"].get("summary", {}):
+        return "_No record of two or more seeds per model yet (`python scripts/compare_hf_seeds.py`)._"
+    cfg, runs, summ = rec["config"], rec["metrics"]["runs"], rec["metrics"]["summary"]
+    by = {(r["model"], r["seed"]): r for r in runs}
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [f"Measured by `scripts/compare_hf_seeds.py` ([ours-vs-hf-seeds.json](results/ours-vs-hf-seeds.json)): "
+             f"recipe `{cfg['recipe']}` with its schedule compressed into {cfg['fit']['epochs']} epochs, "
+             f"{len(seeds)} seeds, per seed the same split and batch order for both models; on {hardware(rec)}.\n",
+             "| seed | ours test | HF test | ours best val | HF best val |", "|---:|---:|---:|---:|---:|"]
+    cell = lambda model, seed, key: pct(by[(model, seed)][key]) if (model, seed) in by else ""
+    for seed in seeds:
+        lines.append(f"| {seed} | {cell('ours', seed, 'test_acc')} | {cell('hf', seed, 'test_acc')} | "
+                     f"{cell('ours', seed, 'best_val_acc')} | {cell('hf', seed, 'best_val_acc')} |")
+    mean = lambda metric, model: (f"{pct(summ[metric][model]['mean'])} ± {100 * summ[metric][model]['std']:.2f}"
+                                  if metric in summ else "")
+    lines.append(f"| mean ± std | {mean('test_acc', 'ours')} | {mean('test_acc', 'hf')} | "
+                 f"{mean('best_val_acc', 'ours')} | {mean('best_val_acc', 'hf')} |")
+    t = summ["test_acc"]
+    verdict = "beyond" if t["beyond_noise"] else "within"
+    lines.append(f"\nHF minus ours on test: {100 * t['difference']:+.2f} points, twice its standard error "
+                 f"{100 * t['two_standard_errors']:.2f}: **{verdict} noise**.")
+    return "\n".join(lines)
+
+
 # page -> the marked sections it holds, each rendered by one function
 PAGES = {
     "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table,
                   "weights": weights_table},
-    "docs/results.md": {"results": results_table},
+    "docs/results.md": {"results": results_table, "hf-seeds": seeds_table},
     "docs/speed.md": {"speed": speed_table},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
     "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},

@@ -55,6 +55,24 @@ def test_original_table_has_a_row_per_original_result_and_only_complete_faithful
     assert "not run to its end yet" in rows[0] and "needs a GPU and the hub weights" in rows[3]
 
 
+def test_seeds_table_shows_each_seed_the_spread_and_the_verdict(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import compare_hf_seeds
+
+    runs = [{"model": m, "seed": s, "test_acc": acc, "best_val_acc": acc - 0.01}
+            for m, accs in (("ours", (0.50, 0.52, 0.51)), ("hf", (0.53, 0.55, 0.54))) for s, acc in enumerate(accs)]
+    rec = {"metrics": {"runs": runs, "summary": compare_hf_seeds.summary(runs)}, "seed": 0, "wall_time_s": 1.0,
+           "dataset": "CIFAR-10 JPEG", "config": {"recipe": "cifar10-seed", "fit": {"epochs": 4}},
+           "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2}}
+    (tmp_path / "ours-vs-hf-seeds.json").write_text(json.dumps(rec))
+    lines = results_table.seeds_table(results_table.load_records(tmp_path)).splitlines()
+    assert "compressed into 4 epochs, 3 seeds" in lines[0]
+    assert lines[4] == "| 0 | 50.00 % | 53.00 % | 49.00 % | 52.00 % |"
+    assert lines[7] == "| mean ± std | 51.00 % ± 1.00 | 54.00 % ± 1.00 | 50.00 % ± 1.00 | 53.00 % ± 1.00 |"
+    # 3 points against 2 x sqrt(0.01^2 / 3 + 0.01^2 / 3) = 1.63 points
+    assert lines[-1] == "HF minus ours on test: +3.00 points, twice its standard error 1.63: **beyond noise**."
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "not-json", "no-metrics", "nan"])
 def test_results_table_never_empties_the_tables_from_a_bad_results_folder(tmp_path, monkeypatch, capsys, case):
     """A mistyped --results, an empty folder or a broken record: exit 2 naming it, every page left as it was."""
