@@ -325,6 +325,52 @@ def localization_table(records) -> str:
     return "\n".join(lines) if lines else "_No full run of the notebook is recorded yet._"
 
 
+LOCALIZATION_AIMS = {"vit_test_acc": 0.97, "pointing_game": 0.90, "lead_over_baselines": 0.30}  # docs/localization.md
+
+
+def localization_findings(records) -> str:
+    """What WeaklySupervisedLocalization.ipynb's record says against the page's aims, its ranking with the bootstrap
+    verdicts (where the record has them), and scripts/check_stem_shift.py's receptive-field checks."""
+    by_name = dict(records)
+    rec = by_name.get("WeaklySupervisedLocalization-full.json")
+    if rec is None:
+        return "_No full run of the notebook is recorded yet._"
+    m, loc = rec["metrics"], rec["metrics"]["localization"]
+    maps = [k for k in loc if k not in ("centre box (baseline)", "random", "Grad-CAM (CNN)")]  # the ViT's maps
+    best = max(maps, key=lambda k: loc[k]["pointing_game"])
+    baseline = max(loc["centre box (baseline)"]["pointing_game"], loc["random"]["pointing_game"])
+    aims = [(f"the ViT classifies {pct(m['vit_test_acc'])} of the test canvases", m["vit_test_acc"],
+             LOCALIZATION_AIMS["vit_test_acc"]),
+            (f"the ViT's best map ({best}) points inside the box on {pct(loc[best]['pointing_game'])}",
+             loc[best]["pointing_game"], LOCALIZATION_AIMS["pointing_game"]),
+            (f"it leads the better baseline ({pct(baseline)}) by {100 * (loc[best]['pointing_game'] - baseline):.1f} "
+             f"points", loc[best]["pointing_game"] - baseline, LOCALIZATION_AIMS["lead_over_baselines"])]
+    lines = ["| aim | measured | met |", "|---|---|---|"]
+    targets = (f"ViT test accuracy at least {pct(aims[0][2])}", f"its best map's pointing game at least {pct(aims[1][2])}",
+               f"a lead of at least {100 * aims[2][2]:.0f} points over the centre box and the random map")
+    for (text, value, aim), target in zip(aims, targets):
+        lines.append(f"| {target} | {text} | {'yes' if value >= aim else '**no**'} |")
+    for measure, pairs in m.get("ranking", {}).items():
+        steps = [pairs[0]["first"]]
+        for p in pairs:
+            steps.append((f"> ({100 * p['difference']:.2f} points, twice its SE {100 * p['two_standard_errors']:.2f})"
+                          if p["beyond_noise"] else "~ (within noise)") + f" {p['second']}")
+        lines.append(f"\n{measure.replace('_', ' ').capitalize()}, neighbours in the ranking compared by a paired "
+                     f"bootstrap over the test canvases: {' '.join(steps)}.")
+    for stem, name in (("conv", "stem-shift-check.json"), ("conv-centred", "stem-shift-check-conv-centred.json")):
+        check = by_name.get(name)
+        if check is None:
+            continue
+        c, off = check["metrics"], check["metrics"]["receptive_field_offset_px"]
+        lines.append(f"\n`{stem}` stem, [{name}](results/{name}) (a ViT trained by an earlier run): its tokens' "
+                     f"effective receptive fields are centred {off['rows']:+.2f} px (rows) and {off['columns']:+.2f} px "
+                     f"(columns) from their patch centres; rollout points inside the box on "
+                     f"{pct(c['rollout_pointing_game'])} of the canvases, and on "
+                     f"{pct(c['rollout_pointing_game_at_receptive_field_centres'])} with each cell moved to its "
+                     f"measured centre.")
+    return "\n".join(lines)
+
+
 # What the original project reported (its README: train / val / test, the best validation epoch's weights tested; its
 # train accuracy measured in eval mode on those weights), and the faithful recipe that reproduces each run here.
 ORIGINAL = {
@@ -411,7 +457,7 @@ PAGES = {
     "docs/speed.md": {"speed": speed_table},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
     "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},
-    "docs/localization.md": {"localization": localization_table},
+    "docs/localization.md": {"localization": localization_table, "localization-findings": localization_findings},
 }
 
 

@@ -151,3 +151,21 @@ def test_the_readme_types_no_measured_number_outside_its_rendered_tables():
 
     found = nn.typed_numbers_in_page(ROOT / "README.md", nn.load_allowed())
     assert not found, "\n".join(found)
+
+
+def test_localization_findings_check_the_aims_on_the_vits_own_maps(tmp_path):
+    loc = {"Grad-CAM (CNN)": 0.99, "rollout": 0.91, "raw attention": 0.80, "centre box (baseline)": 0.20,
+           "random": 0.06}
+    rec = {"metrics": {"vit_test_acc": 0.965, "localization": {k: {"pointing_game": v} for k, v in loc.items()},
+                       "ranking": {"pointing_game": [
+                           {"first": "Grad-CAM (CNN)", "second": "rollout", "difference": 0.08, "two_standard_errors": 0.01,
+                            "beyond_noise": True},
+                           {"first": "rollout", "second": "raw attention", "difference": 0.11,
+                            "two_standard_errors": 0.2, "beyond_noise": False}]}},
+           "config": {}, "seed": 0, "wall_time_s": 1.0, "dataset": "d", "hardware": {"cpu": "c", "cpu_count": 2}}
+    (tmp_path / "WeaklySupervisedLocalization-full.json").write_text(json.dumps(rec))
+    lines = results_table.localization_findings(results_table.load_records(tmp_path)).splitlines()
+    assert lines[2].endswith("the ViT classifies 96.50 % of the test canvases | **no** |")
+    assert "the ViT's best map (rollout) points inside the box on 91.00 % | yes |" in lines[3]
+    assert "leads the better baseline (20.00 %) by 71.0 points | yes |" in lines[4]
+    assert lines[-1].endswith("Grad-CAM (CNN) > (8.00 points, twice its SE 1.00) rollout ~ (within noise) raw attention.")
