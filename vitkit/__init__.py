@@ -6,7 +6,7 @@
     plots.training_curves(history)
 
 Modules, each importing only ``vit_helpers`` and modules listed before it (nothing imports back up):
-``checks`` (argument checks), ``baselines`` (the small CNN), ``sources`` (reading data sets, downloads), ``data``
+``checks`` (argument checks), ``stats`` (seed spreads, paired bootstraps, the noise rule), ``baselines`` (the small CNN), ``sources`` (reading data sets, downloads), ``data``
 (loaders), ``runtime`` (device, seeds, precision, compile, notebook set-up), ``records`` (hardware, run records),
 ``config`` (FitConfig: every training knob), ``state`` (History and RunState: where a run stands), ``steps`` (the
 pieces of one training step), ``budget`` (how long a run is and where its learning rate stands), ``checkpoint``
