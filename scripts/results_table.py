@@ -266,9 +266,30 @@ def faithfulness_table(records) -> str:
                 "| method | positive perturbation AUC (lower is better) | negative perturbation AUC (higher is "
                 "better) |" + (" map mass on the strokes |" if extra else ""),
                 "|---|---:|---:|" + ("---:|" if extra else "")]
+            vs = m.get(f"{key}_vs_random", {})  # paired bootstrap over the same images, per method and measure
+
+            def mark(method, measure, lower_better=False):
+                r = vs.get(method, {}).get(measure)
+                if r is None:
+                    return ""
+                better = (r["difference"] < 0) == lower_better
+                return " (= random)" if not r["beyond_noise"] else "" if better else " (worse than random)"
+
             for method, f in sorted(faith.items(), key=lambda kv: kv[1]["positive_auc"]):
-                lines.append(f"| {method} | {f['positive_auc']:.2f} | {f['negative_auc']:.2f} |"
-                             + (f" {100 * f['stroke_mass']:.1f} % |" if extra else ""))
+                lines.append(f"| {method} | {f['positive_auc']:.2f}{mark(method, 'positive_auc', True)} | "
+                             f"{f['negative_auc']:.2f}{mark(method, 'negative_auc')} |"
+                             + (f" {100 * f['stroke_mass']:.1f} %{mark(method, 'stroke_mass')} |" if extra else ""))
+            if vs:
+                lines.append("\n(= random): within noise of the random map, |difference| <= twice its standard error "
+                             "in a paired bootstrap over the same images; unmarked: better than random beyond it.")
+            for measure, lead in m.get(f"{key}_leaders", {}).items():
+                what = {"positive_auc": "positive test", "negative_auc": "negative test",
+                        "stroke_mass": "mass on the strokes"}[measure]
+                scale, unit = (100, "points") if measure == "stroke_mass" else (1, "AUC points")
+                gap = f"{scale * abs(lead['difference']):.2f} {unit}, twice its SE {scale * lead['two_standard_errors']:.2f}"
+                lines.append(f"- {what}: {lead['first']} first, "
+                             + (f"ahead of {lead['second']} ({gap})." if lead["beyond_noise"] else
+                                f"{lead['second']} within noise of it ({gap})."))
     return "\n".join(lines) if lines else "_No faithfulness record yet._"
 
 

@@ -169,3 +169,24 @@ def test_localization_findings_check_the_aims_on_the_vits_own_maps(tmp_path):
     assert "the ViT's best map (rollout) points inside the box on 91.00 % | yes |" in lines[3]
     assert "leads the better baseline (20.00 %) by 71.0 points | yes |" in lines[4]
     assert lines[-1].endswith("Grad-CAM (CNN) > (8.00 points, twice its SE 1.00) rollout ~ (within noise) raw attention.")
+
+
+def test_faithfulness_table_marks_methods_within_noise_of_random_and_names_the_leader(tmp_path):
+    def r(d, beyond):
+        return {"difference": d, "standard_error": 1.0, "two_standard_errors": 2.0, "low": d - 2, "high": d + 2,
+                "beyond_noise": beyond}
+    faith = {"random": {"positive_auc": 50.0, "negative_auc": 50.0, "stroke_mass": 0.12},
+             "rollout": {"positive_auc": 25.0, "negative_auc": 80.0, "stroke_mass": 0.22},
+             "input x gradient": {"positive_auc": 49.0, "negative_auc": 45.0, "stroke_mass": 0.30}}
+    vs = {"rollout": {"positive_auc": r(-25, True), "negative_auc": r(30, True), "stroke_mass": r(0.1, True)},
+          "input x gradient": {"positive_auc": r(-1, False), "negative_auc": r(-5, True), "stroke_mass": r(0.18, True)}}
+    leaders = {"positive_auc": {"first": "rollout", "second": "input x gradient", **r(-24, True)}}
+    rec = {"metrics": {"test_acc": 0.99, "faithfulness": faith, "faithfulness_vs_random": vs,
+                       "faithfulness_leaders": leaders},
+           "config": {"n_faithful": 2000, "weights": "weights/w.safetensors"}, "seed": 0, "wall_time_s": 1.0,
+           "dataset": "d", "hardware": {"cpu": "c", "cpu_count": 2}}
+    (tmp_path / "VisualizeAttentionMap-full-shipped.json").write_text(json.dumps(rec))
+    text = results_table.faithfulness_table(results_table.load_records(tmp_path))
+    assert "| input x gradient | 49.00 (= random) | 45.00 (worse than random) | 30.0 % |" in text
+    assert "| rollout | 25.00 | 80.00 | 22.0 % |" in text
+    assert "- positive test: rollout first, ahead of input x gradient (24.00 AUC points, twice its SE 2.00)." in text
