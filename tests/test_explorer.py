@@ -13,6 +13,7 @@ import vit_helpers as vh
 from vitkit import explain
 from vitkit.explorer import AttentionExplorer, attention_view
 from vitkit.plots import upsample_masks
+from conftest import ROOT
 
 pytest.importorskip("ipywidgets")
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -167,3 +168,20 @@ def test_an_upload_that_is_not_an_image_or_is_too_large_is_named_in_the_widget()
     upload(ex, "big.png", buf.getvalue())
     assert "big.png is 40x30 pixels, more than the 1,000 an upload may have" in ex.message.value
     assert len(ex.images) == 2 and ex.controls["image"].max == 1
+
+
+def test_opening_the_explorer_leaves_the_notebooks_figure_backend_as_it_was():
+    """Importing ipympl makes it pyplot's backend; the explorer puts the old one back, so that the figures drawn
+    after it are still stored as PNGs (a fresh process: ipympl switches only on its first import)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ipympl")
+    code = ("import matplotlib; matplotlib.use('agg'); import torch, vit_helpers as vh; "
+            "from vitkit.explorer import AttentionExplorer; "
+            "m = vh.VisionTransformer(image_size=16, patch_size=4, in_channels=1, num_classes=3, dim=16, depth=1, "
+            "heads=2, mlp_dim=32); AttentionExplorer(m, torch.rand(2, 1, 16, 16), class_names=list('abc')); "
+            "import ipympl; print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "agg"

@@ -58,10 +58,16 @@ def attention_view(out: ModelAttentions, method: str, layer: int = -1, head_fusi
 def _ipympl_canvas(fig):
     """An ipympl canvas widget for ``fig`` (clicks reach Python), or None where ipympl is not installed. The
     figure is made here, not through pyplot: the notebook's matplotlib backend is left as it is."""
+    import matplotlib
+
+    backend = matplotlib.get_backend()
     try:
         from ipympl.backend_nbagg import Canvas, FigureManager
     except ImportError:
         return None
+    finally:
+        if matplotlib.get_backend() != backend:  # importing ipympl makes itself pyplot's backend: every later
+            matplotlib.use(backend)  # figure would be stored as a widget instead of a PNG
     canvas = Canvas(fig)
     FigureManager(canvas, 0)
     canvas.header_visible = canvas.toolbar_visible = canvas.footer_visible = False
