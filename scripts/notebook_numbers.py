@@ -25,7 +25,8 @@ STAMP_CELL = "run-stamp"
 _UNIT = r"(?:\s?(?:%|px\b|s\b|min\b|[GMT]FLOPs?\b|points?\b|AUC\b)|x\d*(?![a-z]))"  # 17.5x, 16x16
 _TYPED = re.compile(rf"(?<![\w.])\d+(?:[.,]\d+)*{_UNIT}|\bAUC\s(?:of\s)?\d+(?:\.\d+)?")
 # a number standing alone: not part of a name such as CIFAR-10, ViT-B/16, in21k or v1.2 (a trailing x is a ratio)
-_RENDERED = re.compile(r"(?<![\w.,/-])(\d+(?:,\d{3})*(?:\.\d+)?)(?=x(?![a-wyz])|[^\w]|$)")
+_RENDERED = re.compile(r"(?<![\w.,/-])(\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?)(?=x(?![a-wyz])|[^\w.]|\.(?!\d)|$)")
+_SECTION = re.compile(r"\b[Pp]arts? \d+(?:(?:, | and | to )\d+)*")  # "Parts 4 and 5": names a section, measures nothing
 
 
 def load_allowed(path: Path = ALLOWED_FILE) -> dict[str, dict[str, str]]:
@@ -83,9 +84,10 @@ def record_numbers(record) -> list[float]:
 
 
 def _backed(token: str, values: list[float]) -> bool:
-    number = float(token.replace(",", ""))
-    decimals = len(token.split(".")[1]) if "." in token else 0
-    tol = 0.5 * 10 ** -decimals * (1 + 1e-9) + 1e-12
+    mantissa, _, exponent = token.replace(",", "").partition("e")
+    number = float(mantissa) * 10 ** int(exponent or 0)
+    decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+    tol = 0.5 * 10 ** (int(exponent or 0) - decimals) * (1 + 1e-9) + 1e-15
     return any(abs(v * scale - number) <= tol for v in values for scale in (1, 100))
 
 
@@ -104,4 +106,5 @@ def unbacked_numbers(nb, name: str, record: dict, record_name: str) -> list[str]
     values = record_numbers(record)
     return [f"{name}: code cell {i} renders {m.group(1)} in Markdown, which no value of {record_name} equals: render "
             f"numbers from the record (put a derived number into the record first)"
-            for i, text in markdown_outputs(nb) for m in _RENDERED.finditer(text) if not _backed(m.group(1), values)]
+            for i, text in markdown_outputs(nb) for m in _RENDERED.finditer(_SECTION.sub("", text))
+            if not _backed(m.group(1), values)]

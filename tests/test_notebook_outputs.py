@@ -234,13 +234,14 @@ def _rendered(markdown: str):
     return nbformat.v4.new_notebook(cells=[cell])
 
 
-RECORD = {"metrics": {"test_acc": 0.53784, "diff": -0.0318, "params": 1995402, "gflop": 1.8213,
+RECORD = {"metrics": {"test_acc": 0.53784, "diff": -0.0318, "params": 1995402, "gflop": 1.8213, "tiny": 5.066e-07,
                       "curve": [0.25, 0.5]}, "config": {"seeds": 3}, "wall_time_s": 1471.6}
 
 
 @pytest.mark.parametrize("markdown", [
     "HF reached **53.78 %** (ours 50 %)", "3.2 points apart", "1,995,402 parameters over 3 seeds",
     "1.82x the FLOPs", "a curve point of 0.25; CIFAR-10, ViT-B/16, in21k, top-5", "1471.6 s in all",
+    "Parts 4 and 5 did not run; part 7 neither", "they agree to 5.1e-07", "the end. 3 seeds",
 ])
 def test_rendered_numbers_that_the_record_holds_pass(markdown):
     assert nn.unbacked_numbers(_rendered(markdown), "demo.ipynb", RECORD, "r.json") == []
@@ -248,6 +249,7 @@ def test_rendered_numbers_that_the_record_holds_pass(markdown):
 
 @pytest.mark.parametrize("markdown, number", [
     ("HF reached 53.79 %", "53.79"), ("within 160 TFLOP", "160"), ("2.5x the FLOPs", "2.5"), ("4 seeds", "4"),
+    ("7 parts ran", "7"), ("agree to 5.2e-07", "5.2e-07"),
 ])
 def test_a_rendered_number_no_record_value_equals_is_caught(markdown, number):
     (found,) = nn.unbacked_numbers(_rendered(markdown), "demo.ipynb", RECORD, "r.json")
