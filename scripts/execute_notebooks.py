@@ -34,11 +34,10 @@ import nbformat
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from notebook_numbers import load_allowed, typed_numbers, unbacked_numbers  # noqa: E402
+from notebook_numbers import STAMP_CELL, load_allowed, typed_numbers, unbacked_numbers  # noqa: E402
 from smoke_env import NOTEBOOKS  # noqa: E402
 
 STAMP_KEY = "vit_run"  # notebook metadata key of the run stamp
-STAMP_CELL = "run-stamp"  # id of the first (markdown) cell that says where the outputs come from
 MAX_OUTPUT_BYTES = 10_000_000  # all notebooks' stored outputs together: the repository stays light to clone
 MAX_IMAGE_BYTES = 300_000  # one stored figure (PNG bytes): GitHub renders the notebook quickly
 _MACHINE_PATH = re.compile(r"(?<![\w.~-])(/(?:home|root|work|Users|tmp|mnt|private|opt|srv|content)/|[A-Za-z]:\\)")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLOWED_FILE = ROOT / "tests" / "allowed_prose_numbers.toml"
-STAMP_CELL = "run-stamp"
+STAMP_CELL = "run-stamp"  # id of the first (markdown) cell of a stored notebook: where its outputs come from
 
 _UNIT = r"(?:\s?(?:%|px\b|s\b|min\b|[GMT]FLOPs?\b|points?\b|AUC\b)|x\d*(?![a-z]))"  # 17.5x, 16x16
 _TYPED = re.compile(rf"(?<![\w.])\d+(?:[.,]\d+)*{_UNIT}|\bAUC\s(?:of\s)?\d+(?:\.\d+)?")
