@@ -6,6 +6,7 @@ size given the same training compute (``fit(max_tflop=...)``).
     python scripts/inductive_bias_study.py --data-root ../shared/data --threads 2
     python scripts/inductive_bias_study.py --data-root ../shared/data --sizes 2500 --seeds 0 --tflop 2500=20
 
+The validation split is class-balanced (500 images a class), so that the 45,000 left hold 4,500 of each class.
 Every (variant, size, seed) run is added to one record, results/inductive-bias-study.json, as it ends; the same
 command later runs only what the record lacks, and a run killed half-way resumes from its checkpoint. Validation
 (the split held out of the official training set) is the same 5,000 images for every size; the subsets are drawn from
@@ -134,7 +135,7 @@ def main() -> None:
     done = json.loads(out.read_text())["metrics"]["runs"] if out.is_file() else []
     have = {(r["variant"], r["size"], r["seed"]) for r in done}
     recipe = recipes.get_recipe(RECIPE)
-    loaders = data.cifar10_loaders(args.data_root, val_size=5000, seed=0, **recipe["data"])
+    loaders = data.cifar10_loaders(args.data_root, val_size=5000, seed=0, balanced_val=True, **recipe["data"])
     subsets = balanced_subsets(loaders.train.dataset, args.sizes, args.subset_seed)
     start = time.perf_counter()
     for size in args.sizes:
@@ -151,7 +152,7 @@ def main() -> None:
                 records.save_results(out, metrics={"runs": done}, seed=args.subset_seed, dataset=loaders.train.dataset.source,
                                      wall_time_s=sum(r["wall_time_s"] for r in done), device=args.device,
                                      config={"recipe": RECIPE, **recipe, "variants": VARIANTS, "tflop": budgets,
-                                             "subset_seed": args.subset_seed, "val_size": 5000,
+                                             "subset_seed": args.subset_seed, "val_size": 5000, "balanced_val": True,
                                              "threads": torch.get_num_threads(), "smoke": args.smoke})
     print(f"{len(done)} runs in {out.name}; this call {(time.perf_counter() - start) / 60:.1f} min")
 
