@@ -64,9 +64,16 @@ def test_vision_transformer_notebook(env):
     assert record["metrics"]["notebook_vs_helper_max_abs_diff"] < 1e-4
     assert 0.0 <= record["metrics"]["test_acc"] <= 1.0 and record["metrics"]["epochs_run"] == 1
     assert record["config"]["recipe"] == "fast" and record["hardware"]["cpu_count"] >= 1  # "auto" on a CPU
-    for fig in ("cifar10-patches", "cifar10-curves", "cifar10-confusion", "cifar10-position-similarity"):
+    for fig in ("cifar10-patches", "cifar10-curves", "cifar10-confusion", "cifar10-misclassified",
+                "cifar10-position-similarity"):
         assert (env["out"] / "images" / "smoke" / f"{fig}.png").stat().st_size > 1000
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    # The summary is rendered from the record: per-class accuracy, the most frequent confusion, the hardest class.
+    metrics = record["metrics"]
+    assert len(metrics["test_acc_per_class"]) == 10 and metrics["top_confusion"]["count"] >= 1
+    summary = "".join(text for _, text in nn.markdown_outputs(nb))
+    assert "most frequent mistake" in summary and metrics["top_confusion"]["true"] in summary
+    assert nn.unbacked_numbers(nb, "VisionTransformer.ipynb", record, "r") == []
 
 
 def test_vision_transformer_notebook_builds_the_model_itself():
