@@ -186,7 +186,8 @@ def test_a_setting_followed_from_fit_passes_through_at_most_three_modules(name, 
         code = frame.f_code
         if event == "call" and name in code.co_names + code.co_varnames:
             path = Path(code.co_filename)
-            if path.is_relative_to(ROOT) and "tests" not in path.parts:
+            # the project's own code: not the tests, nor a virtual environment inside the checkout (the README's .venv)
+            if path.is_relative_to(ROOT) and "tests" not in path.parts and "site-packages" not in path.parts:
                 module = path.relative_to(ROOT).as_posix()
                 if not touched or touched[-1] != module:
                     touched.append(module)
