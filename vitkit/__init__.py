@@ -11,6 +11,7 @@ Modules, each importing only ``vit_helpers`` and modules listed before it (nothi
 ``config`` (FitConfig: every training knob), ``state`` (History and RunState: where a run stands), ``steps`` (the
 pieces of one training step), ``budget`` (how long a run is and where its learning rate stands), ``checkpoint``
 (save and resume a run), ``distributed`` (torchrun and DDP), ``train`` (fit, evaluate), ``recipes`` (named
-recipes), ``explain`` (attention maps of any ViT, explainers, faithfulness), ``localize`` (cluttered MNIST, pointing
-game, box accuracy), ``plots`` (figures), ``explorer`` (the attention explorer widget).
+recipes), ``study`` (the data-size study of InductiveBias.ipynb), ``explain`` (attention maps of any ViT, explainers,
+faithfulness), ``localize`` (cluttered MNIST, pointing game, box accuracy), ``plots`` (figures), ``explorer`` (the
+attention explorer widget).
 """

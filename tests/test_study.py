@@ -1,0 +1,107 @@
+"""The data-size study's pieces (vitkit.study): subsets, the plateau check, the matched CNN, one run, the summary."""
+import math
+import statistics
+
+import pytest
+import torch
+
+import vit_helpers as vh
+from vitkit import recipes, stats, study
+from vitkit.sources import InMemoryImages
+
+
+def _images(per_class: list[int]) -> InMemoryImages:
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])
+    images = torch.zeros(len(labels), 3, 8, 8, dtype=torch.uint8)
+    return InMemoryImages(images, labels, [str(c) for c in range(len(per_class))])
+
+
+def test_subsets_are_class_balanced_nested_and_fixed_by_their_seed():
+    ds = _images([30, 40, 50])
+    subsets = study.balanced_subsets(ds, [6, 30, 90], seed=3)
+    for size, idx in subsets.items():
+        assert len(idx) == size and len(set(idx.tolist())) == size
+        assert torch.bincount(ds.labels[idx], minlength=3).tolist() == [size // 3] * 3
+    assert set(subsets[6].tolist()) <= set(subsets[30].tolist()) <= set(subsets[90].tolist())
+    again = study.balanced_subsets(ds, [30], seed=3)[30]
+    other = study.balanced_subsets(ds, [30], seed=4)[30]
+    assert torch.equal(again, subsets[30]) and not torch.equal(other, subsets[30])
+
+
+@pytest.mark.parametrize("size", [91, 93])  # 91 images a class > the smallest class's 30; 93 is not a multiple of 3
+def test_a_subset_size_the_classes_cannot_fill_is_refused(size):
+    with pytest.raises(ValueError, match=f"size {size}"):
+        study.balanced_subsets(_images([30, 40, 50]), [size], seed=0)
+
+
+def test_plateau_move_is_the_range_of_the_last_fifth_in_points():
+    curve = [0.1, 0.3, 0.5, 0.6, 0.62, 0.61, 0.63, 0.64, 0.635, 0.64]  # 10 epochs: the last 2
+    assert study.plateau_move(curve) == pytest.approx(0.5)
+    assert study.plateau_move([0.5, 0.7, 0.9]) == pytest.approx(20.0)  # at least two epochs
+    assert study.plateau_move([0.5]) is None
+
+
+def test_each_variant_is_built_with_its_prior_and_the_cnn_matches_the_plain_vit_within_ten_percent():
+    recipe = recipes.get_recipe(study.RECIPE)
+    plain, ratio = study.build("vit", recipe, 10)
+    assert ratio == 1.0 and plain.config.stem == "patch"
+    assert study.build("cct-stem", recipe, 10)[0].config.stem == "cct"
+    spt = study.build("spt-lsa", recipe, 10)[0].config
+    assert spt.stem == "spt" and spt.lsa
+    assert study.build("sincos", recipe, 10)[0].config.pos_embed == "sincos"
+    cnn, ratio = study.build("cnn", recipe, 10)
+    assert not isinstance(cnn, vh.VisionTransformer) and abs(ratio - 1) < 0.1
+    assert vh.count_parameters(cnn) / vh.count_parameters(plain) == pytest.approx(ratio)
+    with pytest.raises(ValueError, match="unknown variant 'resnet'"):
+        study.build("resnet", recipe, 10)
+
+
+def _runs(table: dict[int, dict[str, list[float]]]) -> list[dict]:
+    return [{"variant": v, "size": size, "seed": seed, "test_acc": acc, "plateau_move_points": 0.2}
+            for size, variants in table.items() for v, accs in variants.items() for seed, acc in enumerate(accs)]
+
+
+def test_summary_gives_the_gap_the_prior_gains_and_the_gap_change_with_their_standard_errors():
+    table = {100: {"vit": [0.40, 0.42, 0.44], "cnn": [0.60, 0.61, 0.62], "sincos": [0.41, 0.43, 0.45]},
+             400: {"vit": [0.60, 0.62, 0.64], "cnn": [0.70, 0.70, 0.70], "sincos": [0.61, 0.63, 0.65]},
+             1600: {"vit": [0.70], "cnn": [0.80]}}  # one seed: not compared
+    s = study.summarize(_runs(table))
+    assert s["compared_sizes"] == [100, 400] and s["incomplete"] == [1600]
+    assert s["by_size"]["400"]["cnn"] == {"mean": pytest.approx(0.70), "std": pytest.approx(0.0), "n": 3}
+    gap = s["cnn_minus_vit"]["100"]
+    se = math.sqrt(0.01 ** 2 / 3 + 0.02 ** 2 / 3)  # sample sds 0.01 and 0.02
+    assert gap["difference"] == pytest.approx(0.19) and gap["standard_error"] == pytest.approx(se)
+    assert gap["beyond_noise"]
+    gain = s["prior_gain"]["100"]["sincos"]
+    assert gain["difference"] == pytest.approx(0.01) and not gain["beyond_noise"]
+    assert gain["share_of_gap_closed"] == pytest.approx(0.01 / 0.19)
+    change = s["gap_change"][0]
+    se400 = stats.seed_difference(table[400]["cnn"], table[400]["vit"])["standard_error"]
+    assert (change["from_size"], change["to_size"]) == (100, 400)
+    assert change["difference"] == pytest.approx(0.08 - 0.19)
+    assert change["standard_error"] == pytest.approx(math.hypot(se, se400))
+    assert change["beyond_noise"] == (abs(0.08 - 0.19) > 2 * math.hypot(se, se400))
+    assert s["plateau"] == {"largest_move_points": 0.2, "limit_points": study.PLATEAU_POINTS, "all_flat": True}
+
+
+def test_summary_of_a_size_without_the_cnn_compares_nothing_and_says_so():
+    s = study.summarize(_runs({100: {"vit": [0.4, 0.5], "sincos": [0.4, 0.6]}}))
+    assert s["compared_sizes"] == [] and s["incomplete"] == [100] and s["cnn_minus_vit"] == {}
+    assert s["by_size"]["100"]["sincos"]["std"] == pytest.approx(statistics.stdev([0.4, 0.6]))
+
+
+def test_one_run_trains_for_its_budget_and_returns_its_row(tmp_path):
+    from types import SimpleNamespace
+
+    from conftest import loader, quadrant_data
+
+    recipe = recipes.get_recipe(study.RECIPE)
+    recipe["model"].update(image_size=16, patch_size=8, in_channels=1, dim=16, depth=1, heads=2, mlp_dim=32)
+    recipe["data"]["batch_size"] = 16
+    full = quadrant_data(64, 0)
+    loaders = SimpleNamespace(train=loader(full), val=loader(quadrant_data(32, 1)), test=loader(quadrant_data(32, 2)))
+    subset = study.balanced_subsets(full, [32], seed=0)[32]
+    row, model = study.run("vit", 32, 0, loaders, subset, recipe, 0.0005, checkpoint_dir=tmp_path, device="cpu")
+    assert row["variant"] == "vit" and row["size"] == 32 and row["seed"] == 0 and 0 <= row["test_acc"] <= 1
+    assert 0 < row["train_tflop"] <= 0.0005 * 1.2 and row["epochs"] == len(row["val_acc"]) >= 1
+    assert (tmp_path / "ib-vit-n32-s0.pt").is_file() and isinstance(model, vh.VisionTransformer)

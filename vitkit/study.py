@@ -1,0 +1,170 @@
+"""The data-size study: does a prior help a ViT more when data is small? Shared by ``InductiveBias.ipynb`` and
+``scripts/inductive_bias_study.py``.
+
+The plain ViT, its best convolutional stem (CCT's tokenizer), SPT + LSA, sin-cos positions and a small CNN matched
+to the plain ViT in parameters, each trained from scratch on class-balanced subsets of CIFAR-10 of several sizes,
+every run of a size given the same training compute (``fit(max_tflop=...)``). :func:`run` trains one (variant,
+size, seed); :func:`summarize` turns the runs into means and spreads per size, the gap between the CNN and the
+plain ViT with its standard error, what each prior gains over the plain ViT, and how the gap changes with size.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+import vit_helpers as vh
+from vitkit import baselines, runtime, stats, train
+from vitkit.sources import InMemoryImages
+
+__all__ = ["VARIANTS", "SIZES", "SEEDS", "TFLOP", "RECIPE", "SUBSET_SEED", "VAL_SIZE", "build", "balanced_subsets", "plateau_move",
+           "run", "summarize"]
+
+# The ViT variants: the cifar10-cpu recipe's model with the linear patch stem, and one prior added at a time.
+VARIANTS: dict[str, dict[str, Any] | None] = {
+    "vit": {}, "cct-stem": {"stem": "cct"}, "spt-lsa": {"stem": "spt", "lsa": True}, "sincos": {"pos_embed": "sincos"},
+    "cnn": None,  # vitkit.baselines.SmallCNN, its width matched to the plain ViT's parameter count
+}
+SIZES = (2500, 10_000, 45_000)
+SEEDS = (0, 1, 2)
+# Training compute per run (TFLOP) by training-set size: enough that validation accuracy has flattened (each run
+# records how much it still moved over the last 20 % of training: raise a size's budget where it moved > 0.5 points).
+TFLOP = {2500: 15.0, 10_000: 30.0, 45_000: 60.0}
+RECIPE = "cifar10-cpu"  # the training settings (optimizer, LR, augmentation, batch) and the ViT's sizes
+SUBSET_SEED = 1234  # fixes which images each subset holds
+VAL_SIZE = 5000  # class-balanced, held out of the official training split; the same for every size
+PLATEAU_POINTS = 0.5  # the most validation accuracy may move over the last 20 % of a run for it to count as flat
+
+
+def _cnn_matched(target: int, classes: int) -> tuple[torch.nn.Module, float]:
+    """The SmallCNN whose width makes its parameter count closest to ``target``; returns it and the ratio."""
+    best = None
+    for width in range(8, 129, 4):
+        model = baselines.SmallCNN(num_classes=classes, channels=(width, 2 * width, 4 * width, 4 * width))
+        ratio = vh.count_parameters(model) / target
+        if best is None or abs(ratio - 1) < abs(best[1] - 1):
+            best = (model, ratio)
+    return best
+
+
+def build(variant: str, recipe: dict, classes: int) -> tuple[torch.nn.Module, float]:
+    """The variant's model and its parameter count relative to the plain ViT's."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
+    vit = dict(recipe["model"], stem="patch", num_classes=classes)
+    plain = vh.count_parameters(vh.VisionTransformer(**vit))
+    if VARIANTS[variant] is None:
+        return _cnn_matched(plain, classes)
+    model = vh.VisionTransformer(**{**vit, **VARIANTS[variant]})
+    return model, vh.count_parameters(model) / plain
+
+
+def balanced_subsets(train_ds: InMemoryImages, sizes: Sequence[int], seed: int) -> dict[int, torch.Tensor]:
+    """Nested class-balanced index sets: for each class a fixed seeded order, of which each size takes its share
+    (so the smaller subsets are part of the larger ones)."""
+    g = torch.Generator().manual_seed(seed)
+    classes = train_ds.labels.unique().tolist()
+    orders = {c: (train_ds.labels == c).nonzero()[:, 0][torch.randperm(int((train_ds.labels == c).sum()), generator=g)]
+              for c in classes}
+    out = {}
+    for size in sizes:
+        share = size // len(classes)
+        if share * len(classes) != size or share > min(len(o) for o in orders.values()):
+            raise ValueError(f"size {size}: needs a multiple of {len(classes)} classes with at most "
+                             f"{min(len(o) for o in orders.values())} images of each in the training split.")
+        out[size] = torch.cat([orders[c][:share] for c in classes])
+    return out
+
+
+def plateau_move(val_acc: Sequence[float]) -> float | None:
+    """How far validation accuracy moved (max - min, in points) over the last 20 % of the epochs (at least 2)."""
+    k = max(2, round(0.2 * len(val_acc)))
+    return None if len(val_acc) < 2 else 100 * (max(val_acc[-k:]) - min(val_acc[-k:]))
+
+
+def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recipe: dict, tflop: float, *,
+        checkpoint_dir: str | Path, device=None, tag: str = "", resume: bool = True,
+        overwrite: bool = False) -> tuple[dict, torch.nn.Module]:
+    """Train ``variant`` from scratch on the ``subset`` of ``loaders.train``'s images for ``tflop`` of training
+    compute, validate on ``loaders.val``, test on ``loaders.test``. Returns the run's row of the record and the
+    trained model (its best validation epoch's weights). The checkpoint (``ib-<variant>-n<size>-s<seed><tag>.pt``)
+    lets a killed run resume."""
+    full = loaders.train.dataset
+    ds = full.subset(subset, full.transform)
+    ds.mean, ds.std = full.mean, full.std
+    train_loader = torch.utils.data.DataLoader(ds, batch_size=recipe["data"]["batch_size"], shuffle=True,
+                                               generator=torch.Generator().manual_seed(seed),
+                                               num_workers=loaders.train.num_workers)
+    runtime.set_seed(seed)
+    model, ratio = build(variant, recipe, len(full.classes))
+    fit_args = {**recipe["fit"], "epochs": 10_000}  # the compute budget decides the length
+    hist = train.fit(model, train_loader, loaders.val, device=device, max_tflop=tflop, progress=False,
+                     verbose=False, checkpoint=Path(checkpoint_dir) / f"ib-{variant}-n{size}-s{seed}{tag}.pt",
+                     resume=resume, overwrite=overwrite,
+                     run_info={"study": "inductive-bias", "variant": variant, "size": size, "seed": seed}, **fit_args)
+    test = train.evaluate(model, loaders.test, device)
+    row = {"variant": variant, "size": size, "seed": seed, "test_acc": test["acc"], "best_val_acc": hist.best_val_acc,
+           "val_acc": hist.val_acc, "plateau_move_points": plateau_move(hist.val_acc), "epochs": len(hist.epoch),
+           "train_tflop": hist.train_tflop, "tflop_budget": tflop, "parameters": vh.count_parameters(model),
+           "parameters_vs_plain_vit": ratio, "wall_time_s": hist.wall_time_s, "precision": hist.precision,
+           "train_images_per_s": hist.train_images_per_s}
+    return row, model
+
+
+def _spread(values: list[float]) -> dict[str, float | int]:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
+    """What the study's runs found, per training-set size (only sizes where every variant present has at least two
+    seeds are compared; the rest are listed under ``incomplete``):
+
+    * ``by_size[size][variant]``: mean, standard deviation and number of seeds of ``metric``;
+    * ``cnn_minus_vit[size]``: the CNN's mean minus the plain ViT's, with the standard error and the verdict of
+      :func:`vitkit.stats.seed_difference`;
+    * ``prior_gain[size][variant]``: each ViT variant's mean minus the plain ViT's (same form), and
+      ``share_of_gap_closed``: that gain over the CNN-ViT gap;
+    * ``gap_change``: between consecutive compared sizes, the later gap minus the earlier one, with the standard
+      error of that difference (independent runs: the two standard errors added in quadrature);
+    * ``plateau``: the largest move of validation accuracy over the last 20 % of any run, in points, and whether every
+      run stayed under ``PLATEAU_POINTS``.
+    """
+    by_size: dict[int, dict[str, list[float]]] = {}
+    for r in runs:
+        by_size.setdefault(int(r["size"]), {}).setdefault(r["variant"], []).append(float(r[metric]))
+    compared = sorted(s for s, v in by_size.items()
+                      if {"vit", "cnn"} <= set(v) and all(len(x) >= 2 for x in v.values()))
+    out: dict[str, Any] = {
+        "metric": metric,
+        "by_size": {str(s): {v: _spread(x) for v, x in by_size[s].items()} for s in sorted(by_size)},
+        "compared_sizes": compared,
+        "incomplete": sorted(set(by_size) - set(compared)),
+        "cnn_minus_vit": {}, "prior_gain": {}, "gap_change": [],
+    }
+    for s in compared:
+        v = by_size[s]
+        gap = stats.seed_difference(v["cnn"], v["vit"])
+        out["cnn_minus_vit"][str(s)] = gap
+        gains = {}
+        for variant, accs in v.items():
+            if variant in ("vit", "cnn"):
+                continue
+            gain = stats.seed_difference(accs, v["vit"])
+            gain["share_of_gap_closed"] = gain["difference"] / gap["difference"] if gap["difference"] else None
+            gains[variant] = gain
+        out["prior_gain"][str(s)] = gains
+    for a, b in zip(compared, compared[1:]):
+        ga, gb = out["cnn_minus_vit"][str(a)], out["cnn_minus_vit"][str(b)]
+        se = math.hypot(ga["standard_error"], gb["standard_error"])
+        change = gb["difference"] - ga["difference"]
+        out["gap_change"].append({"from_size": a, "to_size": b, "difference": change, "standard_error": se,
+                                  "two_standard_errors": stats.NOISE_SE * se,
+                                  "beyond_noise": abs(change) > stats.NOISE_SE * se})
+    moves = [r["plateau_move_points"] for r in runs if r.get("plateau_move_points") is not None]
+    out["plateau"] = {"largest_move_points": max(moves) if moves else None, "limit_points": PLATEAU_POINTS,
+                      "all_flat": bool(moves) and max(moves) < PLATEAU_POINTS}
+    return out
