@@ -71,8 +71,9 @@ def main() -> None:
                 if (variant, size, seed) in have:
                     continue
                 tflop = 0.002 if args.smoke else budgets[size]
+                name = f"ib-{variant}-n{size}-s{seed}{'-smoke' if args.smoke else ''}.pt"
                 run, _ = study.run(variant, size, seed, loaders, subsets[size], recipe, tflop, device=args.device,
-                                   checkpoint_dir=args.checkpoint_dir, tag="-smoke" if args.smoke else "")
+                                   checkpoint=Path(args.checkpoint_dir) / name)
                 done.append(run)
                 print(f"{variant:9s} n={size:<6d} seed {seed}: test {run['test_acc']:.2%}, val {run['best_val_acc']:.2%}, "
                       f"{run['epochs']} epochs, val moved {run['plateau_move_points'] or 0:.2f} points over the last "

@@ -4,7 +4,7 @@
     python scripts/results_table.py --check  # exit 1 if a page is out of date (the tests run this)
 
 README.md holds the headline table (the best recorded run of each recipe); docs/results.md the full table,
-docs/speed.md the benchmarks, docs/explaining.md the faithfulness tests, docs/inductive-bias.md the comparison.
+docs/speed.md the benchmarks, docs/explaining.md the faithfulness tests, docs/inductive-bias.md the data-size study.
 """
 from __future__ import annotations
 
@@ -294,29 +294,56 @@ def faithfulness_table(records) -> str:
 
 
 def inductive_bias_table(records) -> str:
-    """Each variant of InductiveBias.ipynb's same-budget comparison, from its record."""
-    lines = []
-    for name, rec in records:
-        variants = rec["metrics"].get("variants")
-        if not variants:
-            continue
-        cfg, where = rec["config"], hardware(rec)
-        model = cfg["model"]
-        lines += [f"Measured by `InductiveBias.ipynb` ([{name}](results/{name})): each variant trained from scratch "
-                  f"on the {dataset(rec)} for **{cfg['budget_min']:g} minutes** of wall-clock time on {where}, "
-                  f"recipe `{cfg['recipe']}`'s training settings, ViT dim {model['dim']}, depth {model['depth']}, "
-                  f"heads {model['heads']}, MLP {model['mlp_dim']}, patch {model['patch_size']}; seed {rec['seed']}.\n",
-                  "| variant | prior | test acc | best val acc | epochs (the last one partial) | training img/s | params |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
-        for variant, v in variants.items():
-            prior = _PRIORS.get(variant, "")
-            lines.append(f"| `{variant}` | {prior} | **{pct(v['test_acc'])}** | {pct(v['best_val_acc'])} | "
-                         f"{v['epochs_run']} | {v['train_images_per_s']:.0f} | {v['parameters'] / 1e6:.2f} M |")
-    return "\n".join(lines) if lines else "_No inductive-bias record yet._"
+    """scripts/inductive_bias_study.py's record: test accuracy per variant and training-set size (mean ± standard
+    deviation over seeds), then what vitkit.study.summarize finds, each difference against twice its standard error."""
+    from vitkit import study
+
+    rec = dict(records).get("inductive-bias-study.json")
+    if rec is None or not rec["metrics"].get("runs"):
+        return "_No record of the data-size study yet (`python scripts/inductive_bias_study.py`)._"
+    cfg, runs = rec["config"], rec["metrics"]["runs"]
+    summ = study.summarize(runs)
+    sizes = sorted(int(n) for n in summ["by_size"])
+    variants = [v for v in cfg["variants"] if any(r["variant"] == v for r in runs)]
+    ratio = {r["variant"]: r["parameters_vs_plain_vit"] for r in runs}
+    m = cfg["model"]
+    budgets = ", ".join(f"{n:,} images {cfg['tflop'][str(n)]:g} TFLOP" for n in sizes)
+    lines = [f"Measured by `scripts/inductive_bias_study.py` ([inductive-bias-study.json](results/inductive-bias-study.json)): "
+             f"recipe `{cfg['recipe']}`'s training settings, ViT dim {m['dim']}, depth {m['depth']}, heads {m['heads']}, "
+             f"MLP {m['mlp_dim']}, patch {m['patch_size']}; class-balanced subsets (seed {cfg['subset_seed']}), "
+             f"{cfg['val_size']:,} validation images; compute per run: {budgets}; on {hardware(rec)}. "
+             f"Test accuracy, mean ± standard deviation over seeds (their number in brackets).\n",
+             "| variant | prior | parameters vs the plain ViT | " + " | ".join(f"{n:,} images" for n in sizes) + " |",
+             "|---|---|---:|" + "---:|" * len(sizes)]
+    for v in variants:
+        cells = []
+        for n in sizes:
+            p = summ["by_size"][str(n)].get(v)
+            cells.append("" if p is None else f"{pct(p['mean'])}" + (f" ± {100 * p['std']:.2f}" if p["std"] is not None
+                                                                     else "") + f" ({p['n']})")
+        lines.append(f"| `{v}` | {_PRIORS.get(v, '')} | {ratio[v]:.3f}x | " + " | ".join(cells) + " |")
+    words = lambda d: (f"{100 * d['difference']:+.2f} points, twice its standard error {100 * d['two_standard_errors']:.2f}: "
+                       f"**{'beyond' if d['beyond_noise'] else 'within'} noise**")
+    lines.append("")
+    for n in summ["compared_sizes"]:
+        gains = "; ".join(f"`{v}` {words(g)}" for v, g in summ["prior_gain"][str(n)].items())
+        lines.append(f"- {n:,} images: the CNN minus the plain ViT {words(summ['cnn_minus_vit'][str(n)])}. "
+                     f"Each prior minus the plain ViT: {gains}.")
+    for c in summ["gap_change"]:
+        lines.append(f"- The CNN's lead, {c['to_size']:,} images minus {c['from_size']:,}: {words(c)}.")
+    for v, c in summ["gain_smallest_minus_largest"].items():
+        lines.append(f"- `{v}`'s gain, {c['from_size']:,} images minus {c['to_size']:,}: {words(c)}.")
+    if summ["incomplete"]:
+        lines.append(f"- **Partial**: {', '.join(f'{n:,}' for n in summ['incomplete'])} images not yet run with at least "
+                     f"two seeds of every variant; not compared.")
+    p = summ["plateau"]
+    if p["largest_move_points"] is not None:
+        lines.append(f"- Largest move of validation accuracy over the last 20 % of a run: {p['largest_move_points']:.2f} "
+                     f"points ({'under' if p['all_flat'] else '**over**'} the {p['limit_points']} asked).")
+    return "\n".join(lines)
 
 
-_PRIORS = {"vit": "none (linear patch embedding, learned positions)", "conv-stem": "convolutional stem (stride-2 convolutions)",
-           "conv-centred": "convolutional stem, tokens centred on their patches (4x4 kernels)",
+_PRIORS = {"vit": "none (linear patch embedding, learned positions)",
            "cct-stem": "CCT tokenizer (convolutions + max-pool)",
            "spt-lsa": "shifted patch tokenization + locality self-attention", "sincos": "fixed 2-D sin-cos positions",
            "cnn": "a small CNN instead of a ViT"}

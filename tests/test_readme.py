@@ -73,6 +73,35 @@ def test_seeds_table_shows_each_seed_the_spread_and_the_verdict(tmp_path):
     assert lines[-1] == "HF minus ours on test: +3.00 points, twice its standard error 1.63: **beyond noise**."
 
 
+def test_inductive_bias_table_shows_each_size_with_its_spread_the_verdicts_and_what_is_partial(tmp_path):
+    from vitkit import recipes, study
+
+    accs = {2500: {"vit": (0.40, 0.42, 0.44), "cnn": (0.60, 0.61, 0.62), "sincos": (0.41, 0.43, 0.45)},
+            10_000: {"vit": (0.60, 0.62, 0.64), "cnn": (0.70, 0.70, 0.70), "sincos": (0.61, 0.63, 0.65)},
+            45_000: {"vit": (0.75,), "cnn": (0.80,)}}
+    runs = [{"variant": v, "size": n, "seed": seed, "test_acc": a, "plateau_move_points": 0.3,
+             "parameters_vs_plain_vit": {"vit": 1.0, "cnn": 0.995, "sincos": 0.99}[v]}
+            for n, per in accs.items() for v, values in per.items() for seed, a in enumerate(values)]
+    rec = {"metrics": {"runs": runs}, "seed": 1234, "wall_time_s": 1.0, "dataset": "CIFAR-10 JPEG",
+           "config": {"recipe": study.RECIPE, **recipes.get_recipe(study.RECIPE), "variants": study.VARIANTS,
+                      "tflop": {"2500": 15.0, "10000": 30.0, "45000": 60.0}, "subset_seed": 1234, "val_size": 5000},
+           "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2}}
+    (tmp_path / "inductive-bias-study.json").write_text(json.dumps(rec))
+    lines = results_table.inductive_bias_table(results_table.load_records(tmp_path)).splitlines()
+    assert "2,500 images 15 TFLOP, 10,000 images 30 TFLOP, 45,000 images 60 TFLOP" in lines[0]
+    assert lines[2] == "| variant | prior | parameters vs the plain ViT | 2,500 images | 10,000 images | 45,000 images |"
+    assert lines[4].startswith("| `vit` | none") and lines[4].endswith(
+        "| 1.000x | 42.00 % ± 2.00 (3) | 62.00 % ± 2.00 (3) | 75.00 % (1) |")
+    # 19 points against 2 x sqrt(0.02^2 / 3 + 0.01^2 / 3) = 2.58
+    assert any(l.startswith("- 2,500 images: the CNN minus the plain ViT +19.00 points, twice its standard error 2.58: "
+                            "**beyond noise**") for l in lines)
+    assert any(l.startswith("- 2,500 images:") and "`sincos` +1.00 points" in l and "**within noise**" in l
+               for l in lines)
+    assert any(l.startswith("- The CNN's lead, 10,000 images minus 2,500: -11.00 points") for l in lines)
+    assert "- **Partial**: 45,000 images not yet run with at least two seeds of every variant; not compared." in lines
+    assert lines[-1] == "- Largest move of validation accuracy over the last 20 % of a run: 0.30 points (under the 0.5 asked)."
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "not-json", "no-metrics", "nan"])
 def test_results_table_never_empties_the_tables_from_a_bad_results_folder(tmp_path, monkeypatch, capsys, case):
     """A mistyped --results, an empty folder or a broken record: exit 2 naming it, every page left as it was."""

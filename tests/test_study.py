@@ -81,6 +81,11 @@ def test_summary_gives_the_gap_the_prior_gains_and_the_gap_change_with_their_sta
     assert change["difference"] == pytest.approx(0.08 - 0.19)
     assert change["standard_error"] == pytest.approx(math.hypot(se, se400))
     assert change["beyond_noise"] == (abs(0.08 - 0.19) > 2 * math.hypot(se, se400))
+    more = s["gain_smallest_minus_largest"]["sincos"]  # 0.01 on both sizes: no change
+    assert (more["from_size"], more["to_size"]) == (100, 400) and more["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert more["standard_error"] == pytest.approx(math.hypot(gain["standard_error"],
+                                                             s["prior_gain"]["400"]["sincos"]["standard_error"]))
+    assert not more["beyond_noise"]
     assert s["plateau"] == {"largest_move_points": 0.2, "limit_points": study.PLATEAU_POINTS, "all_flat": True}
 
 
@@ -101,7 +106,8 @@ def test_one_run_trains_for_its_budget_and_returns_its_row(tmp_path):
     full = quadrant_data(64, 0)
     loaders = SimpleNamespace(train=loader(full), val=loader(quadrant_data(32, 1)), test=loader(quadrant_data(32, 2)))
     subset = study.balanced_subsets(full, [32], seed=0)[32]
-    row, model = study.run("vit", 32, 0, loaders, subset, recipe, 0.0005, checkpoint_dir=tmp_path, device="cpu")
+    row, model = study.run("vit", 32, 0, loaders, subset, recipe, 0.0005, checkpoint=tmp_path / "r.pt",
+                           device="cpu")
     assert row["variant"] == "vit" and row["size"] == 32 and row["seed"] == 0 and 0 <= row["test_acc"] <= 1
     assert 0 < row["train_tflop"] <= 0.0005 * 1.2 and row["epochs"] == len(row["val_acc"]) >= 1
-    assert (tmp_path / "ib-vit-n32-s0.pt").is_file() and isinstance(model, vh.VisionTransformer)
+    assert (tmp_path / "r.pt").is_file() and isinstance(model, vh.VisionTransformer)

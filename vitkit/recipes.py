@@ -23,8 +23,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
     # Our from-scratch recipe for one GPU, 30 minutes (the plain-ViT setting of the SPT/LSA paper's code:
     # small wide-headed ViT, AutoAugment, MixUp/CutMix, label smoothing, AdamW, warmup + cosine), plus CCT's
-    # convolutional tokenizer, the prior with the largest gain on validation in InductiveBias.ipynb's
-    # same-budget comparison (results/InductiveBias-full.json).
+    # convolutional tokenizer, the stem that led on validation in a same-wall-clock comparison of three stems
+    # (one seed; the data-size study, docs/inductive-bias.md, measures it with seeds).
     "cifar10-strong": {
         "model": dict(image_size=32, patch_size=4, in_channels=3, num_classes=10, dim=192, depth=9, heads=12,
                       mlp_dim=384, dropout=0.0, stem="cct"),

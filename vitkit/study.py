@@ -86,12 +86,12 @@ def plateau_move(val_acc: Sequence[float]) -> float | None:
 
 
 def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recipe: dict, tflop: float, *,
-        checkpoint_dir: str | Path, device=None, tag: str = "", resume: bool = True,
+        checkpoint: str | Path, device=None, resume: bool = True,
         overwrite: bool = False) -> tuple[dict, torch.nn.Module]:
     """Train ``variant`` from scratch on the ``subset`` of ``loaders.train``'s images for ``tflop`` of training
     compute, validate on ``loaders.val``, test on ``loaders.test``. Returns the run's row of the record and the
-    trained model (its best validation epoch's weights). The checkpoint (``ib-<variant>-n<size>-s<seed><tag>.pt``)
-    lets a killed run resume."""
+    trained model (its best validation epoch's weights). ``checkpoint`` (a file path) lets a killed run resume;
+    ``resume``/``overwrite`` as in :func:`vitkit.train.fit`."""
     full = loaders.train.dataset
     ds = full.subset(subset, full.transform)
     ds.mean, ds.std = full.mean, full.std
@@ -102,8 +102,7 @@ def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recip
     model, ratio = build(variant, recipe, len(full.classes))
     fit_args = {**recipe["fit"], "epochs": 10_000}  # the compute budget decides the length
     hist = train.fit(model, train_loader, loaders.val, device=device, max_tflop=tflop, progress=False,
-                     verbose=False, checkpoint=Path(checkpoint_dir) / f"ib-{variant}-n{size}-s{seed}{tag}.pt",
-                     resume=resume, overwrite=overwrite,
+                     verbose=False, checkpoint=checkpoint, resume=resume, overwrite=overwrite,
                      run_info={"study": "inductive-bias", "variant": variant, "size": size, "seed": seed}, **fit_args)
     test = train.evaluate(model, loaders.test, device)
     row = {"variant": variant, "size": size, "seed": seed, "test_acc": test["acc"], "best_val_acc": hist.best_val_acc,
@@ -130,6 +129,8 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
       ``share_of_gap_closed``: that gain over the CNN-ViT gap;
     * ``gap_change``: between consecutive compared sizes, the later gap minus the earlier one, with the standard
       error of that difference (independent runs: the two standard errors added in quadrature);
+    * ``gain_smallest_minus_largest[variant]``: a prior's gain on the smallest compared size minus its gain on the
+      largest (positive: it helps more when data is small), with its standard error in the same way;
     * ``plateau``: the largest move of validation accuracy over the last 20 % of any run, in points, and whether every
       run stayed under ``PLATEAU_POINTS``.
     """
@@ -143,7 +144,7 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
         "by_size": {str(s): {v: _spread(x) for v, x in by_size[s].items()} for s in sorted(by_size)},
         "compared_sizes": compared,
         "incomplete": sorted(set(by_size) - set(compared)),
-        "cnn_minus_vit": {}, "prior_gain": {}, "gap_change": [],
+        "cnn_minus_vit": {}, "prior_gain": {}, "gap_change": [], "gain_smallest_minus_largest": {},
     }
     for s in compared:
         v = by_size[s]
@@ -164,6 +165,15 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
         out["gap_change"].append({"from_size": a, "to_size": b, "difference": change, "standard_error": se,
                                   "two_standard_errors": stats.NOISE_SE * se,
                                   "beyond_noise": abs(change) > stats.NOISE_SE * se})
+    if len(compared) >= 2:  # the question itself: does each prior gain more on the smallest size than on the largest?
+        first, last = str(compared[0]), str(compared[-1])
+        for variant in [v for v in out["prior_gain"][first] if v in out["prior_gain"][last]]:
+            ga, gb = out["prior_gain"][first][variant], out["prior_gain"][last][variant]
+            se = math.hypot(ga["standard_error"], gb["standard_error"])
+            change = ga["difference"] - gb["difference"]
+            out["gain_smallest_minus_largest"][variant] = {
+                "from_size": compared[0], "to_size": compared[-1], "difference": change, "standard_error": se,
+                "two_standard_errors": stats.NOISE_SE * se, "beyond_noise": abs(change) > stats.NOISE_SE * se}
     moves = [r["plateau_move_points"] for r in runs if r.get("plateau_move_points") is not None]
     out["plateau"] = {"largest_move_points": max(moves) if moves else None, "limit_points": PLATEAU_POINTS,
                       "all_flat": bool(moves) and max(moves) < PLATEAU_POINTS}
