@@ -92,6 +92,20 @@ def test_resumed_run_ends_with_the_weights_of_the_run_that_never_stopped(tmp_pat
     assert hist.wall_time_s >= sum(s["wall_time_s"] for s in hist.stretches) * 0.99
 
 
+def test_a_run_with_a_weight_average_resumes_exactly(tmp_path):
+    reference = model()
+    ref_hist = run(reference, *loaders(), ema_decay=0.9)
+    path = tmp_path / "run.pt"
+    train_loader, val_loader = loaders()
+    with pytest.raises(KeyboardInterrupt):
+        run(model(), StopsAt(train_loader, 2, 3), val_loader, path, ema_decay=0.9)
+    torch.manual_seed(7)
+    m = model()
+    hist = run(m, *loaders(), path=path, resume=True, ema_decay=0.9)
+    assert_same_weights(reference, m)
+    assert hist.val_loss == ref_hist.val_loss and hist.resumes == 1
+
+
 @pytest.mark.slow
 def test_resume_is_exact_with_loader_workers(tmp_path):
     reference, _ = straight(num_workers=2)

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -352,3 +353,68 @@ def test_a_time_budget_run_ended_by_its_step_cap_still_decays_to_zero(monkeypatc
                        verbose=False)
     assert len(capped.lr) == 40 and capped.lr[-1] < 0.05 * capped.lr[0]  # the step cap's share drives the decay
     assert all(b <= a for a, b in zip(capped.lr, capped.lr[1:]))
+
+
+# --- the weight average (ema_decay) ---------------------------------------------------------------------------------
+
+def test_weight_average_follows_the_documented_rule_and_copies_buffers():
+    from vitkit.steps import WeightAverage
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    avg = WeightAverage(net, decay=0.9)
+    with torch.no_grad():
+        net[0].weight.fill_(3.0)
+        net[1].running_mean.fill_(5.0)
+    avg.update(net)  # t=1: d = min(0.9, 2/11) -> a = 1 + (1 - 2/11) * (3 - 1)
+    a1 = 1 + (1 - 2 / 11) * 2
+    assert avg.model[0].weight[0, 0].item() == pytest.approx(a1)
+    assert avg.model[1].running_mean.item() == 5.0 and not avg.model.training
+    for _ in range(30):  # t=31: d = min(0.9, 32/41) = 0.78..., then 0.9 from t=80 on
+        avg.update(net)
+    assert avg.decay_at(31) == pytest.approx(32 / 41) and avg.decay_at(100) == 0.9
+    assert 1 < avg.model[0].weight[0, 0].item() < 3
+    assert avg.flops() == WeightAverage.FLOPS_PER_VALUE * (2 + 1 + 1 + 1)  # weight, bias, BN weight and bias
+
+
+def test_fit_with_ema_returns_the_average_and_counts_its_flops():
+    """One SGD step from known weights: the average is init + (1 - min(d, 2/11)) (w1 - init), where w1 is what the
+    same run without the average ends with; its update FLOPs are in train_tflop."""
+    from vitkit import budget
+    from vitkit.steps import WeightAverage
+
+    settings = dict(epochs=1, max_steps=1, optimizer="sgd", lr=0.5, momentum=0.0, weight_decay=0.0,
+                    warmup_fraction=0.0, device="cpu", precision="fp32", compile=False, progress=False, verbose=False)
+    data = loader(quadrant_data(8, 0), batch_size=8)
+    runtime.set_seed(0)
+    init = tiny_vit()
+    start = {k: v.clone() for k, v in init.state_dict().items()}
+    plain = copy.deepcopy(init)
+    train.fit(plain, data, **settings)
+    averaged = copy.deepcopy(init)
+    hist = train.fit(averaged, data, ema_decay=0.99, **settings)
+    for name, w1 in plain.state_dict().items():
+        expected = start[name] + (1 - 2 / 11) * (w1 - start[name]) if w1.is_floating_point() else w1
+        assert torch.allclose(averaged.state_dict()[name], expected, atol=1e-6), name
+    per_image = budget.flops_per_image(init, data, torch.device("cpu"))
+    update = WeightAverage(init, 0.99).flops()
+    assert hist.train_tflop == pytest.approx((8 * per_image + update) / 1e12)
+
+
+def test_with_ema_validation_and_the_returned_model_are_the_average():
+    def trained(**ema):
+        runtime.set_seed(0)
+        model = tiny_vit()
+        hist = train.fit(model, loader(quadrant_data(64, 0), batch_size=16, shuffle=True), val, epochs=3, lr=3e-3,
+                         restore_best=False, device="cpu", precision="fp32", compile=False, progress=False,
+                         verbose=False, **ema)
+        return model, hist
+
+    val = loader(quadrant_data(32, 1))
+    plain, _ = trained()
+    averaged, hist = trained(ema_decay=0.9)
+    assert train.evaluate(averaged, val, precision="fp32")["loss"] == hist.val_loss[-1]  # validated: the model fit returned
+    assert train.evaluate(plain, val, precision="fp32")["loss"] != hist.val_loss[-1]  # which is not the last weights
+    with pytest.raises(ValueError, match="ema_decay"):
+        train.fit(tiny_vit(), val, epochs=1, ema_decay=1.0)

@@ -50,14 +50,16 @@ def flops_per_image(model: nn.Module, loader, device: torch.device) -> float:
     return counter.get_total_flops() / len(x)
 
 
-def planned_steps(cfg: FitConfig, steps_per_epoch: int, images_per_step: int, image_flops: float) -> int:
+def planned_steps(cfg: FitConfig, steps_per_epoch: int, images_per_step: int, image_flops: float,
+                  step_flops: float = 0.0) -> int:
     """Optimizer steps of the run: ``epochs`` of them, capped by ``max_steps`` and by the whole steps that fit in
-    ``max_tflop``. A time budget may end the run earlier; this is then its cap."""
+    ``max_tflop`` (each step costs its images and ``step_flops``, e.g. a weight-average update). A time budget may
+    end the run earlier; this is then its cap."""
     total = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     if cfg.max_tflop is not None:
-        total = min(total, max(1, int(cfg.max_tflop * 1e12 / (image_flops * images_per_step))))
+        total = min(total, max(1, int(cfg.max_tflop * 1e12 / (image_flops * images_per_step + step_flops))))
     return total
 
 

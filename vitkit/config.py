@@ -54,6 +54,9 @@ class FitConfig:
     mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 turns it off
     cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha); with both on, each batch picks one with equal odds
     grad_clip: float | None = None  # clip the global gradient norm to this (None: no clipping)
+    # An exponential moving average of the weights, updated after every optimizer step (vitkit.steps.WeightAverage);
+    # validation, the best epoch and the returned model use the average. None: off.
+    ema_decay: float | None = None
     accumulation_steps: int = 1  # batches summed into one optimizer step (a larger effective batch)
     restore_best: bool = field(default=True, metadata=_DISPLAY)  # end with the best validation epoch's weights
     # Extra entries of the run's identity (recipe, seed, ...): a checkpoint resumes only when they agree.
@@ -135,6 +138,9 @@ def _check(cfg: FitConfig) -> None:
     if cfg.grad_clip is not None:
         check_number("grad_clip", cfg.grad_clip, low=0, low_open=True,
                      hint="grad_clip=0 would scale every gradient to zero; pass grad_clip=None to turn clipping off.")
+    if cfg.ema_decay is not None:
+        check_number("ema_decay", cfg.ema_decay, low=0, high=1, low_open=True, high_open=True,
+                     hint="e.g. 0.999; None turns the weight average off.")
     check_number("mixup_alpha", cfg.mixup_alpha, low=0, hint="0 turns MixUp off.")
     check_number("cutmix_alpha", cfg.cutmix_alpha, low=0, hint="0 turns CutMix off.")
     check_number("accumulation_steps", cfg.accumulation_steps, low=1, integer=True)

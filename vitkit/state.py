@@ -59,6 +59,7 @@ class RunState:
     elapsed_s: float = 0.0  # wall time of the stretches before this one
     finished: bool = False
     best_state: dict[str, torch.Tensor] | None = None  # a CPU copy of the best validation epoch's weights
+    average_state: dict[str, torch.Tensor] | None = None  # a CPU copy of the weight average (ema_decay), if any
     end_reserve_s: float = 0.0  # a time budget keeps this much for the last validation and checkpoint
     clock_start_s: float | None = None  # a time budget's schedule clock starts after the first optimizer step
     history: History = field(default_factory=History)

@@ -1,7 +1,8 @@
 """The pieces of one training step, shared by :func:`vitkit.train.fit` and the benchmark: the model's logits (ours or
-HF's), the optimizer with its parameter groups, and MixUp/CutMix with their loss."""
+HF's), the optimizer with its parameter groups, MixUp/CutMix with their loss, and the weight average."""
 from __future__ import annotations
 
+import copy
 import math
 import random
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-__all__ = ["model_logits", "num_classes", "make_optimizer", "param_groups", "mix", "mixed_loss"]
+__all__ = ["model_logits", "num_classes", "make_optimizer", "param_groups", "mix", "mixed_loss", "WeightAverage"]
 
 
 def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -87,3 +88,35 @@ def mixed_loss(logits: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor, lam: 
     if lam == 1.0:
         return loss
     return lam * loss + (1 - lam) * F.cross_entropy(logits, y_b, label_smoothing=label_smoothing)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights (Polyak averaging, as in airbench's and timm's EMA): after
+    optimizer step ``t`` (1-based), every floating-point parameter ``a <- a + (1 - d_t) (w - a)`` with
+    ``d_t = min(decay, (1 + t) / (10 + t))``, so that the first updates follow the weights closely instead of
+    averaging in the random initialisation (TensorFlow's ``ExponentialMovingAverage(num_updates=...)`` rule); buffers
+    (BatchNorm statistics, fixed embeddings) are copied. ``model`` holds the average, in eval mode."""
+
+    FLOPS_PER_VALUE = 3  # a lerp: a subtraction, a multiplication and an addition per averaged value
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    def decay_at(self, t: int) -> float:
+        return min(self.decay, (1 + t) / (10 + t))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold ``model``'s current weights into the average (``model`` is the trained one, same architecture)."""
+        self.updates += 1
+        averaged = [p for p in self.model.parameters() if p.is_floating_point()]
+        current = [p.detach() for p in model.parameters() if p.is_floating_point()]
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay_at(self.updates))
+        for mine, theirs in zip(self.model.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+    def flops(self) -> int:
+        """FLOPs of one update: what a compute budget counts for it."""
+        return self.FLOPS_PER_VALUE * sum(p.numel() for p in self.model.parameters() if p.is_floating_point())

@@ -27,7 +27,7 @@ from vitkit.config import FitConfig
 from vitkit.runtime import (autocast, get_device, import_inductor_quietly, precision_reason, resolve_compile,
                             resolve_precision)
 from vitkit.state import History, RunState
-from vitkit.steps import make_optimizer, mix, mixed_loss, model_logits, num_classes
+from vitkit.steps import WeightAverage, make_optimizer, mix, mixed_loss, model_logits, num_classes
 
 __all__ = ["FitConfig", "History", "fit", "evaluate", "TrainingDivergedError"]
 
@@ -194,6 +194,8 @@ def _loop(run: "_Run", loader, val_loader) -> None:
                 opt.zero_grad(set_to_none=True)
                 state.history.lr.append(lr)
                 state.step += 1
+                if run.average is not None:
+                    run.average.update(run.model)
                 run.log_step(loss, lr)
             loss_sum += loss.detach() * y.numel()
             correct += (logits.argmax(-1) == y).sum()  # against the unmixed labels
@@ -202,6 +204,15 @@ def _loop(run: "_Run", loader, val_loader) -> None:
             if state.step >= state.total_steps or run.time_is_up():
                 break
         run.end_epoch(t0, loss_sum.item(), correct.item(), seen, i + 1, val_loader)
+
+
+def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _update_flops(average: WeightAverage | None, dist: distributed.Dist) -> float:
+    """FLOPs one optimizer step spends beyond its images: every process's weight-average update."""
+    return 0.0 if average is None else float(average.flops() * dist.world)
 
 
 def _check_inputs(model, train_loader, val_loader) -> int:
@@ -255,6 +266,7 @@ class _Run:
     classes: int | None
     image_flops: float
     batches: int
+    average: WeightAverage | None  # the weight average (ema_decay), or None
     start: float  # time.perf_counter() when this stretch began
     now_s: float = 0.0  # the run's wall time at the last optimizer step (rank 0's under torchrun)
     lock: Any = None  # the checkpoint's RunLock: its heartbeat is refreshed at every checkpoint
@@ -268,13 +280,18 @@ class _Run:
         start = time.perf_counter()
         image_flops = budget.flops_per_image(model, loader, device)
         steps_per_epoch = math.ceil(batches / cfg.accumulation_steps)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+        average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         if saved is None:
             total = budget.planned_steps(cfg, steps_per_epoch, (getattr(loader, "batch_size", None) or 1) * dist.world
-                                         * cfg.accumulation_steps, image_flops)
+                                         * cfg.accumulation_steps, image_flops, _update_flops(average, dist))
             state = RunState(total_steps=total, epochs=math.ceil(total / steps_per_epoch))
         else:
             state = saved["state"]
-            model.load_state_dict(saved["model"])
+            if average is not None:
+                average.model.load_state_dict(state.average_state)
+                average.updates = state.step
         opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, device)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 gradients underflow
         if saved is not None:
@@ -308,7 +325,7 @@ class _Run:
                   f"{f', {dist.world} processes' if dist.world > 1 else ''}, {length}", flush=True)
         run = cls(cfg=cfg, model=model, runner=runner, opt=opt, scaler=scaler, state=state, device=device,
                   precision=precision, dist=dist, loader=loader, bar=None, writer=None, identity=identity, classes=num_classes(model),
-                  image_flops=image_flops, batches=batches, start=start, first_epoch=first_epoch)
+                  image_flops=image_flops, batches=batches, average=average, start=start, first_epoch=first_epoch)
         run.now_s = distributed.broadcast([run.elapsed()], dist)[0]  # rank 0's clock from the start
         run.bar = run._make_bar(loader)
         if cfg.log_dir is not None and dist.main:
@@ -413,12 +430,13 @@ class _Run:
         hist.attention = _attention_report(self.model)
         if not math.isfinite(hist.train_loss[-1]):  # a bad step the GPU's sampled check missed
             raise self.diverged(hist.train_loss[-1], None, batches_run)
+        evaluated = self.model if self.average is None else self.average.model  # what validation, best and end use
         if val_loader is not None:
-            val = evaluate(self.model, val_loader, self.device, self.precision)  # eager: no recompiles
+            val = evaluate(evaluated, val_loader, self.device, self.precision)  # eager: no recompiles
             hist.val_loss.append(val["loss"])
             hist.val_acc.append(val["acc"])
             if hist.best_val_acc is None or val["acc"] > hist.best_val_acc:
-                best = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                best = _cpu_copy(evaluated)
                 if all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point()):
                     hist.best_val_acc, hist.best_epoch, s.best_state = val["acc"], s.epoch, best
         if s.epoch == self.first_epoch:
@@ -442,6 +460,7 @@ class _Run:
         if cfg.checkpoint is not None and self.dist.main:
             saving = time.perf_counter()
             s.rng = rng
+            s.average_state = None if self.average is None else _cpu_copy(self.average.model)
             saved = dataclasses.replace(s, elapsed_s=self.elapsed())  # the whole run's wall time so far
             ckpt.save_run(Path(cfg.checkpoint), self.model, self.opt, self.scaler, saved, self.identity)
             if self.lock is not None:
@@ -464,7 +483,8 @@ class _Run:
         hist.stretches[-1]["last_epoch"] = s.epoch
         hist.stretches[-1]["wall_time_s"] = time.perf_counter() - self.start
         hist.train_images_per_s = s.images / max(1e-9, s.train_s)  # training only, validation excluded
-        hist.gflop_per_image, hist.train_tflop = self.image_flops / 1e9, self.image_flops * s.images / 1e12
+        hist.gflop_per_image = self.image_flops / 1e9
+        hist.train_tflop = (self.image_flops * s.images + _update_flops(self.average, self.dist) * s.step) / 1e12
 
     def finish(self) -> History:
         """Record time, pace and compute, and put the best validation epoch's weights back."""
@@ -472,6 +492,8 @@ class _Run:
         self.opt.zero_grad(set_to_none=True)  # a budget may stop inside an accumulation group
         if self.cfg.restore_best and self.state.best_state is not None:
             self.model.load_state_dict(self.state.best_state)
+        elif self.average is not None:
+            self.model.load_state_dict(self.average.model.state_dict())
         return self.state.history
 
 
@@ -479,7 +501,7 @@ def _finished(model: nn.Module, saved: dict, cfg: FitConfig, verbose: bool) -> H
     """Resuming a run that already ended: its final (or best) weights and its History, with no training."""
     state = saved["state"]
     best = cfg.restore_best and state.best_state is not None
-    model.load_state_dict(state.best_state if best else saved["model"])
+    model.load_state_dict(state.best_state if best else state.average_state or saved["model"])
     if verbose:
         print(f"fit: the run in this checkpoint finished after {state.epoch} epochs; returning its History "
               "(nothing to train)")
