@@ -19,7 +19,7 @@ import torch
 
 from vitkit.checks import check_number
 
-__all__ = ["NOISE_SE", "bootstrap_difference", "seed_difference", "verdict"]
+__all__ = ["NOISE_SE", "bootstrap_difference", "spread", "seed_difference", "verdict"]
 
 NOISE_SE = 2.0  # a difference counts when it exceeds this many standard errors
 
@@ -52,11 +52,18 @@ def bootstrap_difference(a: Sequence[float] | torch.Tensor, b: Sequence[float] |
             "beyond_noise": abs(diff) > NOISE_SE * se}
 
 
+def spread(values: Sequence[float]) -> dict:
+    """``{"mean", "std", "n"}`` of independent runs (seeds); ``std`` (the sample standard deviation) is None for
+    a single run."""
+    v = [float(x) for x in _values("values", values, 1)]
+    return {"mean": statistics.mean(v), "std": statistics.stdev(v) if len(v) > 1 else None, "n": len(v)}
+
+
 def seed_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     """``mean(a) - mean(b)`` over independent runs (seeds) of two setups, with each side's mean, standard
     deviation and count, and the difference's standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``."""
-    a, b = [float(v) for v in _values("a", a, 2)], [float(v) for v in _values("b", b, 2)]
-    sides = {k: {"mean": statistics.mean(v), "std": statistics.stdev(v), "n": len(v)} for k, v in (("a", a), ("b", b))}
+    _values("a", a, 2), _values("b", b, 2)
+    sides = {"a": spread(a), "b": spread(b)}
     diff = sides["a"]["mean"] - sides["b"]["mean"]
     se = math.sqrt(sum(s["std"] ** 2 / s["n"] for s in sides.values()))
     return {**sides, "difference": diff, "standard_error": se, "two_standard_errors": NOISE_SE * se,

@@ -10,7 +10,6 @@ plain ViT with its standard error, what each prior gains over the plain ViT, and
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -113,11 +112,6 @@ def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recip
     return row, model
 
 
-def _spread(values: list[float]) -> dict[str, float | int]:
-    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "n": len(values)}
-
-
 def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
     """What the study's runs found, per training-set size (only sizes where every variant present has at least two
     seeds are compared; the rest are listed under ``incomplete``):
@@ -141,7 +135,7 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
                       if {"vit", "cnn"} <= set(v) and all(len(x) >= 2 for x in v.values()))
     out: dict[str, Any] = {
         "metric": metric,
-        "by_size": {str(s): {v: _spread(x) for v, x in by_size[s].items()} for s in sorted(by_size)},
+        "by_size": {str(s): {v: stats.spread(x) for v, x in by_size[s].items()} for s in sorted(by_size)},
         "compared_sizes": compared,
         "incomplete": sorted(set(by_size) - set(compared)),
         "cnn_minus_vit": {}, "prior_gain": {}, "gap_change": [], "gain_smallest_minus_largest": {},
