@@ -243,6 +243,29 @@ def speed_table(records) -> str:
     return "\n".join(lines).strip() if lines else "_No benchmark recorded yet._"
 
 
+def profile_findings(records) -> str:
+    """bench/profile_step.py's newest record: images/s and where a training step's time goes, for each variant, and
+    the most any change that keeps the maths could gain over the other (1 / the share of matrix products)."""
+    found = sorted((name, rec) for name, rec in records if name.startswith("profile-") and "profiles" in rec)
+    if not found:
+        return "_No profile record yet (`python bench/profile_step.py --threads 2`)._"
+    name, rec = found[-1]
+    cfg, profiles = rec["config"], rec["profiles"]
+    m = cfg["model"]
+    lines = [f"Measured by `python bench/profile_step.py` ([{name}](results/{name})) on {hardware(rec)}, "
+             f"{cfg['precision']}, ViT dim {m['dim']}, depth {m['depth']}, heads {m['heads']}, MLP {m['mlp_dim']}, "
+             f"patch {m['patch_size']}, batch {cfg['batch']}, {cfg['steps']} profiled steps.\n",
+             "| variant | images/s | matrix products | compiled fused kernels | casts and copies | optimizer | the rest "
+             "| at most this much faster with the same maths |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant, p in profiles.items():
+        share = p["share_by_kind"]
+        named = ("matrix products", "compiled fused kernels", "casts and copies", "optimizer")
+        rest = 1 - sum(share.get(k, 0.0) for k in named)
+        lines.append(f"| {variant} | {p['images_per_s']:.0f} | " + " | ".join(pct(share.get(k, 0.0)) for k in named)
+                     + f" | {pct(rest)} | {1 / share['matrix products']:.2f}x |")
+    return "\n".join(lines)
+
+
 def faithfulness_table(records) -> str:
     """The perturbation test of the explanation methods, from notebook records that hold one (MNIST, and
     CIFAR-10 where the record has it)."""
@@ -347,6 +370,39 @@ _PRIORS = {"vit": "none (linear patch embedding, learned positions)",
            "cct-stem": "CCT tokenizer (convolutions + max-pool)",
            "spt-lsa": "shifted patch tokenization + locality self-attention", "sincos": "fixed 2-D sin-cos positions",
            "cnn": "a small CNN instead of a ViT"}
+
+
+# The attempts at accuracy per training TFLOP, in the order they were made: (record, what changed, the aim of its
+# budget as (TFLOP, test accuracy) or None).
+TFLOP_ATTEMPTS = [
+    ("cifar10-cpu-cpu60.json", "`cifar10-cpu` (stride-2 conv stem, patch 4), 60-minute budget, fp32", None),
+    ("explore-cifar10-cct-bs64.json", "+ CCT tokenizer, batch 64, 10 epochs", None),
+    ("cifar10-cpu-cct2-bs64-t160.json", "CCT-2/3x2-like: 2 blocks, MLP ratio 1", (160, 0.80)),
+    ("cifar10-cpu-cct-p8-bs64-t160.json", "**CCT tokenizer to a 4x4 grid (patch 8), 4 blocks**", (160, 0.80)),
+    ("cifar10-fast-t320.json", "**the same, `cifar10-fast`, 320 TFLOP**", (320, 0.85)),
+]
+
+
+def tflop_attempts_table(records) -> str:
+    """The attempts at accuracy per training TFLOP, each from its record (a blank: the record does not hold it)."""
+    by = dict(records)
+    rows = ["| attempt (record) | GFLOP per training image | epochs | training TFLOP | test acc | with flip TTA "
+            "(validation's choice) | aim met |", "|---|---:|---:|---:|---:|---:|---|"]
+    for name, label, aim in TFLOP_ATTEMPTS:
+        if name not in by:
+            continue
+        m = by[name]["metrics"]
+        gflop = f"{m['gflop_per_image']:.3f}" if "gflop_per_image" in m else ""
+        tflop = f"{m['train_tflop']:.0f}" if "train_tflop" in m else ""
+        flip = pct(m["test_acc_flip"]) if "test_acc_flip" in m else ""
+        met = ""
+        if aim is not None:
+            best = max(m["test_acc"], m.get("test_acc_flip", 0.0))
+            met = (f"{pct(aim[1])} within {aim[0]} TFLOP: "
+                   + ("**met**" if m["test_acc"] >= aim[1] else "met with the flips" if best >= aim[1] else "missed"))
+        rows.append(f"| {label} ([{name[:-5]}](results/{name})) | {gflop} | {m['epochs_run']} | {tflop} | "
+                    f"{pct(m['test_acc'])} | {flip} | {met} |")
+    return "\n".join(rows) if len(rows) > 2 else "_No record of these attempts._"
 
 
 def localization_table(records) -> str:
@@ -501,8 +557,8 @@ def seeds_table(records) -> str:
 PAGES = {
     "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table,
                   "weights": weights_table},
-    "docs/results.md": {"results": results_table, "hf-seeds": seeds_table},
-    "docs/speed.md": {"speed": speed_table},
+    "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table},
+    "docs/speed.md": {"speed": speed_table, "profile": profile_findings},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
     "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},
     "docs/localization.md": {"localization": localization_table, "localization-findings": localization_findings},

@@ -222,9 +222,10 @@ def test_the_whitelist_allows_its_entries_and_flags_stale_or_unexplained_ones():
     assert len(found) == 2 and "'74.72 %' without a reason" in found[0] and "'99 %', which its prose no longer holds" in found[1]
 
 
-def test_the_whitelist_file_parses_and_names_only_notebooks_and_the_readme():
+def test_the_whitelist_file_parses_and_names_only_notebooks_the_readme_and_docs_pages():
     allowed = nn.load_allowed()
-    assert set(allowed) <= {*ex.NOTEBOOKS, "README.md"}
+    pages = {p.relative_to(ex.ROOT).as_posix() for p in (ex.ROOT / "docs").glob("*.md")}
+    assert set(allowed) <= {*ex.NOTEBOOKS, "README.md", *pages}
     assert all(isinstance(r, str) and r.strip() for entries in allowed.values() for r in entries.values())
 
 

@@ -174,11 +174,13 @@ def test_the_quick_start_snippet_runs_and_moves_the_batch_to_the_model(fake_mnis
     assert asked and scope["masks"].shape == (8, 7, 7) and scope["why_seven"].shape == (8, 7, 7)
 
 
-def test_the_readme_types_no_measured_number_outside_its_rendered_tables():
+@pytest.mark.parametrize("page", ["README.md", *sorted(p.relative_to(ROOT).as_posix()
+                                                       for p in (ROOT / "docs").glob("*.md"))])
+def test_the_readme_and_docs_type_no_measured_number_outside_their_rendered_tables(page):
     sys.path.insert(0, str(ROOT / "scripts"))
     import notebook_numbers as nn
 
-    found = nn.typed_numbers_in_page(ROOT / "README.md", nn.load_allowed())
+    found = nn.typed_numbers_in_page(ROOT / page, nn.load_allowed())
     assert not found, "\n".join(found)
 
 
