@@ -4,7 +4,7 @@ Two checks, run by ``scripts/execute_notebooks.py`` after a run and by ``tests/t
 stored notebooks:
 
 * :func:`typed_numbers`: a markdown cell (the run-stamp cell aside) may not hold a number with a unit of
-  measurement (``%``, ``px``, ``x``, ``s``, ``min``, ``GFLOP``, ``TFLOP``, ``AUC``, ``points``) unless
+  measurement (``%``, ``px``, ``x``, ``s``, ``min``, ``img/s``, ``GFLOP``, ``TFLOP``, ``AUC``, ``points``) unless
   ``tests/allowed_prose_numbers.toml`` lists it for that notebook with a reason: constants of a method (16x16
   patches) and reference numbers of the original project or of papers, each with its source. Anything measured is
   rendered from the run's record by a code cell (``display(Markdown(...))``), so that it cannot go stale.
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED_FILE = ROOT / "tests" / "allowed_prose_numbers.toml"
 STAMP_CELL = "run-stamp"  # id of the first (markdown) cell of a stored notebook: where its outputs come from
 
-_UNIT = r"(?:\s?(?:%|px\b|s\b|min\b|[GMT]FLOPs?\b|points?\b|AUC\b)|x\d*(?![a-z]))"  # 17.5x, 16x16
+_UNIT = r"(?:\s?(?:%|px\b|img/s\b|images/s\b|s\b|min\b|[GMT]FLOPs?\b|points?\b|AUC\b)|x\d*(?![a-z]))"  # 17.5x, 16x16
 _TYPED = re.compile(rf"(?<![\w.])\d+(?:[.,]\d+)*{_UNIT}|\bAUC\s(?:of\s)?\d+(?:\.\d+)?")
 # a number standing alone: not part of a name such as CIFAR-10, ViT-B/16, in21k or v1.2 (a trailing x is a ratio)
 _RENDERED = re.compile(r"(?<![\w.,/-])(\d+(?:,\d{3})*(?:\.\d+)?(?:e[-+]?\d+)?)(?=x(?![a-wyz])|[^\w.]|\.(?!\d)|$)")

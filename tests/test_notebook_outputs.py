@@ -197,7 +197,8 @@ def _prose(*sources):
     ("ours reached 82.85 % on test", "82.85 %"), ("an offset of 3.5 px", "3.5 px"), ("17.5x the FLOPs", "17.5x"),
     ("it took 25 min", "25 min"), ("about 1.821 GFLOP", "1.821 GFLOP"), ("within 160 TFLOP", "160 TFLOP"),
     ("a positive AUC of 37.20", "AUC of 37.20"), ("ahead by 3.2 points", "3.2 points"), ("in 30 s", "30 s"),
-    ("at 32x32 pixels", "32x32"), ("96.84%", "96.84%"),
+    ("at 32x32 pixels", "32x32"), ("96.84%", "96.84%"), ("trains at 631 img/s", "631 img/s"),
+    ("1,311 images/s on two threads", "1,311 images/s"),
 ])
 def test_a_measured_number_typed_into_prose_is_caught_with_the_fix(text, token):
     (found,) = nn.typed_numbers(_prose(f"Some words: {text}."), "demo.ipynb", {})
