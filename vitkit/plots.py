@@ -220,7 +220,8 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, mea
     n = len(images)
     ncols = min(ncols, n)
     rows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(rows, ncols, figsize=(1.6 * ncols, 1.8 * rows), squeeze=False)
+    # constrained layout keeps each row's titles clear of the row above (tight_layout let them overlap at 10 columns)
+    fig, axes = plt.subplots(rows, ncols, figsize=(1.6 * ncols, 1.9 * rows), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
@@ -230,7 +231,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str] | None = None, *, mea
             ax.set_title(titles[i], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    return _finish(fig, save_path)
+    return _finish(fig, save_path, tight=False)
 
 
 def patch_grid(image: torch.Tensor, patch_size: int, *, mean: Sequence[float] | None = None,
