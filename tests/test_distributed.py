@@ -57,16 +57,16 @@ def test_without_torchrun_there_is_one_process():
     d = distributed.setup(torch.device("cpu"))
     assert (d.rank, d.world, d.main) == (0, 1, True)
     ld = loader(quadrant_data(8, 0))
-    assert distributed.shard(ld, d, seed=0) is ld and distributed.all_sum([1.0, 2.0], d) == [1.0, 2.0]
+    assert distributed.shard(ld, d) is ld and distributed.all_sum([1.0, 2.0], d) == [1.0, 2.0]
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused():
     with pytest.raises(ValueError, match="multiple of 2; got 15"):
-        distributed.shard(loader(quadrant_data(30, 0), batch_size=15), distributed.Dist(0, 2, 0), seed=0)
+        distributed.shard(loader(quadrant_data(30, 0), batch_size=15), distributed.Dist(0, 2, 0))
 
 
 def test_a_sampler_that_torchrun_would_replace_is_refused():
     ds = quadrant_data(32, 0)
     subset = torch.utils.data.DataLoader(ds, batch_size=8, sampler=torch.utils.data.SubsetRandomSampler(range(16)))
     with pytest.raises(ValueError, match="replaces the loader's SubsetRandomSampler; pass a loader over the training"):
-        distributed.shard(subset, distributed.Dist(0, 2, 0), seed=0)
+        distributed.shard(subset, distributed.Dist(0, 2, 0))

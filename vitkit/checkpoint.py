@@ -24,7 +24,7 @@ from vitkit.config import FitConfig
 from vitkit.runtime import precision_reason, resolve_precision
 from vitkit.state import RunState
 
-__all__ = ["CheckpointError", "save", "load", "run_identity", "check_identity", "data_fingerprint", "describe",
+__all__ = ["CheckpointError", "save", "load", "cpu_state", "run_identity", "check_identity", "data_fingerprint", "describe",
            "rng_state", "set_rng_state", "stretch", "save_run", "open_run", "resumed_precision", "set_aside", "RunLock"]
 
 VERSION = 2  # 1: the same content before RunState existed (read and converted by load)
@@ -186,10 +186,15 @@ def stretch(device: torch.device, precision: str, first_epoch: int) -> dict[str,
             "commit": code_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's weights and buffers (a checkpoint's, the best epoch's, the weight average's)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
 def save_run(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
              state: RunState, identity: dict[str, Any]) -> None:
     """Everything the rest of the run depends on, in one atomic write (``state.rng`` holds every process's RNG)."""
-    save(path, {"identity": identity, "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+    save(path, {"identity": identity, "model": cpu_state(model),
                 "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "state": state.to_dict()})
 

@@ -45,11 +45,14 @@ def setup(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def shard(loader, d: Dist, seed: int):
+def shard(loader, d: Dist):
     """``loader`` over this process's share of the data: a ``DistributedSampler`` (shuffled if the loader was, with
-    ``seed``; its order then depends on the epoch, see ``set_epoch``) and ``batch_size / world`` per process."""
+    the seed of the loader's own generator, so that the order is the run's; it then depends on the epoch, see
+    ``set_epoch``) and ``batch_size / world`` per process."""
     if d.world == 1:
         return loader
+    generator = getattr(loader, "generator", None)
+    seed = int(generator.initial_seed()) % 2 ** 31 if generator is not None else 0
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
     if type(loader.sampler) not in (RandomSampler, SequentialSampler):

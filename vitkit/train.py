@@ -141,7 +141,7 @@ def _fit(model, train_loader, val_loader, cfg: FitConfig, device, dist, batches:
         return _finished(model.to(device), saved, cfg, verbose)
     precision = (resolve_precision(device, cfg.precision) if saved is None or cfg.precision != "auto"
                  else ckpt.resumed_precision(saved["state"].history.precision, device, verbose))
-    loader = distributed.shard(train_loader, dist, seed=_loader_seed(train_loader))
+    loader = distributed.shard(train_loader, dist)
     run = _Run.start(model.to(device), loader, cfg, device, precision, dist, batches, identity, saved)
     run.lock, run.saved_epoch = lock, (run.state.epoch if saved is not None else None)
     try:
@@ -206,15 +206,6 @@ def _loop(run: "_Run", loader, val_loader) -> None:
         run.end_epoch(t0, loss_sum.item(), correct.item(), seen, i + 1, val_loader)
 
 
-def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def _update_flops(average: WeightAverage | None, dist: distributed.Dist) -> float:
-    """FLOPs one optimizer step spends beyond its images: every process's weight-average update."""
-    return 0.0 if average is None else float(average.flops() * dist.world)
-
-
 def _check_inputs(model, train_loader, val_loader) -> int:
     """The model and loaders, checked before any work; returns the number of batches per epoch."""
     if not isinstance(model, nn.Module):
@@ -230,12 +221,6 @@ def _check_inputs(model, train_loader, val_loader) -> int:
         raise ValueError("train_loader yields no batches: the training set is empty (or smaller than the batch "
                          "size with drop_last=True).")
     return batches
-
-
-def _loader_seed(loader) -> int:
-    """The seed a DistributedSampler shuffles with: the loader's own generator's, so that it is the run's."""
-    generator = getattr(loader, "generator", None)
-    return int(generator.initial_seed()) % 2 ** 31 if generator is not None else 0
 
 
 def _attention_report(model: nn.Module) -> str:
@@ -265,6 +250,7 @@ class _Run:
     identity: dict | None
     classes: int | None
     image_flops: float
+    step_flops: float  # what an optimizer step costs beyond its images: every process's weight-average update
     batches: int
     average: WeightAverage | None  # the weight average (ema_decay), or None
     start: float  # time.perf_counter() when this stretch began
@@ -283,9 +269,10 @@ class _Run:
         if saved is not None:
             model.load_state_dict(saved["model"])
         average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+        step_flops = 0.0 if average is None else float(average.flops() * dist.world)
         if saved is None:
             total = budget.planned_steps(cfg, steps_per_epoch, (getattr(loader, "batch_size", None) or 1) * dist.world
-                                         * cfg.accumulation_steps, image_flops, _update_flops(average, dist))
+                                         * cfg.accumulation_steps, image_flops, step_flops)
             state = RunState(total_steps=total, epochs=math.ceil(total / steps_per_epoch))
         else:
             state = saved["state"]
@@ -325,7 +312,8 @@ class _Run:
                   f"{f', {dist.world} processes' if dist.world > 1 else ''}, {length}", flush=True)
         run = cls(cfg=cfg, model=model, runner=runner, opt=opt, scaler=scaler, state=state, device=device,
                   precision=precision, dist=dist, loader=loader, bar=None, writer=None, identity=identity, classes=num_classes(model),
-                  image_flops=image_flops, batches=batches, average=average, start=start, first_epoch=first_epoch)
+                  image_flops=image_flops, step_flops=step_flops, batches=batches, average=average, start=start,
+                  first_epoch=first_epoch)
         run.now_s = distributed.broadcast([run.elapsed()], dist)[0]  # rank 0's clock from the start
         run.bar = run._make_bar(loader)
         if cfg.log_dir is not None and dist.main:
@@ -436,7 +424,7 @@ class _Run:
             hist.val_loss.append(val["loss"])
             hist.val_acc.append(val["acc"])
             if hist.best_val_acc is None or val["acc"] > hist.best_val_acc:
-                best = _cpu_copy(evaluated)
+                best = ckpt.cpu_state(evaluated)
                 if all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point()):
                     hist.best_val_acc, hist.best_epoch, s.best_state = val["acc"], s.epoch, best
         if s.epoch == self.first_epoch:
@@ -460,7 +448,7 @@ class _Run:
         if cfg.checkpoint is not None and self.dist.main:
             saving = time.perf_counter()
             s.rng = rng
-            s.average_state = None if self.average is None else _cpu_copy(self.average.model)
+            s.average_state = None if self.average is None else ckpt.cpu_state(self.average.model)
             saved = dataclasses.replace(s, elapsed_s=self.elapsed())  # the whole run's wall time so far
             ckpt.save_run(Path(cfg.checkpoint), self.model, self.opt, self.scaler, saved, self.identity)
             if self.lock is not None:
@@ -484,7 +472,7 @@ class _Run:
         hist.stretches[-1]["wall_time_s"] = time.perf_counter() - self.start
         hist.train_images_per_s = s.images / max(1e-9, s.train_s)  # training only, validation excluded
         hist.gflop_per_image = self.image_flops / 1e9
-        hist.train_tflop = (self.image_flops * s.images + _update_flops(self.average, self.dist) * s.step) / 1e12
+        hist.train_tflop = (self.image_flops * s.images + self.step_flops * s.step) / 1e12
 
     def finish(self) -> History:
         """Record time, pace and compute, and put the best validation epoch's weights back."""
