@@ -33,7 +33,7 @@ from vitkit import data, recipes, records, study  # noqa: E402
 RECORD = "inductive-bias-study"
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=data.default_data_root())
     ap.add_argument("--variants", nargs="*", default=list(study.VARIANTS), choices=list(study.VARIANTS))
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--subset-seed", type=int, default=study.SUBSET_SEED)
     cli.add_machine_options(ap)
     cli.add_study_options(ap, RECORD)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     cli.apply_machine_options(ap, args)
     budgets = dict(study.TFLOP)
     for item in args.tflop:
@@ -57,6 +57,12 @@ def main() -> None:
         ap.error(f"no compute budget for sizes {missing}; give --tflop SIZE=TFLOP")
     out = cli.study_record(args, RECORD)
     done = json.loads(out.read_text())["metrics"]["runs"] if out.is_file() else []
+    budget_of = lambda size: 0.002 if args.smoke else budgets[size]  # noqa: E731
+    clash = sorted({(r["size"], r["tflop_budget"]) for r in done
+                    if r["size"] in args.sizes and r["tflop_budget"] != budget_of(r["size"])})
+    if clash:  # one budget per size and record, or the sizes' runs would not compare
+        ap.error(f"{out.name} holds runs of {', '.join(f'size {n} at {t:g} TFLOP' for n, t in clash)}; give the same "
+                 f"--tflop, or --out for a record of the new budget")
     have = {(r["variant"], r["size"], r["seed"]) for r in done}
     recipe = recipes.get_recipe(study.RECIPE)
     loaders = data.cifar10_loaders(args.data_root, val_size=study.VAL_SIZE, seed=0, balanced_val=True, **recipe["data"])
@@ -70,8 +76,8 @@ def main() -> None:
             for variant in args.variants:
                 if (variant, size, seed) in have:
                     continue
-                tflop = 0.002 if args.smoke else budgets[size]
-                name = f"ib-{variant}-n{size}-s{seed}{'-smoke' if args.smoke else ''}.pt"
+                tflop = budget_of(size)
+                name = f"ib-{variant}-n{size}-s{seed}-t{tflop:g}{'-smoke' if args.smoke else ''}.pt"
                 run, _ = study.run(variant, size, seed, loaders, subsets[size], recipe, tflop, device=args.device,
                                    checkpoint=Path(args.checkpoint_dir) / name)
                 done.append(run)

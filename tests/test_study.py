@@ -111,3 +111,19 @@ def test_one_run_trains_for_its_budget_and_returns_its_row(tmp_path):
     assert row["variant"] == "vit" and row["size"] == 32 and row["seed"] == 0 and 0 <= row["test_acc"] <= 1
     assert 0 < row["train_tflop"] <= 0.0005 * 1.2 and row["epochs"] == len(row["val_acc"]) >= 1
     assert (tmp_path / "r.pt").is_file() and isinstance(model, vh.VisionTransformer)
+
+
+def test_the_study_script_refuses_to_mix_budgets_of_a_size_in_one_record(tmp_path, capsys):
+    import json
+    import sys
+
+    from conftest import ROOT
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import inductive_bias_study
+
+    out = tmp_path / "study.json"
+    out.write_text(json.dumps({"metrics": {"runs": [{"variant": "vit", "size": 100, "seed": 0, "tflop_budget": 5.0}]}}))
+    with pytest.raises(SystemExit):  # refused before any data is read (the data root does not exist)
+        inductive_bias_study.main(["--data-root", str(tmp_path / "nowhere"), "--sizes", "100", "--tflop", "100=1",
+                                   "--out", str(out)])
+    assert "study.json holds runs of size 100 at 5 TFLOP" in capsys.readouterr().err
