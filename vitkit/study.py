@@ -114,6 +114,15 @@ def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recip
     return row, model
 
 
+def _change(later: dict, earlier: dict) -> dict[str, Any]:
+    """One difference minus another (two :func:`vitkit.stats.seed_difference` results of independent runs), with
+    the standard error of that change: their standard errors added in quadrature."""
+    se = math.hypot(later["standard_error"], earlier["standard_error"])
+    change = later["difference"] - earlier["difference"]
+    return {"difference": change, "standard_error": se, "two_standard_errors": stats.NOISE_SE * se,
+            "beyond_noise": abs(change) > stats.NOISE_SE * se}
+
+
 def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
     """What the study's runs found, per training-set size (only sizes where every variant present has at least two
     seeds are compared; the rest are listed under ``incomplete``):
@@ -155,21 +164,14 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
             gains[variant] = gain
         out["prior_gain"][str(s)] = gains
     for a, b in zip(compared, compared[1:]):
-        ga, gb = out["cnn_minus_vit"][str(a)], out["cnn_minus_vit"][str(b)]
-        se = math.hypot(ga["standard_error"], gb["standard_error"])
-        change = gb["difference"] - ga["difference"]
-        out["gap_change"].append({"from_size": a, "to_size": b, "difference": change, "standard_error": se,
-                                  "two_standard_errors": stats.NOISE_SE * se,
-                                  "beyond_noise": abs(change) > stats.NOISE_SE * se})
+        out["gap_change"].append({"from_size": a, "to_size": b, **_change(out["cnn_minus_vit"][str(b)],
+                                                                          out["cnn_minus_vit"][str(a)])})
     if len(compared) >= 2:  # the question itself: does each prior gain more on the smallest size than on the largest?
         first, last = str(compared[0]), str(compared[-1])
         for variant in [v for v in out["prior_gain"][first] if v in out["prior_gain"][last]]:
-            ga, gb = out["prior_gain"][first][variant], out["prior_gain"][last][variant]
-            se = math.hypot(ga["standard_error"], gb["standard_error"])
-            change = ga["difference"] - gb["difference"]
             out["gain_smallest_minus_largest"][variant] = {
-                "from_size": compared[0], "to_size": compared[-1], "difference": change, "standard_error": se,
-                "two_standard_errors": stats.NOISE_SE * se, "beyond_noise": abs(change) > stats.NOISE_SE * se}
+                "from_size": compared[0], "to_size": compared[-1],
+                **_change(out["prior_gain"][first][variant], out["prior_gain"][last][variant])}
     moves = [r["plateau_move_points"] for r in runs if r.get("plateau_move_points") is not None]
     out["plateau"] = {"largest_move_points": max(moves) if moves else None, "limit_points": PLATEAU_POINTS,
                       "all_flat": bool(moves) and max(moves) < PLATEAU_POINTS}
