@@ -34,11 +34,24 @@ def test_a_subset_size_the_classes_cannot_fill_is_refused(size):
         study.balanced_subsets(_images([30, 40, 50]), [size], seed=0)
 
 
-def test_plateau_move_is_the_range_of_the_last_fifth_in_points():
-    curve = [0.1, 0.3, 0.5, 0.6, 0.62, 0.61, 0.63, 0.64, 0.635, 0.64]  # 10 epochs: the last 2
-    assert study.plateau_move(curve) == pytest.approx(0.5)
-    assert study.plateau_move([0.5, 0.7, 0.9]) == pytest.approx(20.0)  # at least two epochs
-    assert study.plateau_move([0.5]) is None
+def test_plateau_move_is_the_rise_of_the_least_squares_line_over_the_last_fifth_in_points():
+    # 15 evaluations: the last 3. A straight line rises by exactly its end minus its start.
+    curve = [0.1] * 12 + [0.60, 0.61, 0.62]
+    assert study.plateau_move(curve) == pytest.approx(2.0)
+    # Noise around a flat level: max - min would say 2 points; the line through 0.61, 0.59, 0.61 says 0.
+    assert study.plateau_move([0.3] * 12 + [0.61, 0.59, 0.61]) == pytest.approx(0.0)
+    # 20 evaluations: the last 4, at 0.50, 0.52, 0.51, 0.53: slope 0.008 per evaluation over 3 steps.
+    assert study.plateau_move([0.2] * 16 + [0.50, 0.52, 0.51, 0.53]) == pytest.approx(2.4)
+    assert study.plateau_move([0.5, 0.4, 0.3]) == pytest.approx(-20.0)  # falling: negative
+    assert study.plateau_move([0.5, 0.6]) is None  # fewer than 3 evaluations: no line to fit
+
+
+def test_passes_per_epoch_spread_a_run_over_about_the_given_number_of_validations():
+    # 15 TFLOP at 0.2 GFLOP a training image is 75,000 images, 150 passes over 500: 25 validations, 6 an epoch.
+    assert study.passes_per_epoch(500, 15.0, 0.2e9, evaluations=25) == 6
+    assert study.passes_per_epoch(12_500, 10.0, 0.2e9, evaluations=25) == 1  # fewer passes than validations: one each
+    with pytest.raises(ValueError, match="must be positive"):
+        study.passes_per_epoch(0, 15.0, 0.2e9)
 
 
 def test_each_variant_is_built_with_its_prior_and_the_cnn_matches_the_plain_vit_within_ten_percent():
@@ -110,6 +123,10 @@ def test_one_run_trains_for_its_budget_and_returns_its_row(tmp_path):
                            device="cpu")
     assert row["variant"] == "vit" and row["size"] == 32 and row["seed"] == 0 and 0 <= row["test_acc"] <= 1
     assert 0 < row["train_tflop"] <= 0.0005 * 1.2 and row["epochs"] == len(row["val_acc"]) >= 1
+    # An epoch is passes_per_epoch shuffled passes over the 32 images; passes counts them all.
+    k = row["passes_per_epoch"]
+    assert k >= 1 and (row["epochs"] - 1) * k < row["passes"] <= row["epochs"] * k + 0.05
+    assert row["hardware"]["torch_threads"] == torch.get_num_threads()
     assert (tmp_path / "r.pt").is_file() and isinstance(model, vh.VisionTransformer)
 
 

@@ -16,28 +16,35 @@ from typing import Any, Sequence
 import torch
 
 import vit_helpers as vh
-from vitkit import baselines, runtime, stats, train
+from vitkit import baselines, budget, records, runtime, stats, train
 from vitkit.sources import InMemoryImages
 
-__all__ = ["VARIANTS", "SIZES", "SEEDS", "TFLOP", "RECIPE", "SUBSET_SEED", "VAL_SIZE", "build", "balanced_subsets", "plateau_move",
-           "run", "summarize"]
+__all__ = ["VARIANTS", "SIZES", "SEEDS", "TFLOP", "RECIPE", "SUBSET_SEED", "VAL_SIZE", "PLATEAU_POINTS", "EVALUATIONS",
+           "build", "balanced_subsets", "plateau_move", "passes_per_epoch", "run", "summarize"]
 
 # The ViT variants: the cifar10-cpu recipe's model with the linear patch stem, and one prior added at a time.
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "vit": {}, "cct-stem": {"stem": "cct"}, "spt-lsa": {"stem": "spt", "lsa": True}, "sincos": {"pos_embed": "sincos"},
     "cnn": None,  # vitkit.baselines.SmallCNN, its width matched to the plain ViT's parameter count
 }
-SIZES = (2500, 10_000, 45_000)
+SIZES = (500, 2500, 12_500)
 SEEDS = (0, 1, 2)
-# Training compute per run (TFLOP) by training-set size: enough that validation accuracy has flattened (each run
-# records how much it still moved over the last 20 % of training). 2,500: the pilots in results/inductive-bias-pilot-*
-# (at 15 TFLOP the plain ViT and CCT were still rising when the schedule ended; at 60 the plain ViT levels off from
-# about two thirds of the run). 10,000 and 45,000: scaled from it, to be checked by pilots of their own.
-TFLOP = {2500: 60.0, 10_000: 120.0, 45_000: 240.0}
+# Training compute per run (TFLOP) by training-set size. The sizes and budgets are what 45 runs (5 variants x 3
+# sizes x 3 seeds) can afford in about 6 hours on 2 CPU cores (two 1-thread runs at a time): a run's compute must
+# grow with its data for its curve to level off, and at 45,000 images one plain-ViT run that flattens would cost
+# about as much as the whole study. 2,500: the pilots in results/inductive-bias-pilot-* (at 15 TFLOP the plain ViT
+# reached 41 % and at 60 TFLOP 48 %, flat over the last third). Every run records how much its validation accuracy
+# still rose over the last 20 % of training (plateau_move), and the summary whether every run stayed under
+# PLATEAU_POINTS.
+TFLOP = {500: 15.0, 2500: 40.0, 12_500: 100.0}
 RECIPE = "cifar10-cpu"  # the training settings (optimizer, LR, augmentation, batch) and the ViT's sizes
 SUBSET_SEED = 1234  # fixes which images each subset holds
 VAL_SIZE = 5000  # class-balanced, held out of the official training split; the same for every size
 PLATEAU_POINTS = 0.5  # the most validation accuracy may move over the last 20 % of a run for it to count as flat
+# Validations per run: an epoch of the study is as many shuffled passes over its subset as make the run about this
+# many epochs long, so that 500 images are not validated on 5,000 after every 4 steps (validation would cost more
+# than training) while 12,500 are validated after every pass.
+EVALUATIONS = 25
 
 
 def _cnn_matched(target: int, classes: int) -> tuple[torch.nn.Module, float]:
@@ -81,9 +88,25 @@ def balanced_subsets(train_ds: InMemoryImages, sizes: Sequence[int], seed: int) 
 
 
 def plateau_move(val_acc: Sequence[float]) -> float | None:
-    """How far validation accuracy moved (max - min, in points) over the last 20 % of the epochs (at least 2)."""
-    k = max(2, round(0.2 * len(val_acc)))
-    return None if len(val_acc) < 2 else 100 * (max(val_acc[-k:]) - min(val_acc[-k:]))
+    """How far validation accuracy rose over the last 20 % of the evaluations (at least 3), in points: the rise of
+    their least-squares line from the first of them to the last. A line, not max - min, so that the epoch-to-epoch
+    noise of a 5,000-image validation set does not pass for a trend; negative when the curve is falling."""
+    k = max(3, round(0.2 * len(val_acc)))
+    if len(val_acc) < k:
+        return None
+    y = [float(v) for v in val_acc[-k:]]
+    mx, my = (k - 1) / 2, sum(y) / k
+    slope = sum((x - mx) * (v - my) for x, v in enumerate(y)) / sum((x - mx) ** 2 for x in range(k))
+    return 100 * slope * (k - 1)
+
+
+def passes_per_epoch(size: int, tflop: float, image_flops: float, evaluations: int = EVALUATIONS) -> int:
+    """Shuffled passes over a ``size``-image subset that make one epoch, so that a run of ``tflop`` (each training
+    image costing ``image_flops``) is validated about ``evaluations`` times; at least one pass."""
+    if size < 1 or tflop <= 0 or image_flops <= 0 or evaluations < 1:
+        raise ValueError(f"passes_per_epoch: size, tflop, image_flops and evaluations must be positive, got {size}, "
+                         f"{tflop}, {image_flops}, {evaluations}.")
+    return max(1, round(tflop * 1e12 / (image_flops * size * evaluations)))
 
 
 def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recipe: dict, tflop: float, *,
@@ -96,11 +119,14 @@ def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recip
     full = loaders.train.dataset
     ds = full.subset(subset, full.transform)
     ds.mean, ds.std = full.mean, full.std
-    train_loader = torch.utils.data.DataLoader(ds, batch_size=recipe["data"]["batch_size"], shuffle=True,
-                                               generator=torch.Generator().manual_seed(seed),
-                                               num_workers=loaders.train.num_workers)
     runtime.set_seed(seed)
     model, ratio = build(variant, recipe, len(full.classes))
+    probe = torch.utils.data.DataLoader(ds, batch_size=2)
+    passes = passes_per_epoch(len(ds), tflop, budget.flops_per_image(model, probe, runtime.get_device(device)))
+    g = torch.Generator().manual_seed(seed)  # RandomSampler draws `passes` whole permutations per epoch
+    train_loader = torch.utils.data.DataLoader(
+        ds, batch_size=recipe["data"]["batch_size"], generator=g, num_workers=loaders.train.num_workers,
+        sampler=torch.utils.data.RandomSampler(ds, num_samples=passes * len(ds), generator=g))
     fit_args = {**recipe["fit"], "epochs": 10_000}  # the compute budget decides the length
     hist = train.fit(model, train_loader, loaders.val, device=device, max_tflop=tflop, progress=False,
                      verbose=False, checkpoint=checkpoint, resume=resume, overwrite=overwrite,
@@ -108,9 +134,10 @@ def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recip
     test = train.evaluate(model, loaders.test, device)
     row = {"variant": variant, "size": size, "seed": seed, "test_acc": test["acc"], "best_val_acc": hist.best_val_acc,
            "val_acc": hist.val_acc, "plateau_move_points": plateau_move(hist.val_acc), "epochs": len(hist.epoch),
+           "passes_per_epoch": passes, "passes": round(hist.train_tflop * 1e3 / (hist.gflop_per_image * len(ds)), 1),
            "train_tflop": hist.train_tflop, "tflop_budget": tflop, "parameters": vh.count_parameters(model),
            "parameters_vs_plain_vit": ratio, "wall_time_s": hist.wall_time_s, "precision": hist.precision,
-           "train_images_per_s": hist.train_images_per_s}
+           "train_images_per_s": hist.train_images_per_s, "hardware": records.hardware_info(device)}
     return row, model
 
 
