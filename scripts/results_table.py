@@ -361,7 +361,7 @@ def inductive_bias_table(records) -> str:
                      f"two seeds of every variant; not compared.")
     p = summ["plateau"]
     if p["largest_move_points"] is not None:
-        lines.append(f"- Largest move of validation accuracy over the last 20 % of a run: {p['largest_move_points']:.2f} "
+        lines.append(f"- Largest rise of validation accuracy over the last 20 % of a run (its least-squares line): {p['largest_move_points']:.2f} "
                      f"points ({'under' if p['all_flat'] else '**over**'} the {p['limit_points']} asked).")
     return "\n".join(lines)
 
@@ -553,11 +553,43 @@ def seeds_table(records) -> str:
     return "\n".join(lines)
 
 
+def screen_table(records) -> str:
+    """Every screening record (scripts/screen_ideas.py): per idea its settings, best validation accuracy over the
+    seeds and its difference from the baseline with twice its standard error, kept only when ahead by more."""
+    out = []
+    for name, rec in records:
+        if not name.startswith("screen-ideas-"):
+            continue
+        m, cfg = rec["metrics"], rec["config"]
+        ideas, against = m["summary"]["ideas"], m["summary"]["against_baseline"]
+        seeds = sorted({r["seed"] for r in m["runs"]})
+        out.append(f"Screening at {cfg['tflop']:g} TFLOP per run on `{cfg['recipe']}`, best validation accuracy "
+                   f"over seeds {', '.join(map(str, seeds))} ([{name[:-5]}](results/{name}); {hardware(rec)}):\n")
+        out += ["| idea | changes | best val, mean ± std (seeds) | minus baseline | twice its SE | verdict |",
+                "|---|---|---:|---:|---:|---|"]
+        order = sorted(ideas, key=lambda i: (i != "baseline", -against.get(i, {}).get("difference", 0.0)))
+        for idea in order:
+            sp, d = ideas[idea], against.get(idea)
+            changes = ", ".join(f"{k}={v}" for part in cfg["ideas"].get(idea, {}).values() for k, v in part.items())
+            std = f" ± {100 * sp['std']:.2f}" if sp.get("std") is not None else ""
+            if d is None:
+                diff = se2 = ""
+                verdict = "the reference" if idea == "baseline" else "fewer than two seeds"
+            else:
+                diff, se2 = f"{100 * d['difference']:+.2f}", f"{100 * d['two_standard_errors']:.2f}"
+                verdict = "**kept**" if d["kept"] else ("worse beyond noise" if d["beyond_noise"] else "within noise")
+            out.append(f"| `{idea}` | {changes or '(the recipe)'} | {pct(sp['mean'])}{std} ({sp['n']}) | {diff} | "
+                       f"{se2} | {verdict} |")
+        out.append("")
+    return "\n".join(out).strip() or "_No screening record yet (`python scripts/screen_ideas.py`)._"
+
+
 # page -> the marked sections it holds, each rendered by one function
 PAGES = {
     "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table,
                   "weights": weights_table},
-    "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table},
+    "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
+                        "screen-ideas": screen_table},
     "docs/speed.md": {"speed": speed_table, "profile": profile_findings},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
     "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},

@@ -99,7 +99,30 @@ def test_inductive_bias_table_shows_each_size_with_its_spread_the_verdicts_and_w
                for l in lines)
     assert any(l.startswith("- The CNN's lead, 10,000 images minus 2,500: -11.00 points") for l in lines)
     assert "- **Partial**: 45,000 images not yet run with at least two seeds of every variant; not compared." in lines
-    assert lines[-1] == "- Largest move of validation accuracy over the last 20 % of a run: 0.30 points (under the 0.5 asked)."
+    assert lines[-1] == "- Largest rise of validation accuracy over the last 20 % of a run (its least-squares line): 0.30 points (under the 0.5 asked)."
+
+
+def test_screen_table_orders_ideas_by_their_lead_and_keeps_only_those_beyond_noise(tmp_path):
+    import screen_ideas
+
+    vals = {"baseline": (0.80, 0.82), "ema-0.999": (0.85, 0.85), "lr-x2": (0.80, 0.84), "depth-6": (0.70, 0.72),
+            "width-192": (0.81,)}
+    runs = [{"idea": i, "seed": seed, "best_val_acc": a} for i, v in vals.items() for seed, a in enumerate(v)]
+    rec = {"metrics": {"runs": runs, "summary": screen_ideas.summary(runs)}, "seed": 0, "wall_time_s": 1.0,
+           "dataset": "CIFAR-10 JPEG", "config": {"recipe": "cifar10-fast", "tflop": 30.0, "ideas": screen_ideas.IDEAS},
+           "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2}}
+    (tmp_path / "screen-ideas-cifar10-fast-t30.json").write_text(json.dumps(rec))
+    lines = results_table.screen_table(results_table.load_records(tmp_path)).splitlines()
+    assert lines[0].startswith("Screening at 30 TFLOP per run on `cifar10-fast`, best validation accuracy over seeds 0, 1")
+    rows = [l for l in lines if l.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ["baseline", "ema-0.999", "lr-x2", "width-192", "depth-6"]
+    assert rows[0] == "| `baseline` | (the recipe) | 81.00 % ± 1.41 (2) |  |  | the reference |"
+    # Sample variances: baseline 0.0002, ema 0, lr-x2 0.0008, depth-6 0.0002; SE = sqrt(var_a / 2 + var_b / 2).
+    # ema: +4 against 2 x sqrt(0 + 0.0001) = 2.00, kept; lr-x2: +1 against 2 x sqrt(0.0004 + 0.0001) = 4.47.
+    assert rows[1] == "| `ema-0.999` | ema_decay=0.999 | 85.00 % ± 0.00 (2) | +4.00 | 2.00 | **kept** |"
+    assert rows[2].endswith("| +1.00 | 4.47 | within noise |")
+    assert rows[3].endswith("| 81.00 % (1) |  |  | fewer than two seeds |")
+    assert rows[4].endswith("| -10.00 | 2.83 | worse beyond noise |")
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "not-json", "no-metrics", "nan"])
