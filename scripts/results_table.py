@@ -363,6 +363,9 @@ def inductive_bias_table(records) -> str:
     if p["largest_move_points"] is not None:
         lines.append(f"- Largest rise of validation accuracy over the last 20 % of a run (its least-squares line): {p['largest_move_points']:.2f} "
                      f"points ({'under' if p['all_flat'] else '**over**'} the {p['limit_points']} asked).")
+        for r in p.get("still_rising", []):
+            lines.append(f"  - `{r['variant']}` on {r['size']:,} images: {r['runs']} of {r['of']} runs still rising "
+                         f"(up to {r['largest_points']:.2f} points): its accuracy there is a lower bound.")
     return "\n".join(lines)
 
 
