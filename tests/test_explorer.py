@@ -49,7 +49,7 @@ def test_each_control_changes_the_map_as_the_maths_says(explorer):
     x = explorer.images[1:2]
     c["image"].value = 1
     c["method"].value = "raw attention"
-    c["layer"].value = 0
+    c["layer"].value = 1  # the slider counts layers from 1
     before = torch.as_tensor(explorer.overlay.get_array()).clone()
     torch.testing.assert_close(explorer.current(), vh.cls_attention_map(_attn(model, x), layer=0)[0])
     c["query"].value, c["row"].value, c["column"].value = "patch", 2, 3
@@ -57,10 +57,10 @@ def test_each_control_changes_the_map_as_the_maths_says(explorer):
     torch.testing.assert_close(explorer.current(), _attn(model, x)[0][0, :, token, 1:].mean(0).reshape(4, 4))
     assert not torch.allclose(torch.as_tensor(explorer.overlay.get_array()), before)  # the figure followed
     assert explorer.marker.get_visible() and explorer.marker.get_x() == 3 * 4 - 0.5
-    c["method"].value, c["layer"].value, c["head_fusion"].value, c["discard_ratio"].value = "rollout", 1, "max", 0.5
+    c["method"].value, c["layer"].value, c["head_fusion"].value, c["discard_ratio"].value = "rollout", 2, "max", 0.5
     expected = vh.rollout_matrix(_attn(model, x)[:2], "max", 0.5)[0, token, 1:].reshape(4, 4)
     torch.testing.assert_close(explorer.current(), expected)
-    c["method"].value, c["query"].value, c["layer"].value = "gradient rollout", "CLS", 2
+    c["method"].value, c["query"].value, c["layer"].value = "gradient rollout", "CLS", 3
     torch.testing.assert_close(explorer.current(), explain.explain_gradient_rollout(model, x)[0])
     assert c["head_fusion"].disabled and c["discard_ratio"].disabled and c["row"].disabled
 
@@ -115,7 +115,7 @@ def test_the_stored_output_has_the_widget_and_a_still_of_the_same_view():
     assert "application/vnd.jupyter.widget-view+json" in bundle
     png = base64.b64decode(bundle["image/png"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and png == ex.view.value  # the still is what the widget shows
-    ex.controls["layer"].value = 0
+    ex.controls["layer"].value = 1
     assert ex.view.value != png
 
 

@@ -118,7 +118,8 @@ class AttentionExplorer:
             "upload": widgets.FileUpload(accept="image/*", multiple=False, description="upload",
                                          disabled=self.preprocess is None),
             "method": widgets.Dropdown(options=METHODS, value="rollout", description="method"),
-            "layer": widgets.IntSlider(self.depth - 1, 0, self.depth - 1, description="layer", style=style),
+            # counted from 1, as the notebooks' figures count layers ("layers 1-6")
+            "layer": widgets.IntSlider(self.depth, 1, self.depth, description="layer", style=style),
             "head_fusion": widgets.Dropdown(options=("mean", "max", "min"), description="heads", layout=narrow),
             "discard_ratio": widgets.FloatSlider(0.0, min=0.0, max=0.95, step=0.05, description="discard",
                                                  style=style),
@@ -170,7 +171,7 @@ class AttentionExplorer:
         """The map shown now, ``(h, w)``, as :func:`attention_view` computes it from the controls."""
         c = self.controls
         out, grads = self._forward(c["image"].value)
-        return attention_view(out, c["method"].value, c["layer"].value, c["head_fusion"].value,
+        return attention_view(out, c["method"].value, c["layer"].value - 1, c["head_fusion"].value,
                               c["discard_ratio"].value, self.token(), grads)[0]
 
     def top3(self) -> list[tuple[str, float]]:
@@ -190,7 +191,9 @@ class AttentionExplorer:
         self.marker.set_visible(c["query"].value == "patch")
         self.marker.set_bounds(c["column"].value * pw - 0.5, c["row"].value * ph - 0.5, pw, ph)
         query = "CLS" if c["query"].value == "CLS" else f"patch ({c['row'].value}, {c['column'].value})"
-        self.ax_image.set_title(f"{c['method'].value}, layer {c['layer'].value}: {query}", fontsize=9)
+        layers = (f"layer {c['layer'].value}" if c["method"].value == "raw attention"
+                  else f"layers 1-{c['layer'].value}")
+        self.ax_image.set_title(f"{c['method'].value}, {layers} of {self.depth}: {query}", fontsize=9)
         self._draw_top3()
         if isinstance(self.view, widgets.Image):
             self.view.value = self.still()
