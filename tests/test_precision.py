@@ -153,6 +153,13 @@ def test_fit_records_its_choices(monkeypatch, capsys):
     assert out.count("fit: cpu in fp32 (CPU without native bf16") == 1 and "attention ran SDPA (auto)" in out
 
 
+def test_fit_reports_no_attention_path_for_a_model_without_attention(capsys):
+    from vitkit import baselines
+    cnn = baselines.SmallCNN(in_channels=1, num_classes=4, channels=(4, 4, 4, 4))
+    hist = train.fit(cnn, loader(quadrant_data(32, 0)), epochs=1, device="cpu", progress=False)
+    assert hist.attention is None and "attention ran" not in capsys.readouterr().out
+
+
 def test_fp16_with_gradient_scaler_trains_on_cpu(monkeypatch):
     scalers = []
     real = torch.amp.GradScaler

@@ -29,7 +29,7 @@ class History:
     train_images_per_s: float = 0.0  # training time only, validation excluded
     device: str = ""
     precision: str = ""  # what precision="auto" resolved to
-    attention: str = ""  # the attention path our model took in training, as the model reports it
+    attention: str | None = ""  # the attention path our model took in training (None: a model without attention)
     compiled: bool = False  # torch.compile used
     world_size: int = 1  # processes under torchrun (DistributedDataParallel)
     gflop_per_image: float = 0.0  # forward + backward of one training image (torch.utils.flop_counter)

@@ -223,8 +223,11 @@ def _check_inputs(model, train_loader, val_loader) -> int:
     return batches
 
 
-def _attention_report(model: nn.Module) -> str:
-    """The attention path our model took in its last forward pass, as its Attention modules recorded it."""
+def _attention_report(model: nn.Module) -> str | None:
+    """The attention path our model took in its last forward pass, as its Attention modules recorded it; None for a
+    model without attention (a CNN)."""
+    if not any("attention" in type(m).__name__.lower() for m in model.modules()):
+        return None
     paths = sorted({m.last_path for m in model.modules() if isinstance(m, vh.Attention) and m.last_path})
     if not isinstance(getattr(model, "config", None), vh.ViTConfig) or not paths:
         return "the model's own"
@@ -427,7 +430,7 @@ class _Run:
                 best = ckpt.cpu_state(evaluated)
                 if all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point()):
                     hist.best_val_acc, hist.best_epoch, s.best_state = val["acc"], s.epoch, best
-        if s.epoch == self.first_epoch:
+        if s.epoch == self.first_epoch and hist.attention is not None:
             self.say(f"fit: attention ran {hist.attention}")
         val_txt = f" | val loss {hist.val_loss[-1]:.4f} acc {hist.val_acc[-1]:.4f}" if val_loader is not None else ""
         self.say(f"epoch {s.epoch:3d} | train loss {hist.train_loss[-1]:.4f} acc {hist.train_acc[-1]:.4f}{val_txt} | "
