@@ -361,11 +361,16 @@ def inductive_bias_table(records) -> str:
                      f"two seeds of every variant; not compared.")
     p = summ["plateau"]
     if p["largest_move_points"] is not None:
-        lines.append(f"- Largest rise of validation accuracy over the last 20 % of a run (its least-squares line): {p['largest_move_points']:.2f} "
-                     f"points ({'under' if p['all_flat'] else '**over**'} the {p['limit_points']} asked).")
+        lines.append(f"- Largest move of validation accuracy over the last 20 % of a run (the rise of its least-squares "
+                     f"line): {p['largest_move_points']:+.2f} points ({'within' if p['all_flat'] else '**beyond**'} the "
+                     f"±{p['limit_points']} asked).")
         for r in p.get("still_rising", []):
             lines.append(f"  - `{r['variant']}` on {r['size']:,} images: {r['runs']} of {r['of']} runs still rising "
-                         f"(up to {r['largest_points']:.2f} points): its accuracy there is a lower bound.")
+                         f"(up to {r['largest_points']:+.2f} points): its accuracy there is a lower bound.")
+        for r in p.get("falling", []):
+            lines.append(f"  - `{r['variant']}` on {r['size']:,} images: {r['runs']} of {r['of']} runs falling at the end "
+                         f"(down to {r['largest_points']:+.2f} points): past their best; the best validation epoch's "
+                         f"weights are the ones tested.")
     return "\n".join(lines)
 
 

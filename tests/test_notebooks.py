@@ -117,7 +117,7 @@ def test_inductive_bias_notebook(env, tmp_path):
     assert "the CNN's lead over the plain ViT narrows (-15.0 points" in summary
     assert "`cct-stem`: cct-stem ahead of plain ViT by 10.0 points" in summary and "50% of the CNN's lead" in summary
     assert "`sincos`: sincos and plain ViT within noise" in summary
-    assert "under the 0.5 points asked" in summary
+    assert "was +0.30 points, within the ±0.5 points asked" in summary
     assert nn.unbacked_numbers(nb, "InductiveBias.ipynb", record, "r") == []
 
 

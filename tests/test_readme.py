@@ -99,10 +99,10 @@ def test_inductive_bias_table_shows_each_size_with_its_spread_the_verdicts_and_w
                for l in lines)
     assert any(l.startswith("- The CNN's lead, 10,000 images minus 2,500: -11.00 points") for l in lines)
     assert "- **Partial**: 45,000 images not yet run with at least two seeds of every variant; not compared." in lines
-    assert lines[-4] == ("- Largest rise of validation accuracy over the last 20 % of a run (its least-squares line): "
-                         "0.60 points (**over** the 0.5 asked).")
-    assert lines[-3:] == [f"  - `cnn` on {n} images: {k} of {k} runs still rising (up to 0.60 points): its accuracy there "
-                          f"is a lower bound." for n, k in (("2,500", 3), ("10,000", 3), ("45,000", 1))]
+    assert lines[-4] == ("- Largest move of validation accuracy over the last 20 % of a run (the rise of its "
+                         "least-squares line): +0.60 points (**beyond** the ±0.5 asked).")
+    assert lines[-3:] == [f"  - `cnn` on {n} images: {k} of {k} runs still rising (up to +0.60 points): its accuracy "
+                          f"there is a lower bound." for n, k in (("2,500", 3), ("10,000", 3), ("45,000", 1))]
 
 
 def test_screen_table_orders_ideas_by_their_lead_and_keeps_only_those_beyond_noise(tmp_path):

@@ -100,18 +100,20 @@ def test_summary_gives_the_gap_the_prior_gains_and_the_gap_change_with_their_sta
                                                              s["prior_gain"]["400"]["sincos"]["standard_error"]))
     assert not more["beyond_noise"]
     assert s["plateau"] == {"largest_move_points": 0.2, "limit_points": study.PLATEAU_POINTS, "all_flat": True,
-                            "still_rising": []}
+                            "still_rising": [], "falling": []}
 
 
-def test_summary_names_each_size_and_variant_with_a_run_still_rising():
+def test_summary_names_each_size_and_variant_with_a_run_still_rising_or_falling():
     runs = _runs({100: {"vit": [0.4, 0.5], "cnn": [0.6, 0.7]}, 400: {"vit": [0.6, 0.6], "cnn": [0.8, 0.8]}})
     runs[2]["plateau_move_points"] = 0.5  # cnn, 100 images, seed 0: at the limit counts as rising
     runs[7]["plateau_move_points"] = 0.9  # cnn, 400 images, seed 1
     runs[6]["plateau_move_points"] = 0.7  # cnn, 400 images, seed 0
+    runs[4]["plateau_move_points"] = -1.2  # vit, 400 images, seed 0: past its best, falling
     p = study.summarize(runs)["plateau"]
-    assert p["largest_move_points"] == 0.9 and not p["all_flat"]
+    assert p["largest_move_points"] == -1.2 and not p["all_flat"]
     assert p["still_rising"] == [{"size": 100, "variant": "cnn", "runs": 1, "of": 2, "largest_points": 0.5},
                                  {"size": 400, "variant": "cnn", "runs": 2, "of": 2, "largest_points": 0.9}]
+    assert p["falling"] == [{"size": 400, "variant": "vit", "runs": 1, "of": 2, "largest_points": -1.2}]
 
 
 def test_summary_of_a_size_without_the_cnn_compares_nothing_and_says_so():

@@ -163,8 +163,9 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
       error of that difference (independent runs: the two standard errors added in quadrature);
     * ``gain_smallest_minus_largest[variant]``: a prior's gain on the smallest compared size minus its gain on the
       largest (positive: it helps more when data is small), with its standard error in the same way;
-    * ``plateau``: the largest rise of validation accuracy over the last 20 % of any run, in points, whether every
-      run stayed under ``PLATEAU_POINTS``, and ``still_rising``: each (size, variant) with runs at or over it.
+    * ``plateau``: the largest move (rise or fall) of validation accuracy over the last 20 % of any run, in points,
+      whether every run stayed within ``PLATEAU_POINTS`` either way, and each (size, variant) with runs that rose
+      (``still_rising``) or fell (``falling``) by at least that.
     """
     by_size: dict[int, dict[str, list[float]]] = {}
     for r in runs:
@@ -200,15 +201,23 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
                 "from_size": compared[0], "to_size": compared[-1],
                 **_change(out["prior_gain"][first][variant], out["prior_gain"][last][variant])}
     moves = [r for r in runs if r.get("plateau_move_points") is not None]
-    rising: dict[tuple[int, str], list[float]] = {}
-    for r in moves:
-        if r["plateau_move_points"] >= PLATEAU_POINTS:
-            rising.setdefault((int(r["size"]), r["variant"]), []).append(r["plateau_move_points"])
+
+    def moved(sign: int) -> list[dict]:
+        """Each (size, variant) with runs whose last fifth moved by at least the limit in the direction ``sign``."""
+        over: dict[tuple[int, str], list[float]] = {}
+        for r in moves:
+            if sign * r["plateau_move_points"] >= PLATEAU_POINTS:
+                over.setdefault((int(r["size"]), r["variant"]), []).append(r["plateau_move_points"])
+        return [{"size": n, "variant": v, "runs": len(x),
+                 "of": sum(1 for r in moves if int(r["size"]) == n and r["variant"] == v),
+                 "largest_points": max(x, key=abs)} for (n, v), x in sorted(over.items())]
+
+    rising, falling = moved(+1), moved(-1)
     out["plateau"] = {
-        "largest_move_points": max(r["plateau_move_points"] for r in moves) if moves else None,
-        "limit_points": PLATEAU_POINTS, "all_flat": bool(moves) and not rising,
-        # the (size, variant) pairs with a run still rising at its end: its accuracy there is a lower bound
-        "still_rising": [{"size": n, "variant": v, "runs": len(x), "of": sum(1 for r in moves if int(r["size"]) == n
-                                                                          and r["variant"] == v),
-                          "largest_points": max(x)} for (n, v), x in sorted(rising.items())]}
+        "largest_move_points": max((r["plateau_move_points"] for r in moves), key=abs) if moves else None,
+        "limit_points": PLATEAU_POINTS, "all_flat": bool(moves) and not rising and not falling,
+        # still rising at the end: the budget was short, the accuracy there a lower bound
+        "still_rising": rising,
+        # falling at the end: past its best (overfitting); the best validation epoch's weights are the ones tested
+        "falling": falling}
     return out
