@@ -10,6 +10,7 @@ plain ViT with its standard error, what each prior gains over the plain ViT, and
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,8 +35,8 @@ SEEDS = (0, 1, 2)
 # grow with its data for its curve to level off, and at 45,000 images one plain-ViT run that flattens would cost
 # about as much as the whole study. 2,500: the pilots in results/inductive-bias-pilot-* (at 15 TFLOP the plain ViT
 # reached 41 % and at 60 TFLOP 48 %, flat over the last third). Every run records how much its validation accuracy
-# still rose over the last 20 % of training (plateau_move), and the summary whether every run stayed under
-# PLATEAU_POINTS.
+# still moved over the last 20 % of training (plateau_move), and the summary names the runs that rose or fell by
+# PLATEAU_POINTS or more.
 TFLOP = {500: 15.0, 2500: 40.0, 12_500: 100.0}
 RECIPE = "cifar10-cpu"  # the training settings (optimizer, LR, augmentation, batch) and the ViT's sizes
 SUBSET_SEED = 1234  # fixes which images each subset holds
@@ -94,9 +95,7 @@ def plateau_move(val_acc: Sequence[float]) -> float | None:
     k = max(3, round(0.2 * len(val_acc)))
     if len(val_acc) < k:
         return None
-    y = [float(v) for v in val_acc[-k:]]
-    mx, my = (k - 1) / 2, sum(y) / k
-    slope = sum((x - mx) * (v - my) for x, v in enumerate(y)) / sum((x - mx) ** 2 for x in range(k))
+    slope = statistics.linear_regression(range(k), [float(v) for v in val_acc[-k:]]).slope
     return 100 * slope * (k - 1)
 
 
