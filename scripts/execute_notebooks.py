@@ -237,7 +237,8 @@ def _stamp_cell(stamp: dict, name: str) -> nbformat.NotebookNode:
     hw = stamp["hardware"]
     threads = hw.get("torch_threads")
     where = hw.get("gpu") or f"{hw.get('cpu')} ({threads} thread{'' if threads == 1 else 's'})"
-    text = (f"*Outputs stored from a full run at its default parameters: commit `{stamp['commit'][:10]}`, "
+    commit = stamp["commit"][:10] + ("+changes" if stamp["commit"].endswith("+changes") else "")
+    text = (f"*Outputs stored from a full run at its default parameters: commit `{commit}`, "
             f"{stamp['date'][:10]}, {where}, {stamp['wall_time_min']:.0f} min; record `{stamp['results']}`. "
             f"Re-run: `python scripts/execute_notebooks.py {name}`.*")
     cell = nbformat.v4.new_markdown_cell(text)

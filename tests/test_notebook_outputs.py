@@ -262,3 +262,11 @@ def test_the_stored_notebooks_prose_and_rendered_numbers_follow_their_records():
     """Already part of problems(); said here once more by name, for a reader looking for the rule."""
     found = [p for n in ex.NOTEBOOKS for p in ex.problems(ROOT / n) if "Markdown" in p or "prose" in p]
     assert not found, "\n".join(found)
+
+
+def test_the_stamp_cell_says_when_the_run_came_from_uncommitted_code():
+    stamp = {"commit": "0123456789abcdef+changes", "results": "results/demo-full.json", "hardware": {"cpu": "test"},
+             "date": "2026-12-02 00:00:00", "wall_time_min": 1.0}
+    assert "commit `0123456789+changes`" in ex._stamp_cell(stamp, "demo.ipynb").source
+    stamp["commit"] = "0123456789abcdef"
+    assert "commit `0123456789`," in ex._stamp_cell(stamp, "demo.ipynb").source

@@ -48,6 +48,16 @@ def test_other_figures(tmp_path):
     assert fig.axes[0].get_xlabel() == "predicted class"
 
 
+def test_confusion_matrix_colours_only_the_mistakes():
+    # 9 correct "a", 2 "b" taken for "a", 1 "c" taken for "b": the colour scale ends at the largest mistake (2)
+    labels = torch.tensor([0] * 9 + [1, 1, 2])
+    preds = torch.tensor([0] * 9 + [0, 0, 1])
+    image = plots.confusion_matrix(preds, labels, ["a", "b", "c"]).axes[0].images[0]
+    assert image.get_clim() == (0, 2)
+    assert image.get_array().mask.tolist() == torch.eye(3, dtype=torch.bool).tolist()
+    assert image.get_array()[1, 0] == 2 and image.get_array()[2, 1] == 1
+
+
 def test_confusion_matrix_counts():
     cm = plots.confusion_counts(torch.tensor([0, 1, 1, 2, 2]), torch.tensor([0, 1, 2, 2, 2]), 3)
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 2]]

@@ -316,13 +316,17 @@ def confusion_counts(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
                      title: str = "Confusion matrix (test)", save_path: str | Path | None = None):
-    """Counts per (true, predicted) class pair, with the numbers written in the cells."""
+    """Counts per (true, predicted) class pair, with the numbers written in the cells. Only the mistakes are
+    coloured, on their own scale: on the diagonal's scale every mistake would look white."""
     import matplotlib.pyplot as plt
 
     k = len(classes)
     cm = confusion_counts(preds, labels, k).numpy()
+    mistakes = np.ma.masked_array(cm, mask=np.eye(k, dtype=bool))
+    cmap = plt.get_cmap("Blues").copy()
+    cmap.set_bad("0.85")  # the diagonal (correct answers): grey, its numbers in bold
     fig, ax = plt.subplots(figsize=(0.6 * k + 3, 0.6 * k + 2.5))
-    im = ax.imshow(cm, cmap="Blues")
+    im = ax.imshow(mistakes, cmap=cmap, vmin=0, vmax=max(int(mistakes.max() or 0), 1))
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
     ax.set_yticks(range(k), classes)
     ax.set_xlabel("predicted class")
@@ -330,7 +334,8 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, classes: Sequenc
     ax.set_title(title)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if cm[i, j] > cm.max() / 2 else "black")
-    fig.colorbar(im, ax=ax, label="images")
+            dark = i != j and cm[i, j] > mistakes.max() / 2
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    fontweight="bold" if i == j else "normal", color="white" if dark else "black")
+    fig.colorbar(im, ax=ax, label="mistakes (test images); diagonal in grey: correct")
     return _finish(fig, save_path)

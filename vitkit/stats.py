@@ -60,8 +60,9 @@ def spread(values: Sequence[float]) -> dict:
 
 
 def seed_difference(a: Sequence[float], b: Sequence[float]) -> dict:
-    """``mean(a) - mean(b)`` over independent runs (seeds) of two setups, with each side's mean, standard
-    deviation and count, and the difference's standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``."""
+    """``mean(a) - mean(b)`` of two independent samples (runs of two setups with their own seeds, or the 0/1
+    outcomes of two disjoint sets of test images), with each side's mean, standard deviation and count, and the
+    difference's standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``."""
     _values("a", a, 2), _values("b", b, 2)
     sides = {"a": spread(a), "b": spread(b)}
     diff = sides["a"]["mean"] - sides["b"]["mean"]
