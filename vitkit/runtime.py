@@ -177,6 +177,7 @@ def notebook_setup(smoke: bool, device: str | torch.device | None, seed: int, ou
                           started=time.perf_counter())
     setup.fig_dir.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
-    print(f"mode {setup.mode} | device {setup.device} | torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads | seed {seed} | outputs under {out_dir.as_posix()}/")
+    threads = torch.get_num_threads()
+    print(f"mode {setup.mode} | device {setup.device} | torch {torch.__version__}, {threads} "
+          f"thread{'s' * (threads != 1)} | seed {seed} | outputs under {out_dir.as_posix()}/")
     return setup
