@@ -7,8 +7,8 @@ fragments of 8x8 px cut from other digits, each overlapping the digit's box by a
 box is the tight box of the digit's ink (pixels above 30/255 after rescaling). Deterministic from a seed, in memory.
 
 Metrics: :func:`pointing_game` (the centre of the map's highest cell, at the map's own grid, inside the true box)
-and :func:`box_accuracy` (the box of the largest connected region of the upsampled map above a fraction of its
-maximum has IoU >= 0.5 with the truth).
+and :func:`box_accuracy` (the box of the largest connected region of the upsampled map above a threshold
+``fraction`` of the way from its minimum to its maximum has IoU >= 0.5 with the truth).
 """
 from __future__ import annotations
 
@@ -206,7 +206,8 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def box_from_map(maps: torch.Tensor, image_size: int, fraction: float) -> torch.Tensor:
     """Per map, the box of the largest 8-connected region of the map, bilinearly upsampled to the image and scaled to
-    [0, 1] (as the plots show it), at or above ``fraction`` of its maximum: ``(B, 4)`` ``[x0, y0, x1, y1]``."""
+    [0, 1] from its minimum to its maximum (as the plots show it), at or above ``fraction``: ``(B, 4)``
+    ``[x0, y0, x1, y1]``."""
     check_number("fraction", fraction, low=0, high=1, high_open=True)
     check_number("image_size", image_size, low=1, integer=True)
     _check_maps(maps)
