@@ -48,14 +48,17 @@ def build(name: str, m: dict):
 
 
 def summary(runs: list[dict]) -> dict:
-    """Per metric: each model's mean, standard deviation and count over the seeds, and HF minus ours with its
-    standard error (:func:`vitkit.stats.seed_difference`) and whether it exceeds twice that."""
+    """Per metric: each model's mean, standard deviation and count over the seeds both models ran, and HF minus
+    ours paired by seed (each seed fixes the same split and batch order for both): the per-seed differences, their
+    mean with its standard error (:func:`vitkit.stats.paired_difference`), whether it exceeds twice that, and in how
+    many seeds HF scored higher."""
     out = {}
+    by = {(r["model"], r["seed"]): r for r in runs}
+    seeds = sorted(seed for model, seed in by if model == "hf" and ("ours", seed) in by)
     for metric in ("test_acc", "best_val_acc"):
-        values = {k: [r[metric] for r in runs if r["model"] == k] for k in MODELS}
-        if min(len(v) for v in values.values()) >= 2:
-            d = stats.seed_difference(values["hf"], values["ours"])
-            out[metric] = {"hf": d.pop("a"), "ours": d.pop("b"), **d}  # difference: HF minus ours
+        if len(seeds) >= 2:
+            d = stats.paired_difference([by["hf", s][metric] for s in seeds], [by["ours", s][metric] for s in seeds])
+            out[metric] = {"hf": d.pop("a"), "ours": d.pop("b"), "seeds": seeds, "hf_ahead": d.pop("a_ahead"), **d}
     return out
 
 

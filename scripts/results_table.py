@@ -535,7 +535,7 @@ def original_table(records) -> str:
 
 def seeds_table(records) -> str:
     """scripts/compare_hf_seeds.py's record: ours and HF's ViT from scratch, seed by seed, the means and standard
-    deviations, and HF minus ours against twice its standard error."""
+    deviations, and HF minus ours, paired by seed, against twice its standard error."""
     rec = dict(records).get("ours-vs-hf-seeds.json")
     if rec is None or "test_acc" not in rec["metrics"].get("summary", {}):
         return "_No record of two or more seeds per model yet (`python scripts/compare_hf_seeds.py`)._"
@@ -556,8 +556,10 @@ def seeds_table(records) -> str:
                  f"{mean('best_val_acc', 'ours')} | {mean('best_val_acc', 'hf')} |")
     t = summ["test_acc"]
     verdict = "beyond" if t["beyond_noise"] else "within"
-    lines.append(f"\nHF minus ours on test: {100 * t['difference']:+.2f} points, twice its standard error "
-                 f"{100 * t['two_standard_errors']:.2f}: **{verdict} noise**.")
+    lines.append(f"\nHF minus ours on test, paired by seed: {100 * t['difference']:+.2f} points, twice its standard error "
+                 f"{100 * t['two_standard_errors']:.2f}: **{verdict} noise**; HF ahead in {t['hf_ahead']} of "
+                 f"{len(t['seeds'])} seeds (with this few seeds the standard error is itself rough: a hint, not a "
+                 f"settled result).")
     return "\n".join(lines)
 
 

@@ -60,7 +60,7 @@ def test_seeds_table_shows_each_seed_the_spread_and_the_verdict(tmp_path):
     import compare_hf_seeds
 
     runs = [{"model": m, "seed": s, "test_acc": acc, "best_val_acc": acc - 0.01}
-            for m, accs in (("ours", (0.50, 0.52, 0.51)), ("hf", (0.53, 0.55, 0.54))) for s, acc in enumerate(accs)]
+            for m, accs in (("ours", (0.50, 0.52, 0.51)), ("hf", (0.53, 0.56, 0.53))) for s, acc in enumerate(accs)]
     rec = {"metrics": {"runs": runs, "summary": compare_hf_seeds.summary(runs)}, "seed": 0, "wall_time_s": 1.0,
            "dataset": "CIFAR-10 JPEG", "config": {"recipe": "cifar10-seed", "fit": {"epochs": 4}},
            "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2}}
@@ -68,9 +68,10 @@ def test_seeds_table_shows_each_seed_the_spread_and_the_verdict(tmp_path):
     lines = results_table.seeds_table(results_table.load_records(tmp_path)).splitlines()
     assert "compressed into 4 epochs, 3 seeds" in lines[0]
     assert lines[4] == "| 0 | 50.00 % | 53.00 % | 49.00 % | 52.00 % |"
-    assert lines[7] == "| mean ± std | 51.00 % ± 1.00 | 54.00 % ± 1.00 | 50.00 % ± 1.00 | 53.00 % ± 1.00 |"
-    # 3 points against 2 x sqrt(0.01^2 / 3 + 0.01^2 / 3) = 1.63 points
-    assert lines[-1] == "HF minus ours on test: +3.00 points, twice its standard error 1.63: **beyond noise**."
+    assert lines[7] == "| mean ± std | 51.00 % ± 1.00 | 54.00 % ± 1.73 | 50.00 % ± 1.00 | 53.00 % ± 1.73 |"
+    # paired by seed: differences 3, 4, 2 points; 3 against 2 x sd 1 / sqrt(3) = 1.15 points
+    assert lines[-1].startswith("HF minus ours on test, paired by seed: +3.00 points, twice its standard error 1.15: "
+                                "**beyond noise**; HF ahead in 3 of 3 seeds")
 
 
 def test_inductive_bias_table_shows_each_size_with_its_spread_the_verdicts_and_what_is_partial(tmp_path):

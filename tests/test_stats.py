@@ -18,6 +18,19 @@ def test_seed_difference_is_the_difference_of_means_with_the_unpooled_standard_e
     assert stats.seed_difference([0.50, 0.56], [0.49, 0.55])["beyond_noise"] is False
 
 
+def test_paired_difference_uses_the_per_seed_differences():
+    # per seed: +0.01, +0.02, +0.03; mean 0.02, sd 0.01, SE 0.01 / sqrt(3) = 0.00577: beyond noise, while the
+    # unpaired standard error (the seeds' shared ups and downs left in) calls the same numbers noise
+    a, b = [0.51, 0.62, 0.43], [0.50, 0.60, 0.40]
+    r = stats.paired_difference(a, b)
+    assert r["differences"] == pytest.approx([0.01, 0.02, 0.03]) and r["difference"] == pytest.approx(0.02)
+    assert r["standard_error"] == pytest.approx(0.01 / math.sqrt(3))
+    assert r["beyond_noise"] is True and r["a_ahead"] == 3 and r["b"]["mean"] == pytest.approx(0.5)
+    assert stats.seed_difference(a, b)["beyond_noise"] is False
+    with pytest.raises(ValueError, match="one value per seed"):
+        stats.paired_difference([0.5, 0.6, 0.7], [0.5, 0.6])
+
+
 def test_paired_bootstrap_matches_the_analytic_standard_error_and_is_reproducible():
     g = torch.Generator().manual_seed(1)
     a = torch.rand(400, generator=g, dtype=torch.float64)

@@ -1,7 +1,8 @@
 """Is a difference larger than the noise? The two measures of spread the notebooks use, and the rule they follow.
 
 * Over **seeds** (training runs): each side's mean and standard deviation; the difference of the means with its
-  standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``.
+  standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``; or, when each seed fixes the same data and order for both
+  sides, the per-seed differences, whose standard error ``sd(a_i - b_i) / sqrt(n)`` drops what the seeds share.
 * Over **test images** (two methods on one trained model): a paired bootstrap of the per-image difference (the
   same resampled images for both), its standard error and 95 % percentile interval. It says how sure the
   comparison is *for this model*; the spread over trained models is another, larger one.
@@ -19,7 +20,7 @@ import torch
 
 from vitkit.checks import check_number
 
-__all__ = ["NOISE_SE", "bootstrap_difference", "spread", "seed_difference", "verdict"]
+__all__ = ["NOISE_SE", "bootstrap_difference", "spread", "seed_difference", "paired_difference", "verdict"]
 
 NOISE_SE = 2.0  # a difference counts when it exceeds this many standard errors
 
@@ -69,6 +70,21 @@ def seed_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     se = math.sqrt(sum(s["std"] ** 2 / s["n"] for s in sides.values()))
     return {**sides, "difference": diff, "standard_error": se, "two_standard_errors": NOISE_SE * se,
             "beyond_noise": abs(diff) > NOISE_SE * se}
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
+    """``mean(a - b)`` where ``a[i]`` and ``b[i]`` share seed ``i`` (the same split and batch order for both setups):
+    each side's spread, the per-seed ``differences``, their mean, its standard error ``sd(a_i - b_i) / sqrt(n)``,
+    and ``a_ahead``, the number of seeds where ``a`` scored higher."""
+    _values("a", a, 2), _values("b", b, 2)
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference needs one value per seed on each side; got {len(a)} and {len(b)}")
+    diffs = [float(x) - float(y) for x, y in zip(a, b)]
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    diff = statistics.mean(diffs)
+    return {"a": spread(a), "b": spread(b), "differences": diffs, "difference": diff, "standard_error": se,
+            "two_standard_errors": NOISE_SE * se, "beyond_noise": abs(diff) > NOISE_SE * se,
+            "a_ahead": sum(d > 0 for d in diffs)}
 
 
 def verdict(result: dict, higher: str, lower: str, unit: str = "points", scale: float = 100.0,
