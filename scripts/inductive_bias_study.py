@@ -16,7 +16,7 @@ The validation split is class-balanced (500 images a class), so that the 45,000 
 Every (variant, size, seed) run is added to one record, results/inductive-bias-study.json, as it ends; the same
 command later runs only what the record lacks, and a run killed half-way resumes from its checkpoint. Validation
 (the split held out of the official training set) is the same 5,000 images for every size; the subsets are drawn from
-the rest, balanced over the classes, fixed by --subset-seed (nested: the 2,500 are part of the 10,000). Each run's
+the rest, balanced over the classes, fixed by --subset-seed (nested: the 500 are part of the 2,500, and those of the 12,500). Each run's
 validation curve is kept, with how much its accuracy moved over the last 20 % of training (the plateau check), and
 the record's summary (vitkit.study.summarize) compares the variants size by size.
 """
@@ -131,7 +131,8 @@ def main(argv=None) -> None:
             records.save_results(out, metrics={"runs": done, "summary": study.summarize(done)},
                                  seed=args.subset_seed, dataset=loaders.train.dataset.source,
                                  wall_time_s=sum(r["wall_time_s"] for r in done), device=args.device,
-                                 config={"recipe": study.RECIPE, **recipe, "variants": study.VARIANTS,
+                                 config={"recipe": study.RECIPE, **recipe, "model": study.vit_model(recipe),
+                                         "variants": study.VARIANTS,
                                          "tflop": budgets, "subset_seed": args.subset_seed,
                                          "val_size": study.VAL_SIZE, "balanced_val": True,
                                          "evaluations": study.EVALUATIONS, "smoke": args.smoke})

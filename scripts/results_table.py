@@ -334,7 +334,8 @@ def inductive_bias_table(records) -> str:
     lines = [f"Measured by `scripts/inductive_bias_study.py` ([inductive-bias-study.json](results/inductive-bias-study.json)): "
              f"recipe `{cfg['recipe']}`'s training settings, ViT dim {m['dim']}, depth {m['depth']}, heads {m['heads']}, "
              f"MLP {m['mlp_dim']}, patch {m['patch_size']}; class-balanced subsets (seed {cfg['subset_seed']}), "
-             f"{cfg['val_size']:,} validation images; compute per run: {budgets}; on {hardware(rec)}. "
+             f"{cfg['val_size']:,} validation images; compute per run: {budgets}; on {hardware(rec)}; the runs' "
+             f"wall times sum to {rec['wall_time_s'] / 3600:.1f} h. "
              f"Test accuracy, mean ± standard deviation over seeds (their number in brackets).\n",
              "| variant | prior | parameters vs the plain ViT | " + " | ".join(f"{n:,} images" for n in sizes) + " |",
              "|---|---|---:|" + "---:|" * len(sizes)]
@@ -345,32 +346,8 @@ def inductive_bias_table(records) -> str:
             cells.append("" if p is None else f"{pct(p['mean'])}" + (f" ± {100 * p['std']:.2f}" if p["std"] is not None
                                                                      else "") + f" ({p['n']})")
         lines.append(f"| `{v}` | {_PRIORS.get(v, '')} | {ratio[v]:.3f}x | " + " | ".join(cells) + " |")
-    words = lambda d: (f"{100 * d['difference']:+.2f} points, twice its standard error {100 * d['two_standard_errors']:.2f}: "
-                       f"**{'beyond' if d['beyond_noise'] else 'within'} noise**")
     lines.append("")
-    for n in summ["compared_sizes"]:
-        gains = "; ".join(f"`{v}` {words(g)}" for v, g in summ["prior_gain"][str(n)].items())
-        lines.append(f"- {n:,} images: the CNN minus the plain ViT {words(summ['cnn_minus_vit'][str(n)])}. "
-                     f"Each prior minus the plain ViT: {gains}.")
-    for c in summ["gap_change"]:
-        lines.append(f"- The CNN's lead, {c['to_size']:,} images minus {c['from_size']:,}: {words(c)}.")
-    for v, c in summ["gain_smallest_minus_largest"].items():
-        lines.append(f"- `{v}`'s gain, {c['from_size']:,} images minus {c['to_size']:,}: {words(c)}.")
-    if summ["incomplete"]:
-        lines.append(f"- **Partial**: {', '.join(f'{n:,}' for n in summ['incomplete'])} images not yet run with at least "
-                     f"two seeds of every variant; not compared.")
-    p = summ["plateau"]
-    if p["largest_move_points"] is not None:
-        lines.append(f"- Largest move of validation accuracy over the last 20 % of a run (the rise of its least-squares "
-                     f"line): {p['largest_move_points']:+.2f} points ({'within' if p['all_flat'] else '**beyond**'} the "
-                     f"±{p['limit_points']} asked).")
-        for r in p.get("still_rising", []):
-            lines.append(f"  - `{r['variant']}` on {r['size']:,} images: {r['runs']} of {r['of']} runs still rising "
-                         f"(up to {r['largest_points']:+.2f} points): its accuracy there is a lower bound.")
-        for r in p.get("falling", []):
-            lines.append(f"  - `{r['variant']}` on {r['size']:,} images: {r['runs']} of {r['of']} runs falling at the end "
-                         f"(down to {r['largest_points']:+.2f} points): past their best; the best validation epoch's "
-                         f"weights are the ones tested.")
+    lines += study.conclusions(summ)
     return "\n".join(lines)
 
 

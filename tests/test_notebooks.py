@@ -92,7 +92,8 @@ def _made_up_study(path):
     base = {2500: {"vit": 0.40, "cct-stem": 0.50, "spt-lsa": 0.405, "sincos": 0.41, "cnn": 0.60},
             10_000: {"vit": 0.60, "cct-stem": 0.70, "spt-lsa": 0.60, "sincos": 0.605, "cnn": 0.65}}
     runs = [{"variant": v, "size": size, "seed": seed, "test_acc": acc + (0.01 if seed else -0.01), "best_val_acc": acc,
-             "val_acc": [acc - 0.2, acc - 0.05, acc, acc], "plateau_move_points": 0.0 if seed else 0.3}
+             "val_acc": [acc - 0.2, acc - 0.05, acc, acc], "plateau_move_points": 0.0 if seed else 0.3,
+             "wall_time_s": 180.0}
             for size, accs in base.items() for v, acc in accs.items() for seed in (0, 1)]
     path.write_text(json.dumps({"metrics": {"runs": runs}}))
     return path
@@ -113,10 +114,12 @@ def test_inductive_bias_notebook(env, tmp_path):
     # The summary is the made-up study's, rendered from the notebook's own record: the gap narrows, cct-stem gains
     # beyond noise at both sizes (half the gap at 2,500, all of it at 10,000), sincos and spt-lsa within noise.
     summary = "".join(text for _, text in nn.markdown_outputs(nb))
-    assert "the CNN ahead of the plain ViT by 20.0 points" in summary
-    assert "the CNN's lead over the plain ViT narrows (-15.0 points" in summary
-    assert "`cct-stem`: cct-stem ahead of plain ViT by 10.0 points" in summary and "50% of the CNN's lead" in summary
-    assert "`sincos`: sincos and plain ViT within noise" in summary
+    assert "The study: 20 runs, their wall times summing to 1.0 h." in summary
+    assert "The CNN ahead of the plain ViT by 20.0 points" in summary
+    assert "**The CNN's lead from 2,500 to 10,000 images** narrows by 15.0 points" in summary
+    assert "as the hypothesis predicts" in summary
+    assert "`cct-stem` ahead of the plain ViT by 10.0 points" in summary and "50 % of the CNN's lead" in summary
+    assert "`sincos` and the plain ViT within noise" in summary
     assert "was +0.30 points, within the ±0.5 points asked" in summary
     assert nn.unbacked_numbers(nb, "InductiveBias.ipynb", record, "r") == []
 

@@ -93,17 +93,21 @@ def test_inductive_bias_table_shows_each_size_with_its_spread_the_verdicts_and_w
     assert lines[2] == "| variant | prior | parameters vs the plain ViT | 2,500 images | 10,000 images | 45,000 images |"
     assert lines[4].startswith("| `vit` | none") and lines[4].endswith(
         "| 1.000x | 42.00 % ± 2.00 (3) | 62.00 % ± 2.00 (3) | 75.00 % (1) |")
-    # 19 points against 2 x sqrt(0.02^2 / 3 + 0.01^2 / 3) = 2.58
-    assert any(l.startswith("- 2,500 images: the CNN minus the plain ViT +19.00 points, twice its standard error 2.58: "
-                            "**beyond noise**") for l in lines)
-    assert any(l.startswith("- 2,500 images:") and "`sincos` +1.00 points" in l and "**within noise**" in l
-               for l in lines)
-    assert any(l.startswith("- The CNN's lead, 10,000 images minus 2,500: -11.00 points") for l in lines)
+    assert "5,000 validation images" in lines[0] and "the runs' wall times sum to 0.0 h" in lines[0]
+    # the verdicts are vitkit.study.conclusions' (tested in test_study.py): 19 points against
+    # 2 x sqrt(0.02^2 / 3 + 0.01^2 / 3) = 2.58
+    assert any(l.startswith("- **2,500 training images.** The CNN ahead of the plain ViT by 19.0 points (twice the "
+                            "standard error: 2.6).") for l in lines)
+    assert any(l.startswith("- **2,500 training images.**") and "`sincos` and the plain ViT within noise (1.0 "
+                            "points apart" in l for l in lines)
+    assert any(l.startswith("- **The CNN's lead from 2,500 to 10,000 images** narrows by 11.0 points") and
+               "as the hypothesis predicts" in l for l in lines)
     assert "- **Partial**: 45,000 images not yet run with at least two seeds of every variant; not compared." in lines
-    assert lines[-4] == ("- Largest move of validation accuracy over the last 20 % of a run (the rise of its "
-                         "least-squares line): +0.60 points (**beyond** the ±0.5 asked).")
-    assert lines[-3:] == [f"  - `cnn` on {n} images: {k} of {k} runs still rising (up to +0.60 points): its accuracy "
-                          f"there is a lower bound." for n, k in (("2,500", 3), ("10,000", 3), ("45,000", 1))]
+    assert lines[-4] == ("- **Levelling off.** The largest move of validation accuracy over the last 20 % of a run (the "
+                         "rise of its least-squares line) was +0.60 points, **beyond** the ±0.5 points asked.")
+    assert lines[-3:] == [f"  - `cnn` on {n} images: {k} of {k} run{'s' * (k > 1)} still rising (up to +0.60 "
+                          f"points): its accuracy there is a lower bound." for n, k in (("2,500", 3), ("10,000", 3),
+                                                                                         ("45,000", 1))]
 
 
 def test_screen_table_orders_ideas_by_their_lead_and_keeps_only_those_beyond_noise(tmp_path):

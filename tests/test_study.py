@@ -94,13 +94,51 @@ def test_summary_gives_the_gap_the_prior_gains_and_the_gap_change_with_their_sta
     assert change["difference"] == pytest.approx(0.08 - 0.19)
     assert change["standard_error"] == pytest.approx(math.hypot(se, se400))
     assert change["beyond_noise"] == (abs(0.08 - 0.19) > 2 * math.hypot(se, se400))
-    more = s["gain_smallest_minus_largest"]["sincos"]  # 0.01 on both sizes: no change
+    [more] = s["gain_change"]["sincos"]  # 0.01 on both sizes: no change
     assert (more["from_size"], more["to_size"]) == (100, 400) and more["difference"] == pytest.approx(0.0, abs=1e-12)
     assert more["standard_error"] == pytest.approx(math.hypot(gain["standard_error"],
                                                              s["prior_gain"]["400"]["sincos"]["standard_error"]))
     assert not more["beyond_noise"]
     assert s["plateau"] == {"largest_move_points": 0.2, "limit_points": study.PLATEAU_POINTS, "all_flat": True,
                             "still_rising": [], "falling": []}
+
+
+def test_with_three_sizes_the_changes_are_consecutive_then_smallest_to_largest():
+    table = {n: {"vit": [a, a + 0.02], "cnn": [c, c + 0.02], "cct-stem": [g, g + 0.02]}
+             for n, a, c, g in ((100, 0.30, 0.50, 0.40), (400, 0.50, 0.65, 0.55), (1600, 0.70, 0.75, 0.71))}
+    s = study.summarize(_runs(table))
+    assert [(c["from_size"], c["to_size"]) for c in s["gap_change"]] == [(100, 400), (400, 1600), (100, 1600)]
+    # gaps 0.20, 0.15, 0.05: the later minus the earlier
+    assert [c["difference"] for c in s["gap_change"]] == pytest.approx([-0.05, -0.10, -0.15])
+    # cct-stem's gains 0.10, 0.05, 0.01: the smaller size's minus the larger's
+    assert [c["difference"] for c in s["gain_change"]["cct-stem"]] == pytest.approx([0.05, 0.04, 0.09])
+    assert list(s["prior_gain"]["100"]) == ["cct-stem"]
+
+
+def test_conclusions_say_each_trend_against_the_hypothesis_and_where_the_cnn_had_not_levelled_off():
+    # sd 0.01 on every side (two seeds 0.02 apart would be 0.0141; use three)
+    table = {100: {"vit": [0.29, 0.30, 0.31], "cnn": [0.49, 0.50, 0.51], "spt-lsa": [0.39, 0.40, 0.41]},
+             400: {"vit": [0.49, 0.50, 0.51], "cnn": [0.74, 0.75, 0.76], "spt-lsa": [0.495, 0.505, 0.515]}}
+    runs = _runs(table)
+    runs[3]["plateau_move_points"] = 0.8  # cnn, 100 images, seed 0
+    lines = study.conclusions(study.summarize(runs))
+    # gap 20 points, 2 SE = 2 * sqrt(2 * 0.01^2 / 3) = 1.63; spt-lsa +10 of it = 50 %
+    assert lines[0] == ("- **100 training images.** The CNN ahead of the plain ViT by 20.0 points (twice the standard "
+                        "error: 1.6). `spt-lsa` ahead of the plain ViT by 10.0 points (twice the standard error: 1.6): "
+                        "50 % of the CNN's lead.")
+    assert lines[1].startswith("- **400 training images.** The CNN ahead of the plain ViT by 25.0 points") and \
+        "`spt-lsa` and the plain ViT within noise (0.5 points apart; twice the standard error: 1.6)." in lines[1]
+    assert lines[2].startswith("- A prior's share of the CNN's lead is a ratio of two means")
+    # the gap widens by 5 points, 2 SE = 2 * sqrt(2) * 0.816 = 2.3
+    assert lines[3] == ("- **The CNN's lead from 100 to 400 images** widens by 5.0 points (twice the standard error: "
+                        "2.3): against the hypothesis, which predicts it narrows. The CNN was still rising on 100 "
+                        "images, so its lead there is a lower bound.")
+    assert lines[4].endswith("100 vs 400 images: more on the smaller by 9.5 points (twice the standard error: 2.3), "
+                             "as the hypothesis predicts.")
+    assert lines[-1] == ("  - `cnn` on 100 images: 1 of 3 runs still rising (up to +0.80 points): its accuracy there "
+                         "is a lower bound.")
+    assert study.conclusions(study.summarize(_runs({100: {"vit": [0.3, 0.4]}}))) == [
+        "- No size has every variant run on at least two seeds yet, so nothing is compared."]
 
 
 def test_summary_names_each_size_and_variant_with_a_run_still_rising_or_falling():

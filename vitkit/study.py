@@ -21,7 +21,8 @@ from vitkit import baselines, budget, records, runtime, stats, train
 from vitkit.sources import InMemoryImages
 
 __all__ = ["VARIANTS", "SIZES", "SEEDS", "TFLOP", "RECIPE", "SUBSET_SEED", "VAL_SIZE", "PLATEAU_POINTS", "EVALUATIONS",
-           "build", "balanced_subsets", "plateau_move", "passes_per_epoch", "run", "summarize"]
+           "vit_model", "build", "balanced_subsets", "plateau_move", "passes_per_epoch", "run", "summarize",
+           "conclusions"]
 
 # The ViT variants: the cifar10-cpu recipe's model with the linear patch stem, and one prior added at a time.
 VARIANTS: dict[str, dict[str, Any] | None] = {
@@ -59,11 +60,17 @@ def _cnn_matched(target: int, classes: int) -> tuple[torch.nn.Module, float]:
     return best
 
 
+def vit_model(recipe: dict) -> dict[str, Any]:
+    """The plain ViT's options: the recipe's model with the paper's linear patch embedding (the priors are added to
+    this one at a time; the record's config holds it)."""
+    return dict(recipe["model"], stem="patch")
+
+
 def build(variant: str, recipe: dict, classes: int) -> tuple[torch.nn.Module, float]:
     """The variant's model and its parameter count relative to the plain ViT's."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}.")
-    vit = dict(recipe["model"], stem="patch", num_classes=classes)
+    vit = dict(vit_model(recipe), num_classes=classes)
     plain = vh.count_parameters(vh.VisionTransformer(**vit))
     if VARIANTS[variant] is None:
         return _cnn_matched(plain, classes)
@@ -158,10 +165,11 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
       :func:`vitkit.stats.seed_difference`;
     * ``prior_gain[size][variant]``: each ViT variant's mean minus the plain ViT's (same form), and
       ``share_of_gap_closed``: that gain over the CNN-ViT gap;
-    * ``gap_change``: between consecutive compared sizes, the later gap minus the earlier one, with the standard
-      error of that difference (independent runs: the two standard errors added in quadrature);
-    * ``gain_smallest_minus_largest[variant]``: a prior's gain on the smallest compared size minus its gain on the
-      largest (positive: it helps more when data is small), with its standard error in the same way;
+    * ``gap_change``: for each pair of sizes (consecutive compared sizes, then the smallest and the largest when
+      there are three or more), the larger size's gap minus the smaller's (negative: the gap narrows as data grows),
+      with the standard error of that difference (independent runs: the two standard errors added in quadrature);
+    * ``gain_change[variant]``: for the same pairs, a prior's gain on the smaller size minus its gain on the larger
+      (positive: it helps more when data is small), with its standard error in the same way;
     * ``plateau``: the largest move (rise or fall) of validation accuracy over the last 20 % of any run, in points,
       whether every run stayed within ``PLATEAU_POINTS`` either way, and each (size, variant) with runs that rose
       (``still_rising``) or fell (``falling``) by at least that.
@@ -176,29 +184,28 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
         "by_size": {str(s): {v: stats.spread(x) for v, x in by_size[s].items()} for s in sorted(by_size)},
         "compared_sizes": compared,
         "incomplete": sorted(set(by_size) - set(compared)),
-        "cnn_minus_vit": {}, "prior_gain": {}, "gap_change": [], "gain_smallest_minus_largest": {},
+        "cnn_minus_vit": {}, "prior_gain": {}, "gap_change": [], "gain_change": {},
     }
     for s in compared:
         v = by_size[s]
         gap = stats.seed_difference(v["cnn"], v["vit"])
         out["cnn_minus_vit"][str(s)] = gap
         gains = {}
-        for variant, accs in v.items():
+        for variant, accs in sorted(v.items(), key=lambda kv: list(VARIANTS).index(kv[0])):
             if variant in ("vit", "cnn"):
                 continue
             gain = stats.seed_difference(accs, v["vit"])
             gain["share_of_gap_closed"] = gain["difference"] / gap["difference"] if gap["difference"] else None
             gains[variant] = gain
         out["prior_gain"][str(s)] = gains
-    for a, b in zip(compared, compared[1:]):
+    pairs = list(zip(compared, compared[1:])) + ([(compared[0], compared[-1])] if len(compared) >= 3 else [])
+    for a, b in pairs:
         out["gap_change"].append({"from_size": a, "to_size": b, **_change(out["cnn_minus_vit"][str(b)],
                                                                           out["cnn_minus_vit"][str(a)])})
-    if len(compared) >= 2:  # the question itself: does each prior gain more on the smallest size than on the largest?
-        first, last = str(compared[0]), str(compared[-1])
-        for variant in [v for v in out["prior_gain"][first] if v in out["prior_gain"][last]]:
-            out["gain_smallest_minus_largest"][variant] = {
-                "from_size": compared[0], "to_size": compared[-1],
-                **_change(out["prior_gain"][first][variant], out["prior_gain"][last][variant])}
+        for variant in [v for v in VARIANTS if v in out["prior_gain"][str(a)] and v in out["prior_gain"][str(b)]]:
+            out["gain_change"].setdefault(variant, []).append(
+                {"from_size": a, "to_size": b, **_change(out["prior_gain"][str(a)][variant],
+                                                         out["prior_gain"][str(b)][variant])})
     moves = [r for r in runs if r.get("plateau_move_points") is not None]
 
     def moved(sign: int) -> list[dict]:
@@ -220,3 +227,75 @@ def summarize(runs: Sequence[dict], metric: str = "test_acc") -> dict[str, Any]:
         # falling at the end: past its best (overfitting); the best validation epoch's weights are the ones tested
         "falling": falling}
     return out
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def _runs_of(k: int, n: int) -> str:
+    return f"{k} of {n} run" + ("s" if n != 1 else "")
+
+
+def conclusions(summary: dict[str, Any]) -> list[str]:
+    """What :func:`summarize` found, as Markdown bullets: per size, the CNN's lead over the plain ViT and each
+    prior's gain (with its share of that lead); how the lead and each gain change as data grows, each against what
+    the hypothesis predicts (the lead narrows; a prior gains more on less data); which runs had not levelled off.
+    Shared by ``InductiveBias.ipynb`` and ``docs/inductive-bias.md``; every number it writes is in ``summary``."""
+    if not summary["compared_sizes"]:
+        return ["- No size has every variant run on at least two seeds yet, so nothing is compared."]
+    p = summary["plateau"]
+    rising = {(r["size"], r["variant"]): r for r in p["still_rising"]}
+    two_se = lambda d: f"twice the standard error: {100 * d['two_standard_errors']:.1f}"  # noqa: E731
+    lines, shares = [], False
+    for size in summary["compared_sizes"]:
+        gap = summary["cnn_minus_vit"][str(size)]
+        line = f"- **{size:,} training images.** {_sentence(stats.verdict(gap, 'the CNN', 'the plain ViT'))}."
+        for v, gain in summary["prior_gain"][str(size)].items():
+            line += f" {_sentence(stats.verdict(gain, f'`{v}`', 'the plain ViT'))}"
+            if gain["beyond_noise"] and gain["difference"] > 0 and gap["beyond_noise"] and gap["difference"] > 0:
+                line += f": {100 * gain['share_of_gap_closed']:.0f} % of the CNN's lead"
+                shares = True
+            line += "."
+        lines.append(line)
+    if shares:
+        lines.append("- A prior's share of the CNN's lead is a ratio of two means, without an error bar of its own.")
+    for c in summary["gap_change"]:
+        d = 100 * c["difference"]
+        if c["beyond_noise"]:
+            words = (f"narrows by {-d:.1f} points ({two_se(c)}), as the hypothesis predicts" if d < 0 else
+                     f"widens by {d:.1f} points ({two_se(c)}): against the hypothesis, which predicts it narrows")
+        else:
+            words = (f"does not change beyond noise ({d:+.1f} points; {two_se(c)}): no evidence for the narrowing "
+                     f"the hypothesis predicts")
+        caveat = [n for n in (c["from_size"], c["to_size"]) if (n, "cnn") in rising]
+        lines.append(f"- **The CNN's lead from {c['from_size']:,} to {c['to_size']:,} images** {words}."
+                     + (f" The CNN was still rising on {' and '.join(f'{n:,}' for n in caveat)} images, so its lead "
+                        f"there is a lower bound." if caveat else ""))
+    for v, changes in summary["gain_change"].items():
+        parts = []
+        for c in changes:
+            d = 100 * c["difference"]
+            span = f"{c['from_size']:,} vs {c['to_size']:,} images"
+            if c["beyond_noise"]:
+                parts.append(f"{span}: {'more' if d > 0 else 'less'} on the smaller by {abs(d):.1f} points "
+                             f"({two_se(c)}), {'as the hypothesis predicts' if d > 0 else 'against the hypothesis'}")
+            else:
+                parts.append(f"{span}: within noise ({d:+.1f} points; {two_se(c)})")
+        lines.append(f"- **`{v}`'s gain over the plain ViT as data grows** (the hypothesis predicts more on less "
+                     f"data): {'; '.join(parts)}.")
+    if summary["incomplete"]:
+        lines.append(f"- **Partial**: {', '.join(f'{n:,}' for n in summary['incomplete'])} images not yet run with "
+                     f"at least two seeds of every variant; not compared.")
+    if p["largest_move_points"] is not None:
+        lines.append(f"- **Levelling off.** The largest move of validation accuracy over the last 20 % of a run (the "
+                     f"rise of its least-squares line) was {p['largest_move_points']:+.2f} points, "
+                     + ("within" if p["all_flat"] else "**beyond**") + f" the ±{p['limit_points']} points asked.")
+        for r in p["still_rising"]:
+            lines.append(f"  - `{r['variant']}` on {r['size']:,} images: {_runs_of(r['runs'], r['of'])} still rising "
+                         f"(up to {r['largest_points']:+.2f} points): its accuracy there is a lower bound.")
+        for r in p["falling"]:
+            lines.append(f"  - `{r['variant']}` on {r['size']:,} images: {_runs_of(r['runs'], r['of'])} falling at "
+                         f"the end (down to {r['largest_points']:+.2f} points): past their best; the best validation "
+                         f"epoch's weights are the ones tested.")
+    return lines
