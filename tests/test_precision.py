@@ -125,6 +125,35 @@ def test_compile_choice(monkeypatch):
     assert budget.repays_compilation(train.FitConfig(epochs=100, time_budget_s=600), 10_000, "cpu")
 
 
+def test_a_model_trained_with_dropout_is_compiled_on_a_cpu_with_aten_random_numbers():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    kwargs = dict(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=1, heads=2, mlp_dim=64)
+    assert not runtime.trains_with_dropout(vh.VisionTransformer(**kwargs))
+    assert runtime.compile_options(vh.VisionTransformer(**kwargs), cpu) is None
+    for name in ("dropout", "attn_dropout", "mlp_dropout"):  # any one of them draws masks
+        model = vh.VisionTransformer(**kwargs, **{name: 0.1})
+        assert runtime.trains_with_dropout(model)
+        assert runtime.compile_options(model, cpu) == {"fallback_random": True}
+        assert runtime.compile_options(model, cuda) is None  # inductor's GPU generator is fast
+    hf = vh.to_hf(vh.VisionTransformer(**kwargs, dropout=0.1, attn_dropout=0.1))
+    assert runtime.trains_with_dropout(hf) and not runtime.trains_with_dropout(vh.to_hf(vh.VisionTransformer(**kwargs)))
+
+
+@pytest.mark.slow
+def test_compiled_with_those_options_a_model_draws_the_same_dropout_masks_as_eager():
+    runtime.import_inductor_quietly()
+    model = vh.VisionTransformer(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=2, heads=2,
+                                 mlp_dim=64, dropout=0.2, attn_dropout=0.2, mlp_dropout=0.2).train()
+    x = torch.randn(4, 3, 16, 16)
+    compiled = torch.compile(model, options=runtime.compile_options(model, torch.device("cpu")))
+    torch.manual_seed(5)
+    eager = model(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(compiled(x), eager, rtol=1e-5, atol=1e-6)
+    torch.manual_seed(6)
+    assert (model(x) - eager).abs().max() > 0.1  # another seed: other masks
+
+
 @pytest.mark.slow
 def test_fit_with_compile_trains_the_original_model(monkeypatch):
     compiled = []

@@ -16,7 +16,8 @@ import torch
 from vitkit.checks import check_number
 
 __all__ = ["set_seed", "get_device", "cpu_has_native_bf16", "resolve_precision", "precision_reason", "autocast",
-           "resolve_compile", "import_inductor_quietly", "NotebookSetup", "notebook_setup"]
+           "resolve_compile", "trains_with_dropout", "compile_options", "import_inductor_quietly", "NotebookSetup",
+           "notebook_setup"]
 
 
 def set_seed(seed: int) -> None:
@@ -131,6 +132,23 @@ def resolve_compile(compile: bool | str, device: torch.device, precision: str, l
         import shutil
         return long_run and any(shutil.which(c) for c in ("g++", "c++", "clang++"))
     return False
+
+
+def trains_with_dropout(model: torch.nn.Module) -> bool:
+    """Whether training draws dropout masks: an ``nn.Dropout`` with p > 0, or an attention module with an
+    ``attn_dropout`` probability > 0 (ours applies it with ``F.dropout``)."""
+    def draws(m: torch.nn.Module) -> bool:
+        p = getattr(m, "attn_dropout", None)
+        return ((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+                or (isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0))
+    return any(draws(m) for m in model.modules())
+
+
+def compile_options(model: torch.nn.Module, device: torch.device) -> dict | None:
+    """Inductor options for compiling ``model`` to train on ``device``. On a CPU, a model trained with dropout draws
+    its masks with aten's generator (``fallback_random``, the same masks as eager): inductor's own per-element
+    generator made a compiled step slower than an eager one there (bench/bench_dropout.py)."""
+    return {"fallback_random": True} if device.type == "cpu" and trains_with_dropout(model) else None
 
 
 def import_inductor_quietly() -> None:

@@ -24,8 +24,8 @@ from vitkit import budget, distributed
 from vitkit import checkpoint as ckpt
 from vitkit.checks import check_labels
 from vitkit.config import FitConfig
-from vitkit.runtime import (autocast, get_device, import_inductor_quietly, precision_reason, resolve_compile,
-                            resolve_precision)
+from vitkit.runtime import (autocast, compile_options, get_device, import_inductor_quietly, precision_reason,
+                            resolve_compile, resolve_precision)
 from vitkit.state import History, RunState
 from vitkit.steps import WeightAverage, make_optimizer, mix, mixed_loss, model_logits, num_classes
 
@@ -296,7 +296,7 @@ class _Run:
         if dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
             runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        runner = torch.compile(runner) if compiled else runner
+        runner = torch.compile(runner, options=compile_options(model, device)) if compiled else runner
         hist = state.history
         hist.device, hist.precision, hist.compiled, hist.world_size = str(device), precision, compiled, dist.world
         first_epoch = state.epoch + 1
@@ -311,8 +311,9 @@ class _Run:
             length = (f"a {cfg.time_budget_s / 60:.1f}-minute budget" if cfg.time_budget_s is not None
                       else f"{state.total_steps} optimizer steps")
             threads = torch.get_num_threads()
+            rng = " (dropout masks from aten's generator)" if compiled and compile_options(model, device) else ""
             print(f"fit: {resumed}{device} in {precision} ({precision_reason(device, precision)}), torch.compile "
-                  f"{'on' if compiled else 'off'}, {threads} torch thread{'s' * (threads != 1)}"
+                  f"{'on' if compiled else 'off'}{rng}, {threads} torch thread{'s' * (threads != 1)}"
                   f"{f', {dist.world} processes' if dist.world > 1 else ''}, {length}", flush=True)
         run = cls(cfg=cfg, model=model, runner=runner, opt=opt, scaler=scaler, state=state, device=device,
                   precision=precision, dist=dist, loader=loader, bar=None, writer=None, identity=identity, classes=num_classes(model),
