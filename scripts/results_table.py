@@ -510,6 +510,61 @@ def original_table(records) -> str:
     return "\n".join(rows) if len(rows) > 2 else "_No complete run of an original recipe is recorded yet._"
 
 
+def ablation_table(records) -> str:
+    """scripts/original_ablations.py's runs: per faithful recipe and run length, the faithful runs (the noise) and
+    each row with one difference switched back to ours, test accuracy per seed, and each row's mean minus the
+    faithful mean against twice its standard error (where both have two seeds or more)."""
+    import original_ablations as oa
+    from vitkit import stats
+
+    by = dict(records)
+    lines = ["| recipe | row: switched back to ours | test acc per seed | mean | row minus faithful |",
+             "|---|---|---|---:|---:|"]
+    for recipe in ("mnist-original", "cifar10-original"):
+        dataset = recipe.split("-")[0]
+        lengths = sorted({n.rsplit("-e", 1)[1][:-5] for n in by if n.startswith(f"{recipe}-abl-") and "-e" in
+                          n.rsplit("-s", 1)[-1]}, key=int)
+        for epochs in sorted({oa.PLANNED_EPOCHS[recipe], *map(int, lengths)} - {None}) or [None]:
+            suffix = f"-e{epochs}" if epochs else ""
+
+            def accs(row: str) -> dict[int, float]:
+                out = {}
+                for name, rec in by.items():
+                    head = f"{recipe}-abl-{row}-s"
+                    if name.startswith(head) and name.endswith(f"{suffix}.json") and \
+                            name[len(head):-len(f"{suffix}.json")].isdigit():
+                        out[int(rec["seed"])] = rec["metrics"]["test_acc"]
+                if row == "faithful" and epochs is None and f"{recipe}-full.json" in by:
+                    out[int(by[f"{recipe}-full.json"]["seed"])] = by[f"{recipe}-full.json"]["metrics"]["test_acc"]
+                return dict(sorted(out.items()))
+
+            faithful = list(accs("faithful").values())
+            length = f"{epochs} epochs" if epochs else "its own length"
+            for row, (what, _) in oa.ROWS.items():
+                if oa.overrides(row, dataset) is None:
+                    continue
+                got = accs(row)
+                if not got:
+                    if epochs == oa.PLANNED_EPOCHS[recipe]:
+                        lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | not run yet | | |")
+                    continue
+                vals = list(got.values())
+                mean = sum(vals) / len(vals)
+                diff = ""
+                if row != "faithful" and len(vals) >= 2 and len(faithful) >= 2:
+                    d = stats.seed_difference(vals, faithful)
+                    diff = (f"{100 * d['difference']:+.2f} (2 SE {100 * d['two_standard_errors']:.2f}: "
+                            f"{'beyond' if d['beyond_noise'] else 'within'} noise)")
+                elif row != "faithful" and faithful:
+                    diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (one seed: a hint)"
+                seeds = ", ".join(f"{pct(a)} (seed {k})" for k, a in got.items())
+                lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)} | {diff} |")
+    lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured: only the "
+                 "JPEG copy is here, and the loaders have no option yet to re-encode it once more at its quality "
+                 "(the proxy the issue suggests) | | |")
+    return "\n".join(lines)
+
+
 def seeds_table(records) -> str:
     """scripts/compare_hf_seeds.py's record: ours and HF's ViT from scratch, seed by seed, the means and standard
     deviations, and HF minus ours, paired by seed, against twice its standard error."""
@@ -576,7 +631,7 @@ PAGES = {
     "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table,
                   "weights": weights_table},
     "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
-                        "screen-ideas": screen_table},
+                        "screen-ideas": screen_table, "original-ablations": ablation_table},
     "docs/speed.md": {"speed": speed_table, "profile": profile_findings},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
     "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},

@@ -252,3 +252,41 @@ def test_faithfulness_table_marks_methods_within_noise_of_random_and_names_the_l
     assert "| input x gradient | 49.00 (= random) | 45.00 (worse than random) | 30.0 % |" in text
     assert "| rollout | 25.00 | 80.00 | 22.0 % |" in text
     assert "- positive test: rollout first, ahead of input x gradient (24.00 AUC points, twice its SE 2.00)." in text
+
+
+def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_length(tmp_path):
+    def rec(seed, acc):
+        return {"metrics": {"test_acc": acc}, "seed": seed, "wall_time_s": 1.0, "dataset": "MNIST",
+                "config": {"recipe": "mnist-original"}, "hardware": {"cpu": "Some CPU"}}
+    made = {"mnist-original-full.json": rec(0, 0.9850), "mnist-original-abl-faithful-s1.json": rec(1, 0.9860),
+            "mnist-original-abl-no-embed-scale-s0.json": rec(0, 0.9800),
+            "mnist-original-abl-no-embed-scale-s1.json": rec(1, 0.9810),
+            "mnist-original-abl-inverted-s1.json": rec(1, 0.9900),
+            "cifar10-original-abl-faithful-s0-e10.json": rec(0, 0.60)}
+    for name, r in made.items():
+        (tmp_path / name).write_text(json.dumps(r))
+    lines = results_table.ablation_table(results_table.load_records(tmp_path)).splitlines()
+    row = lambda recipe, name: next(l for l in lines if l.startswith(f"| `{recipe}`") and f"| `{name}`:" in l)
+    assert row("mnist-original", "faithful").endswith("| 98.50 % (seed 0), 98.60 % (seed 1) | 98.55 % |  |")
+    # -0.50 points; SE = sqrt(0.0000005 / 2 + 0.0000005 / 2) = 0.000707: 2 SE 0.14 points
+    assert row("mnist-original", "no-embed-scale").endswith(
+        "| 98.00 % (seed 0), 98.10 % (seed 1) | 98.05 % | -0.50 (2 SE 0.14: beyond noise) |")
+    assert row("mnist-original", "inverted").endswith("| 99.00 % (seed 1) | 99.00 % | +0.45 (one seed: a hint) |")
+    assert row("mnist-original", "fp32").endswith("| not run yet | | |")
+    assert row("cifar10-original", "faithful").startswith("| `cifar10-original`, 10 epochs |")
+    assert not any("inverted" in l for l in lines if l.startswith("| `cifar10"))  # an MNIST-only row
+
+
+def test_ablation_driver_runs_one_train_recipe_call_per_row_and_seed(capsys):
+    import original_ablations as oa
+
+    cmd = oa.command("cifar10-original", "no-embed-scale", 1, 10, ["--data-root", "d"])
+    assert cmd[2:] == ["cifar10-original", "--seed", "1", "--tag", "abl-no-embed-scale-s1-e10", "--resume",
+                       "--data-root", "d", "--set", "model.embed_scale=False", "--epochs", "10"]
+    assert oa.command("cifar10-original", "inverted", 1, None, []) is None  # MNIST only
+    assert oa.command("mnist-original", "fp32", 1, None, [])[-2:] == ["--precision", "fp32"]
+    assert oa.main(["mnist-original", "--rows", "faithful", "inverted", "--dry-run", "--data-root", "d"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [l.split(" --tag ")[1].split()[0] for l in out] == ["abl-faithful-s1", "abl-inverted-s1"]
+    with pytest.raises(SystemExit):
+        oa.main(["cifar10-original", "--epochs", "4"])

@@ -1,0 +1,114 @@
+"""Where does a faithful run of the original's recipe land away from the original's number, and why? Each row is the
+faithful recipe (``mnist-original`` or ``cifar10-original``) with one of its differences from our own recipes
+switched back to ours; the first row repeats the faithful recipe with another seed, the noise every other row is
+read against.
+
+    python scripts/original_ablations.py mnist-original --data-root ../shared/data --threads 2
+    python scripts/original_ablations.py mnist-original --rows faithful schedule-per-step --seeds 1
+    python scripts/original_ablations.py cifar10-original --epochs 10 --data-root ../shared/data   # cheaper
+    python scripts/original_ablations.py --list
+
+Every row is one call of scripts/train_recipe.py with ``--set`` overrides and the tag ``abl-<row>-s<seed>``
+(``-e<epochs>`` when --epochs shortens the recipe, its warmup staying a fifth of the epochs as the original's
+``epochs // 5``), so each run writes its own record, results/<recipe>-abl-<row>-s<seed>.json, resumes from its
+checkpoint when killed, and is skipped once its record exists. scripts/results_table.py renders the rows into
+docs/results.md, each against the faithful runs of the same length.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from vitkit import data  # noqa: E402
+
+# row -> (what is switched back to ours, the train_recipe.py --set overrides); per dataset where they differ.
+ROWS: dict[str, tuple[str, dict[str, list[str]]]] = {
+    "faithful": ("none: the faithful recipe with another seed, the noise", {"*": []}),
+    "schedule-per-step": ("the LR schedule stepped per optimizer step, not per epoch", {"*": ["fit.lr_update='step'"]}),
+    "no-embed-scale": ("no sqrt(dim) scale on the token embeddings", {"*": ["model.embed_scale=False"]}),
+    "trunc-normal-init": ("truncated-normal 0.02 init (positions and CLS included), not PyTorch's defaults",
+                          {"*": ["model.init='trunc_normal'"]}),
+    "no-attn-dropout": ("no dropout on the attention probabilities", {"*": ["model.attn_dropout=0.0"]}),
+    "no-mlp-dropout": ("no dropout inside the MLP", {"*": ["model.mlp_dropout=0.0"]}),
+    "our-split": ("5,000 validation images", {"*": ["data.val_size=5000"]}),
+    "our-norm": ("our input normalisation (the loaders' default statistics)",
+                 {"mnist": ["data.mean=None", f"data.std={tuple(data.MNIST_STD)}"],
+                  "cifar10": [f"data.mean={tuple(data.CIFAR10_MEAN)}", f"data.std={tuple(data.CIFAR10_STD)}"]}),
+    "inverted": ("MNIST inverted (dark digits on white), as our MNIST recipes train", {"mnist": ["data.invert=True"]}),
+    "width-128": ("width 128, as our mnist-seed", {"mnist": ["model.dim=128"]}),
+    "fp32": ("fp32 instead of bf16 autocast", {"*": []}),  # --precision fp32, not an override
+}
+# Seed 0 of the faithful recipe at its full length is its headline run (results/<recipe>-full.json); shortened
+# runs (--epochs) have no such run, so their faithful row starts at seed 0.
+SEEDS = (1,)
+SEEDS_SHORTENED = (0, 1)
+# The length each recipe's rows are planned at: MNIST at its own 10 epochs, CIFAR-10 at 10 of its 30.
+PLANNED_EPOCHS = {"mnist-original": None, "cifar10-original": 10}
+
+
+def overrides(row: str, dataset: str) -> list[str] | None:
+    """The row's ``--set`` entries for ``dataset``; None where the row does not apply to it."""
+    per = ROWS[row][1]
+    return per.get(dataset, per.get("*"))
+
+
+def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str]) -> list[str] | None:
+    dataset = recipe.split("-")[0]
+    sets = overrides(row, dataset)
+    if sets is None:
+        return None
+    tag = f"abl-{row}-s{seed}" + (f"-e{epochs}" if epochs else "")
+    cmd = [sys.executable, str(ROOT / "scripts" / "train_recipe.py"), recipe, "--seed", str(seed), "--tag", tag,
+           "--resume", *passthrough]
+    for s in sets:
+        cmd += ["--set", s]
+    if epochs:
+        cmd += ["--epochs", str(epochs)]
+    if row == "fp32":
+        cmd += ["--precision", "fp32"]
+    return cmd
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", nargs="?", choices=["mnist-original", "cifar10-original"])
+    ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--seeds", nargs="*", type=int, default=None, help="default: 1 (0 and 1 with --epochs)")
+    ap.add_argument("--epochs", type=int, default=None, help="shorter runs (e.g. 10 for CIFAR-10)")
+    ap.add_argument("--data-root", default=data.default_data_root())
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--list", action="store_true", help="print the rows and their overrides")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = ap.parse_args(argv)
+    if args.list:
+        for row, (what, per) in ROWS.items():
+            print(f"{row:20s} {what}; " + "; ".join(f"{d}: {' '.join(s) or '-'}" for d, s in per.items()))
+        return 0
+    if args.recipe is None:
+        ap.error("give a recipe (mnist-original or cifar10-original), or --list")
+    if args.epochs is not None and args.epochs < 5:
+        ap.error(f"--epochs {args.epochs}: at least 5, so that the warmup (a fifth of the epochs) is a whole epoch")
+    seeds = args.seeds if args.seeds is not None else (SEEDS_SHORTENED if args.epochs else SEEDS)
+    passthrough = ["--data-root", args.data_root] + (["--threads", str(args.threads)] if args.threads else [])
+    for seed in seeds:
+        for row in args.rows:
+            cmd = command(args.recipe, row, seed, args.epochs, passthrough)
+            if cmd is None:
+                print(f"{row}: does not apply to {args.recipe}")
+                continue
+            tag = cmd[cmd.index("--tag") + 1]
+            if (ROOT / "results" / f"{args.recipe}-{tag}.json").is_file():
+                print(f"{row} seed {seed}: recorded (results/{args.recipe}-{tag}.json)")
+                continue
+            print(" ".join(cmd[1:]), flush=True)
+            if not args.dry_run and subprocess.run(cmd, cwd=ROOT).returncode != 0:
+                return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
