@@ -311,9 +311,8 @@ class _Run:
             length = (f"a {cfg.time_budget_s / 60:.1f}-minute budget" if cfg.time_budget_s is not None
                       else f"{state.total_steps} optimizer steps")
             threads = torch.get_num_threads()
-            rng = " (dropout masks from aten's generator)" if compiled and compile_options(model, device) else ""
             print(f"fit: {resumed}{device} in {precision} ({precision_reason(device, precision)}), torch.compile "
-                  f"{'on' if compiled else 'off'}{rng}, {threads} torch thread{'s' * (threads != 1)}"
+                  f"{'on' if compiled else 'off'}, {threads} torch thread{'s' * (threads != 1)}"
                   f"{f', {dist.world} processes' if dist.world > 1 else ''}, {length}", flush=True)
         run = cls(cfg=cfg, model=model, runner=runner, opt=opt, scaler=scaler, state=state, device=device,
                   precision=precision, dist=dist, loader=loader, bar=None, writer=None, identity=identity, classes=num_classes(model),
