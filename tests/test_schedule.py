@@ -64,3 +64,29 @@ def test_lr_update_epoch_steps_the_schedule_once_per_epoch_with_epoch_1_at_zero(
                      progress=False, verbose=False)
     assert hist.lr == pytest.approx([1e-3 * f for e in expected for f in (e, e)])  # 2 steps an epoch, same LR
     assert hist.lr[:2] == [0.0, 0.0] and hist.lr[12] == pytest.approx(1e-3)
+
+
+def test_lr_step_decay_multiplies_the_lr_by_its_factor_every_so_many_epochs():
+    """torch's StepLR(optimizer, 3) stepped per epoch, gamma 0.1: epochs 1-3 at the peak, 4-6 at a tenth, ..."""
+    from conftest import loader, quadrant_data, tiny_vit
+    from vitkit import train
+
+    hist = train.fit(tiny_vit(), loader(quadrant_data(16, 0), batch_size=8), epochs=10, lr=1e-3, lr_update="epoch",
+                     warmup_fraction=0.0, lr_step_decay=(3, 0.1), optimizer="adam", weight_decay=0.0, device="cpu",
+                     precision="fp32", compile=False, progress=False, verbose=False)
+    expected = [1e-3] * 3 + [1e-4] * 3 + [1e-5] * 3 + [1e-6]
+    assert hist.lr == pytest.approx([lr for lr in expected for _ in (0, 1)], rel=1e-9)  # 2 steps an epoch
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(lr_step_decay=(3, 0.1)), ValueError, "with lr_update='epoch' and warmup_fraction=0"),
+    (dict(lr_step_decay=(3, 0.1), lr_update="epoch"), ValueError, "warmup_fraction=0"),
+    (dict(lr_step_decay=(0, 0.1), lr_update="epoch", warmup_fraction=0.0), ValueError, "every"),
+    (dict(lr_step_decay=(3, 1.5), lr_update="epoch", warmup_fraction=0.0), ValueError, "factor"),
+    (dict(lr_step_decay=3, lr_update="epoch", warmup_fraction=0.0), TypeError, r"must be \(every, factor\)"),
+])
+def test_a_step_decay_that_cannot_run_is_refused_before_training(kwargs, error, message):
+    from vitkit import train
+
+    with pytest.raises(error, match=message):
+        train.FitConfig(epochs=10, **kwargs)

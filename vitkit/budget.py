@@ -81,10 +81,13 @@ def lr_factor(cfg: FitConfig, step: int, total_steps: int, epoch: int, epochs: i
     """The multiplier of ``cfg.lr`` for optimizer step ``step`` (0-based) in epoch ``epoch`` (1-based): linear
     warmup, then cosine decay to 0 (:func:`vit_helpers.warmup_cosine_factor`), counted in
 
-    * epochs with ``lr_update="epoch"`` (epoch 1 at position 0, so at LR 0 when there is a warmup);
+    * epochs with ``lr_update="epoch"`` (epoch 1 at position 0, so at LR 0 when there is a warmup), or a step
+      decay by epochs instead (``lr_step_decay``);
     * optimizer steps, for a run of a fixed number of steps;
     * the fraction of a time budget spent, with warmup over ``warmup_fraction`` of the budget (or over
       ``warmup_steps`` optimizer steps, the decay then running over the whole budget)."""
+    if cfg.lr_update == "epoch" and cfg.lr_step_decay is not None:  # StepLR: factor ** (epochs completed // every)
+        return cfg.lr_step_decay[1] ** ((epoch - 1) // cfg.lr_step_decay[0])
     if cfg.lr_update == "epoch":
         return warmup_cosine_factor(cfg.warmup(epochs), epochs)(epoch - 1)
     if cfg.time_budget_s is None:

@@ -49,6 +49,9 @@ class FitConfig:
     # "step": the LR changes every optimizer step; "epoch": once per epoch (warmup and cosine counted in epochs,
     # epoch 1 at LR 0, as the original notebooks' WarmupCosineSchedule stepped per epoch).
     lr_update: str = "step"
+    # (every, factor): with lr_update="epoch" and no warmup, step decay instead of the cosine: the LR is multiplied by
+    # factor after every `every` epochs (torch's StepLR, as an earlier version of the original's MNIST notebook ran).
+    lr_step_decay: tuple[int, float] | None = None
     # --- Loss and gradients -------------------------------------------------------------------------------------------
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 turns it off
@@ -172,6 +175,14 @@ def _check(cfg: FitConfig) -> None:
     if cfg.lr_update == "epoch" and cfg.warmup_steps is not None:
         raise ValueError("lr_update='epoch' counts the schedule in epochs; give its warmup as warmup_fraction (of the "
                          "epochs), not warmup_steps.")
+    if cfg.lr_step_decay is not None:
+        if not isinstance(cfg.lr_step_decay, (tuple, list)) or len(cfg.lr_step_decay) != 2:
+            raise TypeError(f"lr_step_decay must be (every, factor), e.g. (3, 0.1), got {cfg.lr_step_decay!r}.")
+        check_number("lr_step_decay's every (epochs)", cfg.lr_step_decay[0], low=1, integer=True)
+        check_number("lr_step_decay's factor", cfg.lr_step_decay[1], low=0, high=1, low_open=True)
+        if cfg.lr_update != "epoch" or cfg.warmup_fraction != 0:
+            raise ValueError("lr_step_decay counts epochs and replaces the warmup and the cosine: give it with "
+                             "lr_update='epoch' and warmup_fraction=0.")
     if cfg.lr_update == "epoch" and cfg.time_budget_s is not None:
         raise ValueError("lr_update='epoch' counts the schedule in epochs, which a time budget does not fix in "
                          "advance; use lr_update='step' with time_budget_s, or give epochs without a time budget.")
