@@ -276,12 +276,12 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
         parts = []
         for c in changes:
             d = 100 * c["difference"]
-            span = f"{c['from_size']:,} vs {c['to_size']:,} images"
+            a, b = f"{c['from_size']:,}", f"{c['to_size']:,}"
             if c["beyond_noise"]:
-                parts.append(f"{span}: {'more' if d > 0 else 'less'} on the smaller by {abs(d):.1f} points "
+                parts.append(f"{abs(d):.1f} points {'more' if d > 0 else 'less'} on {a} images than on {b} "
                              f"({two_se(c)}), {'as the hypothesis predicts' if d > 0 else 'against the hypothesis'}")
             else:
-                parts.append(f"{span}: within noise ({d:+.1f} points; {two_se(c)})")
+                parts.append(f"{a} vs {b} images within noise ({d:+.1f} points; {two_se(c)})")
         lines.append(f"- **`{v}`'s gain over the plain ViT as data grows** (the hypothesis predicts more on less "
                      f"data): {'; '.join(parts)}.")
     if summary["incomplete"]:
