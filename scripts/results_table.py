@@ -238,9 +238,28 @@ def _bench_lines(name: str, rec: dict) -> list[str]:
 def speed_table(records) -> str:
     lines = []
     for name, rec in records:
-        if name.startswith("bench-"):
+        if name.startswith("bench-") and not name.startswith("bench-dropout-"):
             lines += (_bench_lines if "peak_gflops" in rec["metrics"] else _legacy_speed_lines)(name, rec) + [""]
     return "\n".join(lines).strip() if lines else "_No benchmark recorded yet._"
+
+
+def dropout_table(records) -> str:
+    """bench/bench_dropout.py's records: one recipe's model trained eager, compiled (inductor's random numbers) and
+    compiled with aten's, with its dropout and without, images/s (median of interleaved rounds) of one run each."""
+    lines = []
+    for name, rec in records:
+        if not name.startswith("bench-dropout-"):
+            continue
+        m, cfg = rec["metrics"]["training_images_per_s"], rec["config"]
+        model = cfg["model"]
+        if not lines:
+            lines = ["| recipe (dropout: embeddings+residual / attention / MLP) | machine | " + " | ".join(m) + " |",
+                     "|---|---|" + "---:|" * len(m)]
+        drop = "/".join(f"{model.get(k, 0.0):g}" for k in ("dropout", "attn_dropout", "mlp_dropout"))
+        lines.append(f"| [`{cfg['recipe']}`](results/{name}) ({drop}), batch {cfg['batch']}, {cfg['precision']}, "
+                     f"median of {cfg['rounds']} rounds | {hardware(rec)} | " + " | ".join(f"{v:.0f}" for v in m.values())
+                     + " |")
+    return "\n".join(lines) if lines else "_No record of bench/bench_dropout.py yet._"
 
 
 def profile_findings(records) -> str:
@@ -643,7 +662,7 @@ PAGES = {
                   "weights": weights_table},
     "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
                         "screen-ideas": screen_table, "original-ablations": ablation_table},
-    "docs/speed.md": {"speed": speed_table, "profile": profile_findings},
+    "docs/speed.md": {"speed": speed_table, "profile": profile_findings, "dropout": dropout_table},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
     "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},
     "docs/localization.md": {"localization": localization_table, "localization-findings": localization_findings},

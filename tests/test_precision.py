@@ -1,12 +1,14 @@
 """Precision, attention-kernel and compile choices per device (capabilities mocked), fp16 + gradient scaler
 and bf16 training on the CPU."""
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import vit_helpers as vh
 from vitkit import runtime, train
-from conftest import loader, quadrant_data, tiny_vit
+from conftest import ROOT, loader, quadrant_data, tiny_vit
 
 ZEN3 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512vl\n"
@@ -242,3 +244,14 @@ def test_fit_follows_the_native_bf16_decision(monkeypatch, native_bf16, precisio
 def test_the_set_up_line_says_why_this_precision(monkeypatch, native_bf16, precision, reason):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
     assert runtime.precision_reason(torch.device("cpu"), precision) == reason
+
+
+def test_the_dropout_bench_builds_each_path_with_and_without_the_recipes_dropout():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import bench_dropout
+
+    from vitkit import recipes
+    models = bench_dropout.variants(recipes.get_recipe("cifar10-original")["model"])  # compiles lazily: cheap here
+    assert list(models) == [f"{path}, {label}" for label in ("dropout", "no dropout")
+                            for path in ("eager", "compiled", "compiled, aten random")]
+    assert all(runtime.trains_with_dropout(m) == name.endswith(", dropout") for name, m in models.items())

@@ -293,3 +293,18 @@ def test_ablation_driver_runs_one_train_recipe_call_per_row_and_seed(capsys):
     assert [l.split(" --tag ")[1].split()[0] for l in out] == ["abl-faithful-s1", "abl-inverted-s1"]
     with pytest.raises(SystemExit):
         oa.main(["cifar10-original", "--epochs", "4"])
+
+
+def test_dropout_table_shows_each_recipe_row_by_row(tmp_path):
+    ips = {"eager, dropout": 105.8, "compiled, dropout": 85.7, "eager, no dropout": 277.7}
+    rec = {"metrics": {"training_images_per_s": ips}, "seed": 0, "wall_time_s": 1.0, "dataset": "random tensors",
+           "config": {"recipe": "cifar10-original", "model": {"dropout": 0.2, "attn_dropout": 0.2}, "batch": 64,
+                      "precision": "bf16", "rounds": 3},
+           "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2, "cpu_native_bf16": True}}
+    (tmp_path / "bench-dropout-cifar10-original-cpu-bf16.json").write_text(json.dumps(rec))
+    records = results_table.load_records(tmp_path)
+    lines = results_table.dropout_table(records).splitlines()
+    assert lines[0].endswith("| eager, dropout | compiled, dropout | eager, no dropout |")
+    assert lines[2] == ("| [`cifar10-original`](results/bench-dropout-cifar10-original-cpu-bf16.json) (0.2/0.2/0), "
+                        "batch 64, bf16, median of 3 rounds | Some CPU (AVX512-BF16), 2 of 2 CPU threads | 106 | 86 | 278 |")
+    assert "bench-dropout" not in results_table.speed_table(records)  # not a throughput record of the main bench
