@@ -1,12 +1,13 @@
-"""Does torch.compile pay for a ViT trained with dropout on this machine? One recipe's model, in fit's precision,
-eager against compiled (inductor's own random numbers, its default) and compiled with aten's random numbers
-(``fallback_random``), with and without the recipe's dropout, in one interleaved run (median of the rounds).
+"""What does dropout cost a ViT on this machine, and which path trains it fastest? One recipe's model, in fit's
+precision, with the recipe's dropout drawn by ``vh.Dropout`` (16-bit masks on a CPU) and by ``nn.Dropout``
+(PyTorch's), and without dropout; each eager, compiled (inductor's own random numbers, its default) and compiled
+with aten's random numbers (``fallback_random``), in one interleaved run (median of the rounds).
 
     python bench/bench_dropout.py --recipe cifar10-original --threads 2
     python bench/bench_dropout.py --recipe mnist-original --threads 2 --rounds 5
 
-Inductor draws dropout masks with its own generator inside the fused C++ loops; aten's dropout draws them with
-the CPU's Mersenne twister. Which is faster, and whether fusing the rest repays it, is what this measures. Writes
+Inductor draws random numbers with its own generator inside the fused C++ loops; aten draws them with the CPU's
+Mersenne twister, one number per element for nn.Dropout, one per two elements for vh.Dropout. Writes
 results/bench-dropout-<recipe>-<cpu-bf16|cpu-fp32|gpu>.json; fit's automatic compile choice
 (vitkit.runtime.resolve_compile) follows what it found.
 """
@@ -29,14 +30,25 @@ from vitkit import recipes, records, runtime  # noqa: E402
 NO_DROPOUT = {"dropout": 0.0, "attn_dropout": 0.0, "mlp_dropout": 0.0}
 
 
+def with_torch_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every ``vh.Dropout`` swapped for ``nn.Dropout`` of the same p (PyTorch's own CPU masks)."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, vh.Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    return model
+
+
 def variants(cfg: dict) -> dict[str, torch.nn.Module]:
-    """name -> model (the same initial weights), the recipe's dropout first, then none."""
+    """name -> model (the same initial weights): the recipe's dropout with our masks (vh.Dropout) and with
+    PyTorch's (nn.Dropout), then no dropout; each eager, compiled, and compiled with aten's random numbers."""
     out = {}
-    for label, over in (("dropout", {}), ("no dropout", NO_DROPOUT)):
+    for label, over, swap in (("dropout", {}, False), ("torch's dropout", {}, True), ("no dropout", NO_DROPOUT, False)):
         for path, wrap in (("eager", lambda m: m), ("compiled", torch.compile),
                            ("compiled, aten random", lambda m: torch.compile(m, options={"fallback_random": True}))):
             torch.manual_seed(0)
-            out[f"{path}, {label}"] = wrap(vh.VisionTransformer(**{**cfg, **over}))
+            model = vh.VisionTransformer(**{**cfg, **over})
+            out[f"{path}, {label}"] = wrap(with_torch_dropout(model) if swap else model)
     return out
 
 

@@ -244,22 +244,22 @@ def speed_table(records) -> str:
 
 
 def dropout_table(records) -> str:
-    """bench/bench_dropout.py's records: one recipe's model trained eager, compiled (inductor's random numbers) and
-    compiled with aten's, with its dropout and without, images/s (median of interleaved rounds) of one run each."""
-    lines = []
-    for name, rec in records:
-        if not name.startswith("bench-dropout-"):
-            continue
-        m, cfg = rec["metrics"]["training_images_per_s"], rec["config"]
-        model = cfg["model"]
-        if not lines:
-            lines = ["| recipe (dropout: embeddings+residual / attention / MLP) | machine | " + " | ".join(m) + " |",
-                     "|---|---|" + "---:|" * len(m)]
-        drop = "/".join(f"{model.get(k, 0.0):g}" for k in ("dropout", "attn_dropout", "mlp_dropout"))
+    """bench/bench_dropout.py's records: one recipe's model with its dropout (our masks, PyTorch's) and without, each
+    eager, compiled (inductor's random numbers) and compiled with aten's, images/s (median of interleaved rounds) of
+    one run each; a column a record did not measure is empty."""
+    runs = [(name, rec) for name, rec in records if name.startswith("bench-dropout-")]
+    if not runs:
+        return "_No record of bench/bench_dropout.py yet._"
+    columns = list(dict.fromkeys(k for _, rec in runs for k in rec["metrics"]["training_images_per_s"]))
+    lines = ["| recipe (dropout: embeddings+residual / attention / MLP) | machine | " + " | ".join(columns) + " |",
+             "|---|---|" + "---:|" * len(columns)]
+    for name, rec in runs:
+        ips, cfg = rec["metrics"]["training_images_per_s"], rec["config"]
+        drop = "/".join(f"{cfg['model'].get(k, 0.0):g}" for k in ("dropout", "attn_dropout", "mlp_dropout"))
         lines.append(f"| [`{cfg['recipe']}`](results/{name}) ({drop}), batch {cfg['batch']}, {cfg['precision']}, "
-                     f"median of {cfg['rounds']} rounds | {hardware(rec)} | " + " | ".join(f"{v:.0f}" for v in m.values())
-                     + " |")
-    return "\n".join(lines) if lines else "_No record of bench/bench_dropout.py yet._"
+                     f"median of {cfg['rounds']} rounds | {hardware(rec)} | "
+                     + " | ".join(f"{ips[c]:.0f}" if c in ips else "" for c in columns) + " |")
+    return "\n".join(lines)
 
 
 def profile_findings(records) -> str:

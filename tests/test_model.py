@@ -190,3 +190,22 @@ def test_torch_init_uses_pytorch_defaults_and_unit_normal_embeddings():
     assert default.pos_embed.std().item() == pytest.approx(0.02 * 0.8796, rel=0.03) and not default.head.bias.any()
     with pytest.raises(ValueError, match="init must be 'trunc_normal'"):
         vh.VisionTransformer(**{**dataclasses.asdict(model.config), "init": "xavier"})
+
+
+def test_dropout_keeps_each_value_with_the_rounded_rate_and_scales_it_by_its_inverse():
+    drop = vh.Dropout(0.2).train()
+    cut = round(0.2 * 65536)  # 13107: p is rounded to a multiple of 1/65536
+    x = torch.full((1000, 1000), 3.0, requires_grad=True)
+    torch.manual_seed(0)
+    y = drop(x)
+    kept = y != 0
+    scale = 65536 / (65536 - cut)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 3.0 * scale))  # kept values scaled exactly
+    rate, n = 1 - cut / 65536, x.numel()
+    assert abs(kept.float().mean().item() - rate) < 5 * (rate * (1 - rate) / n) ** 0.5
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() * scale)  # the gradient goes through the same mask
+    torch.manual_seed(0)
+    assert torch.equal(drop(x.detach()) != 0, kept)  # the masks follow torch's seed
+    z = torch.randn(4, 5)
+    assert drop.eval()(z) is z and vh.Dropout(0.0).train()(z) is z  # no mask in eval mode or at p = 0

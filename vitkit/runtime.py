@@ -146,8 +146,8 @@ def trains_with_dropout(model: torch.nn.Module) -> bool:
 
 def compile_options(model: torch.nn.Module, device: torch.device) -> dict | None:
     """Inductor options for compiling ``model`` to train on ``device``. On a CPU, a model trained with dropout draws
-    its masks with aten's generator (``fallback_random``, the same masks as eager): inductor's own per-element
-    generator made a compiled step slower than an eager one there (bench/bench_dropout.py)."""
+    its random numbers with aten's generator (``fallback_random``, seeded by torch's seed): inductor's own
+    per-element generator made a compiled step slower than an eager one there (bench/bench_dropout.py)."""
     return {"fallback_random": True} if device.type == "cpu" and trains_with_dropout(model) else None
 
 
