@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "ViTConfig", "VisionTransformer", "PatchEmbedding", "ConvStem", "ShiftedPatchTokenizer", "Dropout", "Attention", "MLP",
-    "Block", "sincos_position_embedding", "use_fused_attention", "count_parameters", "position_similarity",
+    "ViTConfig", "VisionTransformer", "PatchEmbedding", "ConvStem", "ShiftedPatchTokenizer", "Dropout", "Attention",
+    "MLP", "Block", "sincos_position_embedding", "use_fused_attention", "count_parameters", "position_similarity",
     "warmup_cosine_schedule", "warmup_cosine_factor",
     "rollout_matrix", "attention_rollout", "cls_attention_map", "token_map",
     "from_hf", "to_hf",
@@ -212,12 +212,12 @@ class Dropout(nn.Dropout):
     scaled by the exact inverse of the keep rate (the expectation stays ``x``). Elsewhere it is ``nn.Dropout``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace:
-            return super().forward(x)
         cut = round(self.p * 65536)  # drop where a uniform 16-bit integer (as int16: -32768..32767) is below it
+        if not self.training or x.device.type != "cpu" or self.inplace or not 0 < cut < 65536:
+            return super().forward(x)  # (p within 2^-17 of 0 or 1: PyTorch's masks)
         bits = x.new_empty((x.numel() + 1) // 2, dtype=torch.int32).random_(-2 ** 31, 2 ** 31).view(torch.int16)
         keep = bits[: x.numel()].view(x.shape) >= cut - 32768
-        return x * keep.to(x.dtype).mul_(65536 / (65536 - cut))  # one product forward, one backward
+        return x * keep * (65536 / (65536 - cut))  # the scale in float, rounded once into x's dtype
 
 
 class Attention(nn.Module):
@@ -233,8 +233,7 @@ class Attention(nn.Module):
         self.heads = cfg.heads
         self.head_dim = cfg.dim // cfg.heads
         self.scale = self.head_dim ** -0.5
-        self.attn_dropout = cfg.attn_dropout  # SDPA applies it itself; the explicit path with attn_drop
-        self.attn_drop = Dropout(cfg.attn_dropout)
+        self.attn_drop = Dropout(cfg.attn_dropout)  # the explicit path's; SDPA applies its p itself
         self.fused_attn = cfg.fused_attn
         self.last_path: str | None = None  # "SDPA" or "explicit": the kernel the last forward pass took
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
@@ -250,7 +249,7 @@ class Attention(nn.Module):
         B, T, D = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.heads, self.head_dim)  # (B, T, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, h, T, d)
-        dropout_p = self.attn_dropout if self.training else 0.0
+        dropout_p = self.attn_drop.p if self.training else 0.0
         attn, mask = None, None
         if self.log_scale is not None:  # LSA: learned temperature; a token may not attend to itself
             q = q * (self.log_scale.exp() / self.scale)  # so that the usual scaling gives exp(log_scale)

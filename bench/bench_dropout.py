@@ -8,8 +8,8 @@ with aten's random numbers (``fallback_random``), in one interleaved run (median
 
 Inductor draws random numbers with its own generator inside the fused C++ loops; aten draws them with the CPU's
 Mersenne twister, one number per element for nn.Dropout, one per two elements for vh.Dropout. Writes
-results/bench-dropout-<recipe>-<cpu-bf16|cpu-fp32|gpu>.json; fit's automatic compile choice
-(vitkit.runtime.resolve_compile) follows what it found.
+results/bench-dropout-<recipe>-<cpu-bf16|cpu-fp32>.json; fit compiles a model trained with dropout on a CPU
+with the options of vitkit.runtime.compile_options.
 """
 from __future__ import annotations
 

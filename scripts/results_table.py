@@ -552,9 +552,9 @@ def ablation_table(records) -> str:
              "|---|---|---|---:|---:|"]
     for recipe in ("mnist-original", "cifar10-original"):
         dataset = recipe.split("-")[0]
-        lengths = sorted({n.rsplit("-e", 1)[1][:-5] for n in by if n.startswith(f"{recipe}-abl-") and "-e" in
-                          n.rsplit("-s", 1)[-1]}, key=int)
-        for epochs in sorted({oa.PLANNED_EPOCHS[recipe], *map(int, lengths)} - {None}) or [None]:
+        found = {int(n.rsplit("-e", 1)[1][:-5]) if "-e" in n.rsplit("-s", 1)[-1] else None
+                 for n in by if n.startswith(f"{recipe}-abl-")}
+        for epochs in sorted(found | {oa.PLANNED_EPOCHS[recipe]}, key=lambda e: (e is not None, e or 0)):
             suffix = f"-e{epochs}" if epochs else ""
 
             def accs(row: str) -> dict[int, float]:
@@ -591,7 +591,7 @@ def ablation_table(records) -> str:
                 lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)} | {diff} |")
     lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured: only the "
                  "JPEG copy is here, and the loaders have no option yet to re-encode it once more at its quality "
-                 "(the proxy the issue suggests) | | |")
+                 "(a proxy for one more round of the same loss) | | |")
     return "\n".join(lines)
 
 

@@ -209,3 +209,9 @@ def test_dropout_keeps_each_value_with_the_rounded_rate_and_scales_it_by_its_inv
     assert torch.equal(drop(x.detach()) != 0, kept)  # the masks follow torch's seed
     z = torch.randn(4, 5)
     assert drop.eval()(z) is z and vh.Dropout(0.0).train()(z) is z  # no mask in eval mode or at p = 0
+    odd = vh.Dropout(0.5).train()(torch.ones(3, 5, dtype=torch.bfloat16))  # an odd number of elements, bf16
+    assert odd.dtype == torch.bfloat16 and set(odd.unique().tolist()) <= {0.0, 2.0}
+    torch.manual_seed(0)
+    assert vh.Dropout(1 - 1e-6).train()(torch.ones(10)).abs().sum() == 0  # p next to 1: PyTorch's masks
+    tenth = vh.Dropout(0.1).train()(torch.ones(10_000, dtype=torch.bfloat16))  # the scale rounded once into bf16
+    assert set(tenth.unique().tolist()) <= {0.0, torch.tensor(65536 / (65536 - 6554)).bfloat16().item()}

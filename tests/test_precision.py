@@ -137,24 +137,27 @@ def test_a_model_trained_with_dropout_is_compiled_on_a_cpu_with_aten_random_numb
         assert runtime.trains_with_dropout(model)
         assert runtime.compile_options(model, cpu) == {"fallback_random": True}
         assert runtime.compile_options(model, cuda) is None  # inductor's GPU generator is fast
-    hf = vh.to_hf(vh.VisionTransformer(**kwargs, dropout=0.1, attn_dropout=0.1))
-    assert runtime.trains_with_dropout(hf) and not runtime.trains_with_dropout(vh.to_hf(vh.VisionTransformer(**kwargs)))
+    for name in ("dropout", "attn_dropout"):  # HF's ViT: nn.Dropout modules, and its attention's own probability
+        assert runtime.trains_with_dropout(vh.to_hf(vh.VisionTransformer(**kwargs, **{name: 0.1})))
+    assert not runtime.trains_with_dropout(vh.to_hf(vh.VisionTransformer(**kwargs)))
 
 
 @pytest.mark.slow
-def test_compiled_with_those_options_a_model_draws_its_masks_from_torchs_seed():
+def test_compiled_with_those_options_dropout_keeps_its_rate_and_scale_and_follows_the_seed():
     runtime.import_inductor_quietly()
-    model = vh.VisionTransformer(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=2, heads=2,
-                                 mlp_dim=64, dropout=0.2, attn_dropout=0.2, mlp_dropout=0.2).train()
-    x = torch.randn(4, 3, 16, 16)
-    compiled = torch.compile(model, options=runtime.compile_options(model, torch.device("cpu")))
+    drop = vh.Dropout(0.2).train()
+    compiled = torch.compile(drop, options=runtime.compile_options(drop, torch.device("cpu")))
+    x = torch.full((500, 1000), 3.0)
     torch.manual_seed(5)
-    first = compiled(x)
+    y = compiled(x)
+    kept, cut = y != 0, round(0.2 * 65536)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 3.0 * 65536 / (65536 - cut)))
+    rate = 1 - cut / 65536
+    assert abs(kept.float().mean().item() - rate) < 5 * (rate * (1 - rate) / x.numel()) ** 0.5
     torch.manual_seed(5)
-    torch.testing.assert_close(compiled(x), first, rtol=0, atol=0)  # the same seed: the same masks
+    assert torch.equal(compiled(x) != 0, kept)  # the same seed: the same mask
     torch.manual_seed(6)
-    assert (compiled(x) - first).abs().max() > 0.1  # another seed: other masks
-    torch.testing.assert_close(compiled.eval()(x), model.eval()(x), rtol=1e-5, atol=1e-5)  # no masks: one function
+    assert not torch.equal(compiled(x) != 0, kept)
 
 
 def test_the_dropout_bench_builds_each_path_with_and_without_the_recipes_dropout():
@@ -168,3 +171,93 @@ def test_the_dropout_bench_builds_each_path_with_and_without_the_recipes_dropout
     assert all(runtime.trains_with_dropout(m) == (not name.endswith("no dropout")) for name, m in models.items())
     kinds = lambda m: {type(d) for d in m.modules() if isinstance(d, torch.nn.Dropout)}  # noqa: E731
     assert kinds(models["eager, dropout"]) == {vh.Dropout} and kinds(models["eager, torch's dropout"]) == {torch.nn.Dropout}
+
+
+@pytest.mark.slow
+def test_fit_with_compile_trains_the_original_model(monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **kwargs):  # dynamo tracing without inductor's C++ build (fast in tests)
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    runtime.set_seed(0)
+    model = tiny_vit()
+    before = model.head.weight.detach().clone()
+    hist = train.fit(model, loader(quadrant_data(64, 0), shuffle=True), loader(quadrant_data(32, 1)), epochs=2,
+                     compile=True, device="cpu", precision="fp32", progress=False, verbose=False)
+    assert compiled == [model] and hist.compiled is True
+    assert not torch.equal(before, model.head.weight)  # the compiled wrapper shares the parameters
+    torch._dynamo.reset()
+
+
+def test_fit_records_its_choices(monkeypatch, capsys):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    hist = train.fit(tiny_vit(), loader(quadrant_data(32, 0)), epochs=1, device="cpu", progress=False)
+    assert (hist.precision, hist.attention, hist.compiled, hist.device) == ("fp32", "SDPA (auto)", False, "cpu")
+    out = capsys.readouterr().out
+    assert out.count("fit: cpu in fp32 (CPU without native bf16") == 1 and "attention ran SDPA (auto)" in out
+
+
+def test_fit_reports_no_attention_path_for_a_model_without_attention(capsys):
+    from vitkit import baselines
+    cnn = baselines.SmallCNN(in_channels=1, num_classes=4, channels=(4, 4, 4, 4))
+    hist = train.fit(cnn, loader(quadrant_data(32, 0)), epochs=1, device="cpu", progress=False)
+    assert hist.attention is None and "attention ran" not in capsys.readouterr().out
+
+
+def test_fp16_with_gradient_scaler_trains_on_cpu(monkeypatch):
+    scalers = []
+    real = torch.amp.GradScaler
+
+    def recording(*args, **kwargs):
+        scalers.append(real(*args, **kwargs))
+        return scalers[-1]
+
+    monkeypatch.setattr(torch.amp, "GradScaler", recording)
+    runtime.set_seed(0)
+    model = tiny_vit()
+    train_loader, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(64, 1))
+    hist = train.fit(model, train_loader, val, epochs=10, lr=3e-3, precision="fp16", grad_clip=1.0, device="cpu",
+                     progress=False, verbose=False)
+    assert hist.precision == "fp16" and hist.attention == "explicit (auto)"
+    assert len(scalers) == 1 and scalers[0].get_scale() > 0
+    assert len(hist.lr) == hist.total_steps == 80
+    assert train.evaluate(model, val, precision="fp16")["acc"] >= 0.9
+
+
+@pytest.mark.slow
+def test_bf16_training_on_cpu_matches_fp32():
+    accs = {}
+    for precision in ("fp32", "bf16"):
+        runtime.set_seed(0)
+        model = tiny_vit()
+        train_loader, val = loader(quadrant_data(256, 0), shuffle=True), loader(quadrant_data(128, 1))
+        hist = train.fit(model, train_loader, val, epochs=15, lr=3e-3, precision=precision, device="cpu", progress=False,
+                         verbose=False)
+        assert hist.precision == precision
+        accs[precision] = train.evaluate(model, val, precision=precision)["acc"]
+    assert accs["fp32"] >= 0.95 and accs["bf16"] >= 0.95
+    assert abs(accs["fp32"] - accs["bf16"]) <= 0.03
+
+
+@pytest.mark.parametrize("native_bf16, precision, attention", [(True, "bf16", "explicit (auto)"),
+                                                                (False, "fp32", "SDPA (auto)")])
+def test_fit_follows_the_native_bf16_decision(monkeypatch, native_bf16, precision, attention):
+    """The decision mocked, the arithmetic real: one step of a tiny model (cheap even where bf16 is emulated)."""
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    hist = train.fit(tiny_vit(), loader(quadrant_data(16, 0)), epochs=1, device="cpu", compile=False,
+                     progress=False, verbose=False)
+    assert (hist.precision, hist.attention, hist.total_steps) == (precision, attention, 1)
+    assert train.evaluate(tiny_vit(), loader(quadrant_data(16, 1)))["n"] == 16
+
+
+@pytest.mark.parametrize("native_bf16, precision, reason", [
+    (True, "bf16", "CPU with AVX512-BF16/AMX"), (True, "fp32", "CPU with AVX512-BF16/AMX; fp32 as asked"),
+    (False, "fp32", "CPU without native bf16 (AVX512-BF16/AMX)"),
+    (False, "bf16", "CPU without native bf16 (AVX512-BF16/AMX); bf16 as asked")])
+def test_the_set_up_line_says_why_this_precision(monkeypatch, native_bf16, precision, reason):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
+    assert runtime.precision_reason(torch.device("cpu"), precision) == reason

@@ -265,7 +265,8 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
             "mnist-original-abl-no-embed-scale-s0.json": rec(0, 0.9800),
             "mnist-original-abl-no-embed-scale-s1.json": rec(1, 0.9810),
             "mnist-original-abl-inverted-s1.json": rec(1, 0.9900),
-            "cifar10-original-abl-faithful-s0-e10.json": rec(0, 0.60)}
+            "cifar10-original-abl-faithful-s0-e10.json": rec(0, 0.60),
+            "mnist-original-abl-faithful-s0-e5.json": rec(0, 0.97)}  # a shortened run: rows of their own
     for name, r in made.items():
         (tmp_path / name).write_text(json.dumps(r))
     lines = results_table.ablation_table(results_table.load_records(tmp_path)).splitlines()
@@ -277,6 +278,8 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
     assert row("mnist-original", "inverted").endswith("| 99.00 % (seed 1) | 99.00 % | +0.45 (one seed: a hint) |")
     assert row("mnist-original", "fp32").endswith("| not run yet | | |")
     assert row("cifar10-original", "faithful").startswith("| `cifar10-original`, 10 epochs |")
+    assert [l.split(" | ")[0] for l in lines if "`faithful`" in l] == [
+        "| `mnist-original`, its own length", "| `mnist-original`, 5 epochs", "| `cifar10-original`, 10 epochs"]
     assert not any("inverted" in l for l in lines if l.startswith("| `cifar10"))  # an MNIST-only row
 
 

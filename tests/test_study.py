@@ -132,7 +132,7 @@ def test_conclusions_say_each_trend_against_the_hypothesis_and_where_the_cnn_had
     # the gap widens by 5 points, 2 SE = 2 * sqrt(2) * 0.816 = 2.3
     assert lines[3] == ("- **The CNN's lead from 100 to 400 images** widens by 5.0 points (twice the standard error: "
                         "2.3): against the hypothesis, which predicts it narrows. The CNN was still rising on 100 "
-                        "images, so its lead there is a lower bound.")
+                        "images, so the lead there is a lower bound.")
     assert lines[4].endswith("9.5 points more on 100 images than on 400 (twice the standard error: 2.3), "
                              "as the hypothesis predicts.")
     assert lines[-1] == ("  - `cnn` on 100 images: 1 of 3 runs still rising (up to +0.80 points): its accuracy there "

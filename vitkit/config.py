@@ -178,6 +178,7 @@ def _check(cfg: FitConfig) -> None:
     if cfg.lr_step_decay is not None:
         if not isinstance(cfg.lr_step_decay, (tuple, list)) or len(cfg.lr_step_decay) != 2:
             raise TypeError(f"lr_step_decay must be (every, factor), e.g. (3, 0.1), got {cfg.lr_step_decay!r}.")
+        object.__setattr__(cfg, "lr_step_decay", tuple(cfg.lr_step_decay))  # a list from JSON resumes as a tuple
         check_number("lr_step_decay's every (epochs)", cfg.lr_step_decay[0], low=1, integer=True)
         check_number("lr_step_decay's factor", cfg.lr_step_decay[1], low=0, high=1, low_open=True)
         if cfg.lr_update != "epoch" or cfg.warmup_fraction != 0:

@@ -135,11 +135,11 @@ def resolve_compile(compile: bool | str, device: torch.device, precision: str, l
 
 
 def trains_with_dropout(model: torch.nn.Module) -> bool:
-    """Whether training draws dropout masks: an ``nn.Dropout`` with p > 0, or an attention module with an
-    ``attn_dropout`` probability > 0 (ours applies it with ``F.dropout``)."""
+    """Whether training draws dropout masks: an ``nn.Dropout`` (``vh.Dropout`` included) with p > 0, or an attention
+    module that applies its own probability ``attention_dropout`` > 0 (HF's ViT)."""
     def draws(m: torch.nn.Module) -> bool:
-        p = getattr(m, "attn_dropout", None)
-        return ((isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+        p = getattr(m, "attention_dropout", None)
+        return ((isinstance(m, torch.nn.Dropout) and m.p > 0)
                 or (isinstance(p, (int, float)) and not isinstance(p, bool) and p > 0))
     return any(draws(m) for m in model.modules())
 

@@ -268,10 +268,14 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
         else:
             words = (f"does not change beyond noise ({d:+.1f} points; {two_se(c)}): no evidence for the narrowing "
                      f"the hypothesis predicts")
-        caveat = [n for n in (c["from_size"], c["to_size"]) if (n, "cnn") in rising]
+        caveats = []
+        for v, who, bound in (("cnn", "the CNN", "a lower"), ("vit", "the plain ViT", "an upper")):
+            at = [n for n in (c["from_size"], c["to_size"]) if (n, v) in rising]
+            if at:
+                caveats.append(f"{who} was still rising on {' and '.join(f'{n:,}' for n in at)} images, so the lead "
+                               f"there is {bound} bound")
         lines.append(f"- **The CNN's lead from {c['from_size']:,} to {c['to_size']:,} images** {words}."
-                     + (f" The CNN was still rising on {' and '.join(f'{n:,}' for n in caveat)} images, so its lead "
-                        f"there is a lower bound." if caveat else ""))
+                     + (" " + _sentence("; ".join(caveats)) + "." if caveats else ""))
     for v, changes in summary["gain_change"].items():
         parts = []
         for c in changes:
