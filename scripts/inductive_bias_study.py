@@ -16,9 +16,9 @@ The validation split is class-balanced (500 images a class), so that the 45,000 
 Every (variant, size, seed) run is added to one record, results/inductive-bias-study.json, as it ends; the same
 command later runs only what the record lacks, and a run killed half-way resumes from its checkpoint. Validation
 (the split held out of the official training set) is the same 5,000 images for every size; the subsets are drawn from
-the rest, balanced over the classes, fixed by --subset-seed (nested: the 500 are part of the 2,500, and those of the 12,500). Each run's
-validation curve is kept, with how much its accuracy moved over the last 20 % of training (the plateau check), and
-the record's summary (vitkit.study.summarize) compares the variants size by size.
+the rest, balanced over the classes, fixed by --subset-seed (nested: the 500 are part of the 2,500, and those of
+the 12,500). Each run's validation curve is kept, with how much its accuracy moved over the last 20 % of training
+(the plateau check), and the record's summary (vitkit.study.summarize) compares the variants size by size.
 """
 from __future__ import annotations
 

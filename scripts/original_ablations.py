@@ -56,14 +56,32 @@ def overrides(row: str, dataset: str) -> list[str] | None:
     return per.get(dataset, per.get("*"))
 
 
+def tag(row: str, seed: int, epochs: int | None) -> str:
+    """The run's --tag: its record is results/<recipe>-<tag>.json."""
+    return f"abl-{row}-s{seed}" + (f"-e{epochs}" if epochs else "")
+
+
+def parse(record_name: str) -> tuple[str, str, int, int | None] | None:
+    """(recipe, row, seed, epochs) of an ablation record's file name (the inverse of :func:`tag`); None for any
+    other record."""
+    for recipe in PLANNED_EPOCHS:
+        head = f"{recipe}-abl-"
+        if not (record_name.startswith(head) and record_name.endswith(".json")):
+            continue
+        row, _, rest = record_name[len(head):-len(".json")].rpartition("-s")
+        seed, _, epochs = rest.partition("-e")
+        if row in ROWS and seed.isdigit() and (not epochs or epochs.isdigit()):
+            return recipe, row, int(seed), int(epochs) if epochs else None
+    return None
+
+
 def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str]) -> list[str] | None:
     dataset = recipe.split("-")[0]
     sets = overrides(row, dataset)
     if sets is None:
         return None
-    tag = f"abl-{row}-s{seed}" + (f"-e{epochs}" if epochs else "")
-    cmd = [sys.executable, str(ROOT / "scripts" / "train_recipe.py"), recipe, "--seed", str(seed), "--tag", tag,
-           "--resume", *passthrough]
+    cmd = [sys.executable, str(ROOT / "scripts" / "train_recipe.py"), recipe, "--seed", str(seed), "--tag",
+           tag(row, seed, epochs), "--resume", *passthrough]
     for s in sets:
         cmd += ["--set", s]
     if epochs:
@@ -100,9 +118,9 @@ def main(argv=None) -> int:
             if cmd is None:
                 print(f"{row}: does not apply to {args.recipe}")
                 continue
-            tag = cmd[cmd.index("--tag") + 1]
-            if (ROOT / "results" / f"{args.recipe}-{tag}.json").is_file():
-                print(f"{row} seed {seed}: recorded (results/{args.recipe}-{tag}.json)")
+            name = f"{args.recipe}-{tag(row, seed, args.epochs)}.json"
+            if (ROOT / "results" / name).is_file():
+                print(f"{row} seed {seed}: recorded (results/{name})")
                 continue
             print(" ".join(cmd[1:]), flush=True)
             if not args.dry_run and subprocess.run(cmd, cwd=ROOT).returncode != 0:

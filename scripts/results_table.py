@@ -548,34 +548,30 @@ def ablation_table(records) -> str:
     from vitkit import stats
 
     by = dict(records)
+    accs: dict[tuple[str, int | None, str], dict[int, float]] = {}  # (recipe, epochs, row) -> seed -> test acc
+    for name, rec in by.items():
+        parsed = oa.parse(name)
+        if parsed is not None:
+            recipe, row, seed, epochs = parsed
+            accs.setdefault((recipe, epochs, row), {})[seed] = rec["metrics"]["test_acc"]
+    for recipe in oa.PLANNED_EPOCHS:  # the faithful run at full length is its headline record
+        if f"{recipe}-full.json" in by:
+            full = by[f"{recipe}-full.json"]
+            accs.setdefault((recipe, None, "faithful"), {})[int(full["seed"])] = full["metrics"]["test_acc"]
     lines = ["| recipe | row: switched back to ours | test acc per seed | mean | row minus faithful |",
              "|---|---|---|---:|---:|"]
-    for recipe in ("mnist-original", "cifar10-original"):
+    for recipe, planned in oa.PLANNED_EPOCHS.items():
         dataset = recipe.split("-")[0]
-        found = {int(n.rsplit("-e", 1)[1][:-5]) if "-e" in n.rsplit("-s", 1)[-1] else None
-                 for n in by if n.startswith(f"{recipe}-abl-")}
-        for epochs in sorted(found | {oa.PLANNED_EPOCHS[recipe]}, key=lambda e: (e is not None, e or 0)):
-            suffix = f"-e{epochs}" if epochs else ""
-
-            def accs(row: str) -> dict[int, float]:
-                out = {}
-                for name, rec in by.items():
-                    head = f"{recipe}-abl-{row}-s"
-                    if name.startswith(head) and name.endswith(f"{suffix}.json") and \
-                            name[len(head):-len(f"{suffix}.json")].isdigit():
-                        out[int(rec["seed"])] = rec["metrics"]["test_acc"]
-                if row == "faithful" and epochs is None and f"{recipe}-full.json" in by:
-                    out[int(by[f"{recipe}-full.json"]["seed"])] = by[f"{recipe}-full.json"]["metrics"]["test_acc"]
-                return dict(sorted(out.items()))
-
-            faithful = list(accs("faithful").values())
+        found = {epochs for r, epochs, _ in accs if r == recipe}
+        for epochs in sorted(found | {planned}, key=lambda e: (e is not None, e or 0)):
+            faithful = list(accs.get((recipe, epochs, "faithful"), {}).values())
             length = f"{epochs} epochs" if epochs else "its own length"
             for row, (what, _) in oa.ROWS.items():
                 if oa.overrides(row, dataset) is None:
                     continue
-                got = accs(row)
+                got = dict(sorted(accs.get((recipe, epochs, row), {}).items()))
                 if not got:
-                    if epochs == oa.PLANNED_EPOCHS[recipe]:
+                    if epochs == planned:
                         lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | not run yet | | |")
                     continue
                 vals = list(got.values())

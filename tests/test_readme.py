@@ -290,6 +290,10 @@ def test_ablation_driver_runs_one_train_recipe_call_per_row_and_seed(capsys):
     assert cmd[2:] == ["cifar10-original", "--seed", "1", "--tag", "abl-no-embed-scale-s1-e10", "--resume",
                        "--data-root", "d", "--set", "model.embed_scale=False", "--epochs", "10"]
     assert oa.command("cifar10-original", "inverted", 1, None, []) is None  # MNIST only
+    assert oa.parse(f"cifar10-original-{oa.tag('no-embed-scale', 1, 10)}.json") == (
+        "cifar10-original", "no-embed-scale", 1, 10)
+    assert oa.parse("mnist-original-abl-faithful-s0.json") == ("mnist-original", "faithful", 0, None)
+    assert oa.parse("mnist-original-full.json") is None and oa.parse("mnist-original-abl-nope-s0.json") is None
     assert oa.command("mnist-original", "fp32", 1, None, [])[-2:] == ["--precision", "fp32"]
     assert oa.main(["mnist-original", "--rows", "faithful", "inverted", "--dry-run", "--data-root", "d"]) == 0
     out = capsys.readouterr().out.splitlines()
