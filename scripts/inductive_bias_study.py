@@ -6,7 +6,7 @@ of several sizes, with several seeds, every run of a size given the same trainin
     python scripts/inductive_bias_study.py --data-root ../shared/data --threads 2
     python scripts/inductive_bias_study.py --data-root ../shared/data --sizes 2500 --seeds 0 --tflop 2500=20
 
-Two 1-thread processes train about a fifth more images a second than one 2-thread process on 2 cores; give each
+Two 1-thread processes train more images a second in all than one 2-thread process on 2 cores; give each
 its share of the runs (they write the same record, one at a time):
 
     python scripts/inductive_bias_study.py --data-root ../shared/data --threads 1 --shard 0/2 &

@@ -69,6 +69,16 @@ def test_each_variant_is_built_with_its_prior_and_the_cnn_matches_the_plain_vit_
         study.build("resnet", recipe, 10)
 
 
+def test_the_small_cnn_pools_after_its_first_blocks_only_and_refuses_more_pools_than_blocks():
+    from vitkit import baselines
+    cnn = baselines.SmallCNN(channels=(8, 16, 32, 32))  # the study's shape: (w, 2w, 4w, 4w)
+    assert cnn.features(torch.zeros(2, 3, 32, 32)).shape == (2, 32, 8, 8)  # 32 -> 16 -> 8, then two blocks at 8x8
+    assert cnn(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert baselines.SmallCNN(channels=(4, 4, 4), pools=3).features(torch.zeros(1, 3, 32, 32)).shape == (1, 4, 4, 4)
+    with pytest.raises(ValueError, match="pools=5.*between 0 and len\\(channels\\)=4"):
+        baselines.SmallCNN(pools=5)
+
+
 def _runs(table: dict[int, dict[str, list[float]]]) -> list[dict]:
     return [{"variant": v, "size": size, "seed": seed, "test_acc": acc, "plateau_move_points": 0.2}
             for size, variants in table.items() for v, accs in variants.items() for seed, acc in enumerate(accs)]
@@ -121,6 +131,7 @@ def test_conclusions_say_each_trend_against_the_hypothesis_and_where_the_cnn_had
              400: {"vit": [0.49, 0.50, 0.51], "cnn": [0.74, 0.75, 0.76], "spt-lsa": [0.495, 0.505, 0.515]}}
     runs = _runs(table)
     runs[3]["plateau_move_points"] = 0.8  # cnn, 100 images, seed 0
+    runs[15]["plateau_move_points"] = 0.6  # spt-lsa, 400 images, seed 0
     lines = study.conclusions(study.summarize(runs))
     # gap 20 points, 2 SE = 2 * sqrt(2 * 0.01^2 / 3) = 1.63; spt-lsa +10 of it = 50 %
     assert lines[0] == ("- **100 training images.** The CNN ahead of the plain ViT by 20.0 points (twice the standard "
@@ -134,8 +145,10 @@ def test_conclusions_say_each_trend_against_the_hypothesis_and_where_the_cnn_had
                         "2.3): against the hypothesis, which predicts it narrows. The CNN was still rising on 100 "
                         "images, so the lead there is a lower bound.")
     assert lines[4].endswith("9.5 points more on 100 images than on 400 (twice the standard error: 2.3), "
-                             "as the hypothesis predicts.")
-    assert lines[-1] == ("  - `cnn` on 100 images: 1 of 3 runs still rising (up to +0.80 points): its accuracy there "
+                             "as the hypothesis predicts. `spt-lsa` was still rising on 400 images, so its gain there "
+                             "is a lower bound.")
+    assert "A flat end is needed, not enough: the learning rate falls to zero" in lines[-3]
+    assert lines[-2] == ("  - `cnn` on 100 images: 1 of 3 runs still rising (up to +0.80 points): its accuracy there "
                          "is a lower bound.")
     assert study.conclusions(study.summarize(_runs({100: {"vit": [0.3, 0.4]}}))) == [
         "- No size has every variant run on at least two seeds yet, so nothing is compared."]

@@ -34,10 +34,10 @@ SEEDS = (0, 1, 2)
 # Training compute per run (TFLOP) by training-set size. The sizes and budgets are what 45 runs (5 variants x 3
 # sizes x 3 seeds) can afford in about 6 hours on 2 CPU cores (two 1-thread runs at a time): a run's compute must
 # grow with its data for its curve to level off, and at 45,000 images one plain-ViT run that flattens would cost
-# about as much as the whole study. 2,500: the pilots in results/inductive-bias-pilot-* (at 15 TFLOP the plain ViT
-# reached 41 % and at 60 TFLOP 48 %, flat over the last third). Every run records how much its validation accuracy
-# still moved over the last 20 % of training (plateau_move), and the summary names the runs that rose or fell by
-# PLATEAU_POINTS or more.
+# about as much as the whole study. 2,500: the pilots in results/inductive-bias-pilot-* (the plain ViT, flat at the
+# end of a 15 TFLOP run, still gained several points at 60: a flat end is not proof). Every run records how much
+# its validation accuracy still moved over the last 20 % of training (plateau_move), and the summary names the runs
+# that rose or fell by PLATEAU_POINTS or more.
 TFLOP = {500: 15.0, 2500: 40.0, 12_500: 100.0}
 RECIPE = "cifar10-cpu"  # the training settings (optimizer, LR, augmentation, batch) and the ViT's sizes
 SUBSET_SEED = 1234  # fixes which images each subset holds
@@ -237,6 +237,19 @@ def _runs_of(k: int, n: int) -> str:
     return f"{k} of {n} run" + ("s" if n != 1 else "")
 
 
+def _bounds(changes: Sequence[dict], rising: dict, ahead: str, who: str, what: str) -> str:
+    """The caveat after a trend of ``ahead`` minus the plain ViT: at a size where ``ahead`` was still rising the
+    difference is a lower bound, where the plain ViT was an upper one ("" when neither)."""
+    sizes = sorted({n for c in changes for n in (c["from_size"], c["to_size"])})
+    caveats = []
+    for v, name, bound in ((ahead, who, "a lower"), ("vit", "the plain ViT", "an upper")):
+        at = [n for n in sizes if (n, v) in rising]
+        if at:
+            caveats.append(f"{name} was still rising on {' and '.join(f'{n:,}' for n in at)} images, so {what} "
+                           f"there is {bound} bound")
+    return " " + _sentence("; ".join(caveats)) + "." if caveats else ""
+
+
 def conclusions(summary: dict[str, Any]) -> list[str]:
     """What :func:`summarize` found, as Markdown bullets: per size, the CNN's lead over the plain ViT and each
     prior's gain (with its share of that lead); how the lead and each gain change as data grows, each against what
@@ -268,14 +281,8 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
         else:
             words = (f"does not change beyond noise ({d:+.1f} points; {two_se(c)}): no evidence for the narrowing "
                      f"the hypothesis predicts")
-        caveats = []
-        for v, who, bound in (("cnn", "the CNN", "a lower"), ("vit", "the plain ViT", "an upper")):
-            at = [n for n in (c["from_size"], c["to_size"]) if (n, v) in rising]
-            if at:
-                caveats.append(f"{who} was still rising on {' and '.join(f'{n:,}' for n in at)} images, so the lead "
-                               f"there is {bound} bound")
         lines.append(f"- **The CNN's lead from {c['from_size']:,} to {c['to_size']:,} images** {words}."
-                     + (" " + _sentence("; ".join(caveats)) + "." if caveats else ""))
+                     + _bounds([c], rising, "cnn", "the CNN", "the lead"))
     for v, changes in summary["gain_change"].items():
         parts = []
         for c in changes:
@@ -287,14 +294,16 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
             else:
                 parts.append(f"{a} vs {b} images within noise ({d:+.1f} points; {two_se(c)})")
         lines.append(f"- **`{v}`'s gain over the plain ViT as data grows** (the hypothesis predicts more on less "
-                     f"data): {'; '.join(parts)}.")
+                     f"data): {'; '.join(parts)}." + _bounds(changes, rising, v, f"`{v}`", "its gain"))
     if summary["incomplete"]:
         lines.append(f"- **Partial**: {', '.join(f'{n:,}' for n in summary['incomplete'])} images not yet run with "
                      f"at least two seeds of every variant; not compared.")
     if p["largest_move_points"] is not None:
         lines.append(f"- **Levelling off.** The largest move of validation accuracy over the last 20 % of a run (the "
                      f"rise of its least-squares line) was {p['largest_move_points']:+.2f} points, "
-                     + ("within" if p["all_flat"] else "**beyond**") + f" the ±{p['limit_points']} points asked.")
+                     + ("within" if p["all_flat"] else "**beyond**") + f" the ±{p['limit_points']} points asked. "
+                     "A flat end is needed, not enough: the learning rate falls to zero at the end of every run, so "
+                     "every curve flattens there; only a run with a larger budget shows what more compute buys.")
         for r in p["still_rising"]:
             lines.append(f"  - `{r['variant']}` on {r['size']:,} images: {_runs_of(r['runs'], r['of'])} still rising "
                          f"(up to {r['largest_points']:+.2f} points): its accuracy there is a lower bound.")
