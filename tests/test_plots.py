@@ -48,6 +48,31 @@ def test_other_figures(tmp_path):
     assert fig.axes[0].get_xlabel() == "predicted class"
 
 
+def test_data_size_figure_draws_the_study_lines_the_differences_and_a_notebooks_own_points(tmp_path):
+    from vitkit import study
+    accs = {100: {"vit": [0.30, 0.32], "cnn": [0.50, 0.52]}, 400: {"vit": [0.50, 0.52], "cnn": [0.60, 0.62]}}
+    runs = [{"variant": v, "size": n, "seed": s, "test_acc": a, "plateau_move_points": 0.1,
+             "val_acc": [0.1 * (i + 1) + a for i in range(10)]}
+            for n, per in accs.items() for v, seeds in per.items() for s, a in enumerate(seeds)]
+    runs[2]["plateau_move_points"] = 0.7  # cnn, 100 images, seed 0
+    own = [{"variant": "vit", "size": 100, "test_acc": 0.33}]
+    fig = plots.data_size(study.summarize(runs), runs, own, ["vit", "cnn"], save_path=tmp_path / "d.png")
+    left, right = fig.axes
+    assert [tuple(line.get_ydata()) for line in left.get_lines()] == [(31.0, 51.0), (51.0, 61.0)]  # means in %
+    assert left.get_legend_handles_labels()[1] == ["vit (study, seeds per size: 2/2)", "cnn (study, seeds per size: 2/2)",
+                                                   "this notebook's run"]
+    assert [t.get_text() for t in left.get_xticklabels()] == ["100", "400"] and left.get_xscale() == "log"
+    (bars,) = right.containers  # one errorbar: the CNN minus the plain ViT, at both sizes
+    assert list(bars.lines[0].get_ydata()) == pytest.approx([20.0, 10.0])
+    assert (tmp_path / "d.png").exists()
+    tails = plots.curve_tails(runs, ["vit", "cnn"], limit=0.5, title="tails")
+    assert len(tails.axes) == 2 and [ax.get_title() for ax in tails.axes] == ["100 training images", "400 training images"]
+    widths = [line.get_linewidth() for line in tails.axes[0].get_lines()]
+    assert sorted(widths) == [0.8, 0.8, 0.8, 2.2]  # the one run that moved by the limit or more is thick
+    with pytest.raises(ValueError, match="lack 'vit'"):
+        plots.data_size(None, [], own, ["cnn"])
+
+
 def test_confusion_matrix_colours_only_the_mistakes():
     # 9 correct "a", 2 "b" taken for "a", 1 "c" taken for "b": the colour scale ends at the largest mistake (2)
     labels = torch.tensor([0] * 9 + [1, 1, 2])

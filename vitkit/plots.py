@@ -1,5 +1,6 @@
 """Plots (matplotlib is imported inside each function; each returns the Figure and can save it): attention maps
-over images, map grids, training curves, image and patch grids, position-embedding similarity, confusion matrix."""
+over images, map grids, training curves, image and patch grids, position-embedding similarity, confusion matrix, and
+the data-size study's accuracy against size and validation-curve tails."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ import vit_helpers as vh
 from vitkit.checks import check_number
 
 __all__ = ["denormalize", "upsample_masks", "to_hwc", "attention_maps", "mask_grid", "training_curves", "image_grid",
-           "patch_grid", "position_similarity", "confusion_counts", "confusion_matrix"]
+           "patch_grid", "position_similarity", "confusion_counts", "confusion_matrix", "data_size", "curve_tails"]
 
 
 def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -339,3 +340,95 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, classes: Sequenc
                     fontweight="bold" if i == j else "normal", color="white" if dark else "black")
     fig.colorbar(im, ax=ax, label="mistakes (test images); diagonal in grey: correct")
     return _finish(fig, save_path)
+
+
+def _variant_colors(variants: Sequence[str]) -> dict[str, tuple]:
+    import matplotlib.pyplot as plt
+
+    return dict(zip(variants, plt.cm.tab10.colors))
+
+
+def data_size(summary: dict | None, study_runs: Sequence[dict], runs: Sequence[dict], variants: Sequence[str], *,
+              label: str = "this notebook's run", save_path: str | Path | None = None):
+    """The data-size study in two panels. Left: mean test accuracy against training-set size, one line per variant
+    with a band of one standard deviation over seeds and each seed as a dot (``summary`` from
+    ``vitkit.study.summarize`` of ``study_runs``), and ``runs`` (e.g. a notebook's own, one seed) as hollow markers.
+    Right: each variant minus the plain ViT (``"vit"``) at the sizes compared, with bars of twice the standard error
+    of the difference. Runs are dicts with ``variant``, ``size``, ``test_acc``; the x axis is logarithmic."""
+    import matplotlib.pyplot as plt
+
+    if "vit" not in variants:
+        raise ValueError(f"variants {list(variants)} lack 'vit': the right panel is each variant minus the plain ViT.")
+    by_size = summary["by_size"] if summary else {}
+    colors = _variant_colors(variants)
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(13, 4.6), layout="constrained")
+    for v in variants:
+        sizes = sorted(int(n) for n, per in by_size.items() if v in per)
+        if sizes:
+            per = [by_size[str(n)][v] for n in sizes]
+            mean = np.array([100 * p["mean"] for p in per])
+            sd = np.array([100 * (p["std"] or 0.0) for p in per])
+            seeds = "/".join(str(p["n"]) for p in per)
+            ax.plot(sizes, mean, marker="o", color=colors[v], label=f"{v} (study, seeds per size: {seeds})")
+            ax.fill_between(sizes, mean - sd, mean + sd, color=colors[v], alpha=0.2)
+            own = [r for r in study_runs if r["variant"] == v]
+            ax.scatter([r["size"] for r in own], [100 * r["test_acc"] for r in own], s=8, color=colors[v], alpha=0.6)
+        mine = [r for r in runs if r["variant"] == v]
+        ax.scatter([r["size"] for r in mine], [100 * r["test_acc"] for r in mine], s=70, facecolors="none",
+                   edgecolors=colors[v], linewidths=1.5, zorder=3)
+    if runs:
+        ax.scatter([], [], s=70, facecolors="none", edgecolors="gray", label=label)
+    ax.set(ylabel="test accuracy (%)", title="Accuracy against training-set size, equal compute per size")
+    ax.legend(fontsize=7)
+    others = [v for v in variants if v != "vit"]
+    for i, v in enumerate(others):
+        key = "cnn_minus_vit" if v == "cnn" else "prior_gain"
+        pts = [(n, summary[key][str(n)] if v == "cnn" else summary[key][str(n)].get(v))
+               for n in (summary["compared_sizes"] if summary else [])]
+        pts = [(n * 1.04 ** (i - (len(others) - 1) / 2), d) for n, d in pts if d]  # side by side, not overlapping
+        if pts:
+            dx.errorbar([n for n, _ in pts], [100 * d["difference"] for _, d in pts], capsize=3, marker="o",
+                        color=colors[v], yerr=[100 * d["two_standard_errors"] for _, d in pts],
+                        label=f"{v} minus the plain ViT")
+    dx.axhline(0, color="gray", lw=1)
+    dx.set(ylabel="difference of mean test accuracy (points)",
+           title="What each prior (and the CNN) adds to the plain ViT; bars: 2 SE")
+    if dx.get_legend_handles_labels()[0]:
+        dx.legend(fontsize=7)
+    ticks = sorted({int(n) for n in by_size} | {int(r["size"]) for r in runs})
+    for a in (ax, dx):
+        a.set_xscale("log")
+        a.set_xticks(ticks, [f"{n:,}" for n in ticks])
+        a.minorticks_off()
+        a.set_xlabel("training images (class-balanced subset of CIFAR-10)")
+        a.grid(alpha=0.3, which="both")
+    return _finish(fig, save_path, tight=False)
+
+
+def curve_tails(runs: Sequence[dict], variants: Sequence[str], *, limit: float, title: str,
+                save_path: str | Path | None = None):
+    """The second half of every run's validation curve (``val_acc`` per epoch), one panel per training-set size,
+    on the share of the run's training; the last 20 % shaded, and the runs whose ``plateau_move_points`` reached
+    ``limit`` either way drawn thick."""
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({int(r["size"]) for r in runs})
+    if not sizes:
+        raise ValueError("no runs to draw: pass the study's runs or a notebook's own.")
+    colors = _variant_colors(variants)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.4 * len(sizes), 3.6), squeeze=False, layout="constrained")
+    for ax, size in zip(axes[0], sizes):
+        for r in [r for r in runs if int(r["size"]) == size]:
+            n = len(r["val_acc"])
+            x = np.arange(1, n + 1) / n
+            thick = abs(r["plateau_move_points"] or 0) >= limit
+            ax.plot(x[n // 2:], [100 * a for a in r["val_acc"][n // 2:]], color=colors[r["variant"]],
+                    lw=2.2 if thick else 0.8, alpha=0.9)
+        ax.axvspan(0.8, 1.0, color="gray", alpha=0.15)
+        ax.set(title=f"{size:,} training images", xlabel="share of the run's training")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("validation accuracy (%)")
+    axes[0, -1].legend(handles=[plt.Line2D([], [], color=colors[v], label=v) for v in variants]
+                       + [plt.Line2D([], [], color="gray", lw=2.2, label=f"moved ≥ {limit} points")], fontsize=7)
+    fig.suptitle(title)
+    return _finish(fig, save_path, tight=False)
