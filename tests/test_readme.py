@@ -106,7 +106,7 @@ def test_inductive_bias_table_shows_each_size_with_its_spread_the_verdicts_and_w
     assert any(l.startswith("- **The CNN's lead from 2,500 to 10,000 images** narrows by 11.0 points") and
                "as the hypothesis predicts" in l for l in lines)
     assert "- **Partial**: 45,000 images not yet run with at least two seeds of every variant; not compared." in lines
-    assert lines[-4] == ("- **Levelling off.** The largest move of validation accuracy over the last 20 % of a run (the "
+    assert lines[-4] == ("- **Levelling off.** The largest move of validation accuracy over the last fifth of a run (the "
                          "rise of its least-squares line) was +0.60 points, **beyond** the ±0.5 points asked. A flat "
                          "end is needed, not enough: the learning rate falls to zero at the end of every run, so every "
                          "curve flattens there; only a run with a larger budget shows what more compute buys.")

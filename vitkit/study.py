@@ -299,7 +299,7 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
         lines.append(f"- **Partial**: {', '.join(f'{n:,}' for n in summary['incomplete'])} images not yet run with "
                      f"at least two seeds of every variant; not compared.")
     if p["largest_move_points"] is not None:
-        lines.append(f"- **Levelling off.** The largest move of validation accuracy over the last 20 % of a run (the "
+        lines.append(f"- **Levelling off.** The largest move of validation accuracy over the last fifth of a run (the "
                      f"rise of its least-squares line) was {p['largest_move_points']:+.2f} points, "
                      + ("within" if p["all_flat"] else "**beyond**") + f" the ±{p['limit_points']} points asked. "
                      "A flat end is needed, not enough: the learning rate falls to zero at the end of every run, so "
