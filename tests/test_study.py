@@ -133,18 +133,21 @@ def test_conclusions_say_each_trend_against_the_hypothesis_and_where_the_cnn_had
     runs[3]["plateau_move_points"] = 0.8  # cnn, 100 images, seed 0
     runs[15]["plateau_move_points"] = 0.6  # spt-lsa, 400 images, seed 0
     lines = study.conclusions(study.summarize(runs))
+    assert lines[0] == ("- **The hypothesis, from 100 to 400 images** (it predicts the CNN's lead narrows and each prior "
+                        "gains more on less data). As it predicts: `spt-lsa`'s gain (9.5 points more on 100 images); "
+                        "against it: the CNN's lead (widens by 5.0 points); within noise: nothing.")
     # gap 20 points, 2 SE = 2 * sqrt(2 * 0.01^2 / 3) = 1.63; spt-lsa +10 of it = 50 %
-    assert lines[0] == ("- **100 training images.** The CNN ahead of the plain ViT by 20.0 points (twice the standard "
+    assert lines[1] == ("- **100 training images.** The CNN ahead of the plain ViT by 20.0 points (twice the standard "
                         "error: 1.6). `spt-lsa` ahead of the plain ViT by 10.0 points (twice the standard error: 1.6): "
                         "50 % of the CNN's lead.")
-    assert lines[1].startswith("- **400 training images.** The CNN ahead of the plain ViT by 25.0 points") and \
-        "`spt-lsa` and the plain ViT within noise (0.5 points apart; twice the standard error: 1.6)." in lines[1]
-    assert lines[2].startswith("- A prior's share of the CNN's lead is a ratio of two means")
+    assert lines[2].startswith("- **400 training images.** The CNN ahead of the plain ViT by 25.0 points") and \
+        "`spt-lsa` and the plain ViT within noise (0.5 points apart; twice the standard error: 1.6)." in lines[2]
+    assert lines[3].startswith("- A prior's share of the CNN's lead is a ratio of two means")
     # the gap widens by 5 points, 2 SE = 2 * sqrt(2) * 0.816 = 2.3
-    assert lines[3] == ("- **The CNN's lead from 100 to 400 images** widens by 5.0 points (twice the standard error: "
+    assert lines[4] == ("- **The CNN's lead from 100 to 400 images** widens by 5.0 points (twice the standard error: "
                         "2.3): against the hypothesis, which predicts it narrows. The CNN was still rising on 100 "
                         "images, so the lead there is a lower bound.")
-    assert lines[4].endswith("9.5 points more on 100 images than on 400 (twice the standard error: 2.3), "
+    assert lines[5].endswith("9.5 points more on 100 images than on 400 (twice the standard error: 2.3), "
                              "as the hypothesis predicts. `spt-lsa` was still rising on 400 images, so its gain there "
                              "is a lower bound.")
     assert "A flat end is needed, not enough: the learning rate falls to zero" in lines[-3]

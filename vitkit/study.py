@@ -237,6 +237,34 @@ def _runs_of(k: int, n: int) -> str:
     return f"{k} of {n} run" + ("s" if n != 1 else "")
 
 
+def _signed(points: float) -> str:
+    """``+1.2`` / ``-1.2``, and ``0.0`` for what rounds to zero (no signed zero)."""
+    text = f"{points:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
+
+
+def _headline(summary: dict[str, Any]) -> str:
+    """The hypothesis's two predictions, from the smallest compared size to the largest, sorted into its way, against
+    it and within noise: the CNN's lead narrows, and each prior gains more on the smaller size."""
+    first, last = summary["compared_sizes"][0], summary["compared_sizes"][-1]
+    span = lambda changes: next(c for c in changes if (c["from_size"], c["to_size"]) == (first, last))  # noqa: E731
+    groups: dict[str, list[str]] = {"as it predicts": [], "against it": [], "within noise": []}
+    gap = span(summary["gap_change"])
+    d = 100 * gap["difference"]
+    groups["within noise" if not gap["beyond_noise"] else "as it predicts" if d < 0 else "against it"].append(
+        f"the CNN's lead ({'narrows' if d < 0 else 'widens'} by {abs(d):.1f} points)" if gap["beyond_noise"]
+        else "the CNN's lead")
+    for v, changes in summary["gain_change"].items():
+        c = span(changes)
+        d = 100 * c["difference"]
+        groups["within noise" if not c["beyond_noise"] else "as it predicts" if d > 0 else "against it"].append(
+            f"`{v}`'s gain ({abs(d):.1f} points {'more' if d > 0 else 'less'} on {first:,} images)" if c["beyond_noise"]
+            else f"`{v}`'s gain")
+    said = "; ".join(f"{k}: {', '.join(x) if x else 'nothing'}" for k, x in groups.items())
+    return (f"- **The hypothesis, from {first:,} to {last:,} images** (it predicts the CNN's lead narrows and each "
+            f"prior gains more on less data). {_sentence(said)}.")
+
+
 def _bounds(changes: Sequence[dict], rising: dict, ahead: str, who: str, what: str) -> str:
     """The caveat after a trend of ``ahead`` minus the plain ViT: at a size where ``ahead`` was still rising the
     difference is a lower bound, where the plain ViT was an upper one ("" when neither)."""
@@ -260,7 +288,7 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
     p = summary["plateau"]
     rising = {(r["size"], r["variant"]): r for r in p["still_rising"]}
     two_se = lambda d: f"twice the standard error: {100 * d['two_standard_errors']:.1f}"  # noqa: E731
-    lines, shares = [], False
+    lines, shares = [_headline(summary)] if len(summary["compared_sizes"]) > 1 else [], False
     for size in summary["compared_sizes"]:
         gap = summary["cnn_minus_vit"][str(size)]
         line = f"- **{size:,} training images.** {_sentence(stats.verdict(gap, 'the CNN', 'the plain ViT'))}."
@@ -279,7 +307,7 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
             words = (f"narrows by {-d:.1f} points ({two_se(c)}), as the hypothesis predicts" if d < 0 else
                      f"widens by {d:.1f} points ({two_se(c)}): against the hypothesis, which predicts it narrows")
         else:
-            words = (f"does not change beyond noise ({d:+.1f} points; {two_se(c)}): no evidence for the narrowing "
+            words = (f"does not change beyond noise ({_signed(d)} points; {two_se(c)}): no evidence for the narrowing "
                      f"the hypothesis predicts")
         lines.append(f"- **The CNN's lead from {c['from_size']:,} to {c['to_size']:,} images** {words}."
                      + _bounds([c], rising, "cnn", "the CNN", "the lead"))
@@ -292,7 +320,7 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
                 parts.append(f"{abs(d):.1f} points {'more' if d > 0 else 'less'} on {a} images than on {b} "
                              f"({two_se(c)}), {'as the hypothesis predicts' if d > 0 else 'against the hypothesis'}")
             else:
-                parts.append(f"{a} vs {b} images within noise ({d:+.1f} points; {two_se(c)})")
+                parts.append(f"{a} vs {b} images within noise ({_signed(d)} points; {two_se(c)})")
         lines.append(f"- **`{v}`'s gain over the plain ViT as data grows** (the hypothesis predicts more on less "
                      f"data): {'; '.join(parts)}." + _bounds(changes, rising, v, f"`{v}`", "its gain"))
     if summary["incomplete"]:
