@@ -540,6 +540,20 @@ def original_table(records) -> str:
     return "\n".join(rows) if len(rows) > 2 else "_No complete run of an original recipe is recorded yet._"
 
 
+def _within_a_point_of_the_original(recipe: str, full: dict | None) -> str:
+    """Why the ablations of ``recipe`` are not needed, when its faithful run to its end lands within a point of every
+    test accuracy the original reported for it; "" otherwise (no such run, or a gap over a point)."""
+    theirs = [acc[2] for _, acc, r in ORIGINAL if r == recipe]
+    run = None if full is None else full["metrics"].get("epochs_run")
+    if run is None or not theirs or run != full["config"].get("fit", {}).get("epochs"):
+        return ""
+    ours = full["metrics"]["test_acc"]
+    if any(abs(ours - t) > 0.01 for t in theirs):
+        return ""
+    return (f"the faithful run's {pct(ours)} lands within a point of the original's "
+            f"{' and '.join(pct(t) for t in theirs)}")
+
+
 def ablation_table(records) -> str:
     """scripts/original_ablations.py's runs: per faithful recipe and run length, the faithful runs (the noise) and
     each row with one difference switched back to ours, test accuracy per seed, and each row's mean minus the
@@ -563,15 +577,21 @@ def ablation_table(records) -> str:
     for recipe, planned in oa.PLANNED_EPOCHS.items():
         dataset = recipe.split("-")[0]
         found = {epochs for r, epochs, _ in accs if r == recipe}
+        close = _within_a_point_of_the_original(recipe, by.get(f"{recipe}-full.json"))
         for epochs in sorted(found | {planned}, key=lambda e: (e is not None, e or 0)):
             faithful = list(accs.get((recipe, epochs, "faithful"), {}).values())
             length = f"{epochs} epochs" if epochs else "its own length"
+            skipped = False
             for row, (what, _) in oa.ROWS.items():
                 if oa.overrides(row, dataset) is None:
                     continue
                 got = dict(sorted(accs.get((recipe, epochs, row), {}).items()))
                 if not got:
-                    if epochs == planned:
+                    if epochs == planned and close:
+                        if not skipped:
+                            lines.append(f"| `{recipe}`, {length} | every row not run | not needed: {close} | | |")
+                        skipped = True
+                    elif epochs == planned:
                         lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | not run yet | | |")
                     continue
                 vals = list(got.values())

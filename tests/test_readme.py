@@ -281,7 +281,8 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
     assert row("mnist-original", "fp32").endswith("| not run yet | | |")
     assert row("cifar10-original", "faithful").startswith("| `cifar10-original`, 10 epochs |")
     assert [l.split(" | ")[0] for l in lines if "`faithful`" in l] == [
-        "| `mnist-original`, its own length", "| `mnist-original`, 5 epochs", "| `cifar10-original`, 10 epochs"]
+        "| `mnist-original`, its own length", "| `mnist-original`, 5 epochs",
+        "| `mnist-original-steplr`, its own length", "| `cifar10-original`, 10 epochs"]
     assert not any("inverted" in l for l in lines if l.startswith("| `cifar10"))  # an MNIST-only row
 
 
@@ -317,3 +318,18 @@ def test_dropout_table_shows_each_recipe_row_by_row(tmp_path):
     assert lines[2] == ("| [`cifar10-original`](results/bench-dropout-cifar10-original-cpu-bf16.json) (0.2/0.2/0), "
                         "batch 64, bf16, median of 3 rounds | Some CPU (AVX512-BF16), 2 of 2 CPU threads | 106 | 86 | 278 |")
     assert "bench-dropout" not in results_table.speed_table(records)  # not a throughput record of the main bench
+
+
+def test_ablation_rows_are_not_needed_where_the_faithful_run_lands_within_a_point(tmp_path):
+    def full(recipe, acc):
+        return {"metrics": {"test_acc": acc, "epochs_run": 10}, "seed": 0, "wall_time_s": 1.0, "dataset": "MNIST",
+                "config": {"recipe": recipe, "fit": {"epochs": 10}}, "hardware": {"cpu": "Some CPU"}}
+    # the original reported 98.55 % (mnist-original) and 97.47 % (mnist-original-steplr)
+    (tmp_path / "mnist-original-full.json").write_text(json.dumps(full("mnist-original", 0.9857)))
+    (tmp_path / "mnist-original-steplr-full.json").write_text(json.dumps(full("mnist-original-steplr", 0.9600)))
+    lines = results_table.ablation_table(results_table.load_records(tmp_path)).splitlines()
+    mnist = [l for l in lines if l.startswith("| `mnist-original`, its own length")]
+    assert mnist[1:] == ["| `mnist-original`, its own length | every row not run | not needed: the faithful run's "
+                         "98.57 % lands within a point of the original's 98.55 % | | |"]
+    steplr = [l for l in lines if l.startswith("| `mnist-original-steplr`")]  # 1.47 points away: every row planned
+    assert len(steplr) == 11 and steplr[1].endswith("| not run yet | | |")
