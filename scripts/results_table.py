@@ -577,11 +577,17 @@ def ablation_table(records) -> str:
     for recipe, planned in oa.PLANNED_EPOCHS.items():
         dataset = recipe.split("-")[0]
         found = {epochs for r, epochs, _ in accs if r == recipe}
-        close = _within_a_point_of_the_original(recipe, by.get(f"{recipe}-full.json"))
+        headline = by.get(f"{recipe}-full.json")
+        close = _within_a_point_of_the_original(recipe, headline)
+        if headline is None and not found:
+            lines.append(f"| `{recipe}` | every row | waits for the faithful run to its end (`--tag full`): needed only "
+                         "if it lands more than a point from the original's test accuracy | | |")
+            continue
         for epochs in sorted(found | {planned}, key=lambda e: (e is not None, e or 0)):
             faithful = list(accs.get((recipe, epochs, "faithful"), {}).values())
             length = f"{epochs} epochs" if epochs else "its own length"
             skipped = False
+            headline_seed = ("faithful", int(headline["seed"])) if headline is not None and epochs is None else None
             for row, (what, _) in oa.ROWS.items():
                 if oa.overrides(row, dataset) is None:
                     continue
@@ -603,7 +609,8 @@ def ablation_table(records) -> str:
                             f"{'beyond' if d['beyond_noise'] else 'within'} noise)")
                 elif row != "faithful" and faithful:
                     diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (one seed: a hint)"
-                seeds = ", ".join(f"{pct(a)} (seed {k})" for k, a in got.items())
+                seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''})"
+                                  for k, a in got.items())
                 lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)} | {diff} |")
     lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured: only the "
                  "JPEG copy is here, and the loaders have no option yet to re-encode it once more at its quality "
@@ -668,6 +675,10 @@ def screen_table(records) -> str:
                 verdict = "**kept**" if d["kept"] else ("worse beyond noise" if d["beyond_noise"] else "within noise")
             out.append(f"| `{idea}` | {changes or '(the recipe)'} | {pct(sp['mean'])}{std} ({sp['n']}) | {diff} | "
                        f"{se2} | {verdict} |")
+        for idea, parts in cfg["ideas"].items():
+            if idea not in ideas:
+                changes = ", ".join(f"{k}={v}" for part in parts.values() for k, v in part.items())
+                out.append(f"| `{idea}` | {changes} | not run yet | | | |")
         out.append("")
     return "\n".join(out).strip() or "_No screening record yet (`python scripts/screen_ideas.py`)._"
 

@@ -128,7 +128,9 @@ def test_screen_table_orders_ideas_by_their_lead_and_keeps_only_those_beyond_noi
     lines = results_table.screen_table(results_table.load_records(tmp_path)).splitlines()
     assert lines[0].startswith("Screening at 30 TFLOP per run on `cifar10-fast`, best validation accuracy over seeds 0, 1")
     rows = [l for l in lines if l.startswith("| `")]
-    assert [r.split("`")[1] for r in rows] == ["baseline", "ema-0.999", "lr-x2", "width-192", "depth-6"]
+    assert [r.split("`")[1] for r in rows[:5]] == ["baseline", "ema-0.999", "lr-x2", "width-192", "depth-6"]
+    not_run = [i for i in screen_ideas.IDEAS if i not in vals]  # listed after the screened ones, in the record's order
+    assert [r.split("`")[1] for r in rows[5:]] == not_run and rows[-1].endswith("| not run yet | | | |")
     assert rows[0] == "| `baseline` | (the recipe) | 81.00 % ± 1.41 (2) |  |  | the reference |"
     # Sample variances: baseline 0.0002, ema 0, lr-x2 0.0008, depth-6 0.0002; SE = sqrt(var_a / 2 + var_b / 2).
     # ema: +4 against 2 x sqrt(0 + 0.0001) = 2.00, kept; lr-x2: +1 against 2 x sqrt(0.0004 + 0.0001) = 4.47.
@@ -273,7 +275,8 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
         (tmp_path / name).write_text(json.dumps(r))
     lines = results_table.ablation_table(results_table.load_records(tmp_path)).splitlines()
     row = lambda recipe, name: next(l for l in lines if l.startswith(f"| `{recipe}`") and f"| `{name}`:" in l)
-    assert row("mnist-original", "faithful").endswith("| 98.50 % (seed 0), 98.60 % (seed 1) | 98.55 % |  |")
+    assert row("mnist-original", "faithful").endswith(
+        "| 98.50 % (seed 0, the headline run), 98.60 % (seed 1) | 98.55 % |  |")
     # -0.50 points; SE = sqrt(0.0000005 / 2 + 0.0000005 / 2) = 0.000707: 2 SE 0.14 points
     assert row("mnist-original", "no-embed-scale").endswith(
         "| 98.00 % (seed 0), 98.10 % (seed 1) | 98.05 % | -0.50 (2 SE 0.14: beyond noise) |")
@@ -281,8 +284,8 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
     assert row("mnist-original", "fp32").endswith("| not run yet | | |")
     assert row("cifar10-original", "faithful").startswith("| `cifar10-original`, 10 epochs |")
     assert [l.split(" | ")[0] for l in lines if "`faithful`" in l] == [
-        "| `mnist-original`, its own length", "| `mnist-original`, 5 epochs",
-        "| `mnist-original-steplr`, its own length", "| `cifar10-original`, 10 epochs"]
+        "| `mnist-original`, its own length", "| `mnist-original`, 5 epochs", "| `cifar10-original`, 10 epochs"]
+    assert "| `mnist-original-steplr` | every row | waits for the faithful run to its end" in "\n".join(lines)
     assert not any("inverted" in l for l in lines if l.startswith("| `cifar10"))  # an MNIST-only row
 
 
