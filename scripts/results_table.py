@@ -76,7 +76,9 @@ def dataset(rec: dict) -> str:
     return d
 
 
-def budget(rec: dict) -> str:
+def budget(rec: dict, by_name: dict | None = None) -> str:
+    """The run's cost: wall time, epochs, steps, TFLOP, its budget; for a run started from another run's weights,
+    that run too (found in ``by_name`` by the weights' file name), so the table states what the result cost in all."""
     m, cfg = rec["metrics"], rec.get("config", {})
     if cfg.get("checkpoint"):
         return f"evaluates the weights in `{cfg['checkpoint']}`"
@@ -96,6 +98,12 @@ def budget(rec: dict) -> str:
         warmup = cfg["fit"].get("warmup_fraction", 0)
         parts.append(f"started from `{cfg['init_from']}` (LR {cfg['fit']['lr']:g}, "
                      + (f"warmup {warmup:.0%})" if warmup else "no warmup)"))
+        before = (by_name or {}).get(Path(cfg["init_from"]).stem + ".json")
+        if before is not None:
+            total = (before["wall_time_s"] + rec["wall_time_s"]) / 60
+            epochs = before["metrics"].get("epochs_run", 0) + m.get("epochs_run", 0)
+            parts.append(f"the run that made them: {before['wall_time_s'] / 60:.0f} min; both together {total:.0f} min "
+                         f"wall, {epochs} epochs")
     return ", ".join(parts)
 
 
@@ -150,6 +158,7 @@ def headline_table(records) -> str:
     """The README's table: the best complete run of each training recipe, linked to its record (partial runs are in
     docs/results.md, labelled so)."""
     best: dict[str, tuple[str, dict]] = {}
+    by_name = dict(records)
     for name, rec in _accuracy_records(records):
         recipe = named_recipe(rec)
         if name[0].isupper() or recipe is None or name.startswith("explore-") or partial(rec, recipe):
@@ -158,7 +167,7 @@ def headline_table(records) -> str:
             best[recipe] = (name, rec)
     rows = ["| recipe | test acc | budget | hardware | record |", "|---|---:|---|---|---|"]
     for recipe, (name, rec) in sorted(best.items()):
-        rows.append(f"| `{recipe}` | **{pct(rec['metrics']['test_acc'])}** | {budget(rec)} | {hardware(rec)} | "
+        rows.append(f"| `{recipe}` | **{pct(rec['metrics']['test_acc'])}** | {budget(rec, by_name)} | {hardware(rec)} | "
                     f"[{name}](results/{name}) |")
     return "\n".join(rows)
 
@@ -166,6 +175,7 @@ def headline_table(records) -> str:
 def results_table(records) -> str:
     rows = ["| run | test acc | best val acc | params | budget | hardware | data | seed | record |",
             "|---|---:|---:|---:|---|---|---|---:|---|"]
+    by_name = dict(records)
     for name, rec in _accuracy_records(records):
         m = rec["metrics"]
         cfg = rec.get("config", {})
@@ -178,7 +188,7 @@ def results_table(records) -> str:
             run += f" in {name.split('-')[0]}.ipynb"
         params = f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else ""
         rows.append(f"| {run} | **{pct(m['test_acc'])}** | {pct(m.get('best_val_acc', m.get('val_acc')))} | "
-                    f"{params} | {budget(rec)} | {hardware(rec)} | {dataset(rec)} | {rec['seed']} | "
+                    f"{params} | {budget(rec, by_name)} | {hardware(rec)} | {dataset(rec)} | {rec['seed']} | "
                     f"[{name}](results/{name}) |")
     return "\n".join(rows)
 

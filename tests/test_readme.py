@@ -336,3 +336,20 @@ def test_ablation_rows_are_not_needed_where_the_faithful_run_lands_within_a_poin
                          "98.57 % lands within a point of the original's 98.55 % | | |"]
     steplr = [l for l in lines if l.startswith("| `mnist-original-steplr`")]  # 1.47 points away: every row planned
     assert len(steplr) == 11 and steplr[1].endswith("| not run yet | | |")
+
+
+def test_a_run_started_from_another_runs_weights_states_what_both_cost(tmp_path):
+    def rec(wall_s, epochs, **cfg):
+        return {"metrics": {"test_acc": 0.99, "epochs_run": epochs}, "seed": 0, "wall_time_s": wall_s,
+                "dataset": "MNIST", "config": {"recipe": "mnist-fast", "fit": {"lr": 1e-4}, **cfg},
+                "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2}}
+    (tmp_path / "mnist-fast-a.json").write_text(json.dumps(rec(4500.0, 30)))
+    (tmp_path / "mnist-fast-a-finish.json").write_text(
+        json.dumps(rec(660.0, 6, init_from="checkpoints/mnist-fast-a.safetensors")))
+    records = results_table.load_records(tmp_path)
+    by_name = dict(records)
+    text = results_table.budget(by_name["mnist-fast-a-finish.json"], by_name)
+    # 4500 s + 660 s = 86 min; 30 + 6 epochs
+    assert text == ("11 min wall, 6 epochs, started from `checkpoints/mnist-fast-a.safetensors` (LR 0.0001, no warmup), "
+                    "the run that made them: 75 min; both together 86 min wall, 36 epochs")
+    assert "both together" not in results_table.budget(by_name["mnist-fast-a-finish.json"])  # no records given
