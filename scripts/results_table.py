@@ -693,10 +693,46 @@ def screen_table(records) -> str:
     return "\n".join(out).strip() or "_No screening record yet (`python scripts/screen_ideas.py`)._"
 
 
+def _recipe_settings(recipe: str) -> dict[str, object]:
+    """Every setting a recipe trains with, ``section.key`` -> value: the recipe's own entries over the defaults of
+    ViTConfig, of the dataset's loader and of FitConfig (so that a setting left at its default still compares)."""
+    import dataclasses
+    import inspect
+
+    import vit_helpers as vh
+    from vitkit import data
+    from vitkit.config import FitConfig
+
+    r = RECIPES[recipe]
+    loader = data.mnist_loaders if r["model"]["in_channels"] == 1 else data.cifar10_loaders
+    defaults = {
+        "model": {f.name: f.default for f in dataclasses.fields(vh.ViTConfig) if f.default is not dataclasses.MISSING},
+        "data": {k: p.default for k, p in inspect.signature(loader).parameters.items()
+                 if p.default is not inspect.Parameter.empty and k in ("batch_size", "val_size", "balanced_val",
+                                                                        "augment", "mean", "std", "invert")},
+        "fit": {f.name: f.default for f in dataclasses.fields(FitConfig) if f.default is not dataclasses.MISSING},
+    }
+    out = {}
+    for section, base in defaults.items():
+        for key, value in {**base, **r.get(section, {})}.items():
+            out[f"{section}.{key}"] = tuple(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+def recipe_differences(ours: str, theirs: str) -> str:
+    """A table of every setting in which recipe ``ours`` differs from recipe ``theirs``."""
+    a, b = _recipe_settings(ours), _recipe_settings(theirs)
+    fmt = lambda v: "(default)" if v is None else f"`{v}`"
+    rows = [f"| setting | `{ours}` | `{theirs}` |", "|---|---|---|"]
+    rows += [f"| `{k}` | {fmt(a.get(k))} | {fmt(b.get(k))} |" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    return "\n".join(rows)
+
+
 # page -> the marked sections it holds, each rendered by one function
 PAGES = {
     "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table,
-                  "weights": weights_table},
+                  "weights": weights_table,
+                  "seed-vs-original": lambda records: recipe_differences("cifar10-seed", "cifar10-original")},
     "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
                         "screen-ideas": screen_table, "original-ablations": ablation_table},
     "docs/speed.md": {"speed": speed_table, "profile": profile_findings, "dropout": dropout_table},

@@ -353,3 +353,15 @@ def test_a_run_started_from_another_runs_weights_states_what_both_cost(tmp_path)
     assert text == ("11 min wall, 6 epochs, started from `checkpoints/mnist-fast-a.safetensors` (LR 0.0001, no warmup), "
                     "the run that made them: 75 min; both together 86 min wall, 36 epochs")
     assert "both together" not in results_table.budget(by_name["mnist-fast-a-finish.json"])  # no records given
+
+
+def test_recipe_differences_lists_every_setting_that_differs_defaults_included():
+    lines = results_table.recipe_differences("cifar10-seed", "cifar10-original").splitlines()
+    rows = {l.split(" | ")[0].strip("| `"): l for l in lines[2:]}
+    # cifar10-seed leaves these at their defaults (ViTConfig, the loader, FitConfig); the faithful recipe sets them
+    assert rows["model.layer_norm_eps"] == "| `model.layer_norm_eps` | `1e-12` | `1e-05` |"
+    assert rows["fit.lr_update"] == "| `fit.lr_update` | `step` | `epoch` |"
+    assert rows["data.val_size"] == "| `data.val_size` | `5000` | `1000` |"
+    assert {"model.attn_dropout", "model.mlp_dropout", "model.embed_scale", "model.init", "data.std"} <= set(rows)
+    assert "fit.lr" not in rows and "model.dim" not in rows and "data.mean" not in rows  # the same in both
+    assert results_table.recipe_differences("cifar10-seed", "cifar10-seed").count("\n") == 1  # the header only
