@@ -92,8 +92,9 @@ def budget(rec: dict, by_name: dict | None = None) -> str:
         parts.append(f"{m['optimizer_steps']:,} steps")
     if m.get("train_tflop"):
         parts.append(f"{m['train_tflop']:.0f} TFLOP")
-    if cfg.get("budget_min"):
-        parts.append(f"budget {cfg['budget_min']:g} min")
+    minutes = cfg.get("budget_min") or cfg.get("time_budget_min")  # train_recipe.py's, a notebook's
+    if minutes:
+        parts.append(f"budget {minutes:g} min")
     if cfg.get("init_from"):
         warmup = cfg["fit"].get("warmup_fraction", 0)
         parts.append(f"started from `{cfg['init_from']}` (LR {cfg['fit']['lr']:g}, "
