@@ -624,8 +624,10 @@ def ablation_table(records) -> str:
                                   for k, a in got.items())
                 lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)} | {diff} |")
     lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured: only the "
-                 "JPEG copy is here, and the loaders have no option yet to re-encode it once more at its quality "
-                 "(a proxy for one more round of the same loss) | | |")
+                 "JPEG copy is here, and re-encoding it once more at its own quality 75 (`--set data.jpeg_quality=75`) "
+                 "barely changes a pixel (JPEG at one quality is close to idempotent), so it cannot stand in for the "
+                 "first encoding's loss; a lower quality measures how sensitive the recipe is to such a loss, not "
+                 "the copy's own cost | | |")
     return "\n".join(lines)
 
 

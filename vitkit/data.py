@@ -173,7 +173,7 @@ def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, va
                     balanced_val: bool = False, augment: str = "none", resize: int | None = None, mean: Sequence[float] = CIFAR10_MEAN,
                     std: Sequence[float] = CIFAR10_STD, seed: int = 0, train_limit: int | None = None,
                     test_limit: int | None = None, num_workers: int | None = None, download: bool = True,
-                    download_timeout_s: float = 600.0) -> Loaders:
+                    download_timeout_s: float = 600.0, jpeg_quality: int | None = None) -> Loaders:
     """CIFAR-10 train/val/test loaders. ``val_size`` images of the official training split (seeded; with
     ``balanced_val``, as many of each class) form the validation split; the official test split is the test split.
 
@@ -181,10 +181,18 @@ def cifar10_loaders(root: str | Path | None = None, batch_size: int = 128, *, va
     ``"randaugment"`` or ``"autoaugment"`` (crop + flip + RandAugment(2, 9) / AutoAugment's CIFAR-10 policy).
     ``resize`` upsamples (e.g. to 224 for a pretrained ViT); ``mean``/``std`` normalise (use the image
     processor's for a pretrained model). ``train_limit``/``test_limit`` take seeded subsets (smoke runs).
+    ``jpeg_quality`` re-encodes every image once as JPEG at that quality (1-100) when loaded: what one more round of
+    a lossy copy costs (a proxy for what the JPEG copy itself costs against the original batches).
     """
+    if jpeg_quality is not None:
+        check_number("jpeg_quality", jpeg_quality, low=1, high=100, integer=True)
     settings = dict(batch_size=batch_size, val_size=val_size, balanced_val=balanced_val, augment=augment,
                     resize=resize, mean=mean, std=std, invert=False, seed=seed, train_limit=train_limit, test_limit=test_limit, num_workers=num_workers)
-    return _loaders("cifar10", lambda: load_cifar10(root, download, download_timeout_s), 3, root, **settings)
+
+    def load():
+        splits = load_cifar10(root, download, download_timeout_s)
+        return splits if jpeg_quality is None else tuple(split.jpeg_reencoded(jpeg_quality) for split in splits)
+    return _loaders("cifar10", load, 3, root, **settings)
 
 
 def mnist_loaders(root: str | Path | None = None, batch_size: int = 128, *, val_size: int = 5000,

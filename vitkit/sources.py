@@ -57,6 +57,21 @@ class InMemoryImages(torch.utils.data.Dataset):
         """A new data set over ``indices`` (a copy of the selected images) with its own transform."""
         return InMemoryImages(self.images[indices], self.labels[indices], self.classes, transform, self.source)
 
+    def jpeg_reencoded(self, quality: int) -> "InMemoryImages":
+        """A copy with every image encoded as JPEG at ``quality`` and decoded again: one more round of a lossy copy's
+        loss (the CIFAR-10 JPEG copy here was written at quality 75: its quantization tables are libjpeg's at 75), to
+        measure what such a round costs."""
+        import io
+
+        from PIL import Image
+
+        def round_trip(img: torch.Tensor) -> torch.Tensor:
+            buffer = io.BytesIO()
+            Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy()).save(buffer, "JPEG", quality=quality)
+            return torch.from_numpy(np.array(Image.open(buffer))).reshape(img.shape[1], img.shape[2], -1).permute(2, 0, 1)
+        return InMemoryImages(torch.stack([round_trip(img) for img in self.images]), self.labels, self.classes,
+                              self.transform, f"{self.source}, re-encoded once as JPEG at quality {quality}")
+
 
 def _class_folders(split_dir: Path) -> list[Path]:
     """Class sub-folders, sorted; hidden ones (``.ipynb_checkpoints``, ``.DS_Store``...) and ``__*`` are not classes."""
