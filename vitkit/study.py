@@ -249,17 +249,18 @@ def _headline(summary: dict[str, Any]) -> str:
     first, last = summary["compared_sizes"][0], summary["compared_sizes"][-1]
     span = lambda changes: next(c for c in changes if (c["from_size"], c["to_size"]) == (first, last))  # noqa: E731
     groups: dict[str, list[str]] = {"as it predicts": [], "against it": [], "within noise": []}
-    gap = span(summary["gap_change"])
-    d = 100 * gap["difference"]
-    groups["within noise" if not gap["beyond_noise"] else "as it predicts" if d < 0 else "against it"].append(
-        f"the CNN's lead ({'narrows' if d < 0 else 'widens'} by {abs(d):.1f} points)" if gap["beyond_noise"]
-        else "the CNN's lead")
-    for v, changes in summary["gain_change"].items():
-        c = span(changes)
-        d = 100 * c["difference"]
-        groups["within noise" if not c["beyond_noise"] else "as it predicts" if d > 0 else "against it"].append(
-            f"`{v}`'s gain ({abs(d):.1f} points {'more' if d > 0 else 'less'} on {first:,} images)" if c["beyond_noise"]
-            else f"`{v}`'s gain")
+    # (what, its change from the first size to the last, the sign the hypothesis predicts, how a change reads)
+    items = [("the CNN's lead", span(summary["gap_change"]), -1,
+              lambda d: f"{'narrows' if d < 0 else 'widens'} by {abs(d):.1f} points")]
+    items += [(f"`{v}`'s gain", span(changes), +1,
+               lambda d: f"{abs(d):.1f} points {'more' if d > 0 else 'less'} on {first:,} images")
+              for v, changes in summary["gain_change"].items()]
+    for what, change, predicted, reads in items:
+        d = 100 * change["difference"]
+        if not change["beyond_noise"]:
+            groups["within noise"].append(what)
+        else:
+            groups["as it predicts" if d * predicted > 0 else "against it"].append(f"{what} ({reads(d)})")
     said = "; ".join(f"{k}: {', '.join(x) if x else 'nothing'}" for k, x in groups.items())
     return (f"- **The hypothesis, from {first:,} to {last:,} images** (it predicts the CNN's lead narrows and each "
             f"prior gains more on less data). {_sentence(said)}.")
