@@ -525,18 +525,25 @@ def _stretches(rec: dict) -> str:
     return text + (f", {len(parts)} stretches ({resumes} resume{'s' if resumes > 1 else ''})" if resumes else "")
 
 
-def original_table(records) -> str:
-    """One row per result the original reported: its train / val / test accuracy beside ours from the faithful
-    recipe run to its end (train: eval mode on the tested model; the tested model: the best validation epoch's)."""
-    rows = ["| result | original train / val / test | ours train / val / test | run | record |",
-            "|---|---:|---:|---|---|"]
+def _complete_original_runs(records) -> dict[str, tuple[str, dict]]:
+    """Per original recipe, its first run to the recipe's own end as the recipe is (no overrides), with the train
+    accuracy measured in eval mode: the run its row of the table of original results shows."""
     complete = {}
     for name, rec in _accuracy_records(records):
         m, cfg = rec["metrics"], rec.get("config", {})
         recipe = cfg.get("recipe")
         if recipe in ORIGINAL_RECIPES and not cfg.get("overrides") and m.get("epochs_run") == cfg.get("fit", {}).get("epochs") \
                 and "train_acc_eval" in m and recipe not in complete:
-            complete[recipe] = (name, rec)  # only complete runs of an original recipe, as it was
+            complete[recipe] = (name, rec)
+    return complete
+
+
+def original_table(records) -> str:
+    """One row per result the original reported: its train / val / test accuracy beside ours from the faithful
+    recipe run to its end (train: eval mode on the tested model; the tested model: the best validation epoch's)."""
+    rows = ["| result | original train / val / test | ours train / val / test | run | record |",
+            "|---|---:|---:|---|---|"]
+    complete = _complete_original_runs(records)
     for what, theirs, recipe in ORIGINAL:
         original = " / ".join(pct(v) for v in theirs)
         if recipe not in complete:
@@ -551,14 +558,14 @@ def original_table(records) -> str:
     return "\n".join(rows) if len(rows) > 2 else "_No complete run of an original recipe is recorded yet._"
 
 
-def _within_a_point_of_the_original(recipe: str, full: dict | None) -> str:
-    """Why the ablations of ``recipe`` are not needed, when its faithful run to its end lands within a point of every
-    test accuracy the original reported for it; "" otherwise (no such run, or a gap over a point)."""
-    theirs = [acc[2] for _, acc, r in ORIGINAL if r == recipe]
-    run = None if full is None else full["metrics"].get("epochs_run")
-    if run is None or not theirs or run != full["config"].get("fit", {}).get("epochs"):
+def _within_a_point_of_the_original(recipe: str, complete: dict[str, tuple[str, dict]]) -> str:
+    """Why the ablations of ``recipe`` are not needed, when its faithful run to its end (``complete``, from
+    :func:`_complete_original_runs`) lands within a point of every test accuracy the original reported for it; ""
+    otherwise (no such run, or a gap over a point)."""
+    if recipe not in complete:
         return ""
-    ours = full["metrics"]["test_acc"]
+    ours = complete[recipe][1]["metrics"]["test_acc"]
+    theirs = [acc[2] for _, acc, r in ORIGINAL if r == recipe]
     if any(abs(ours - t) > 0.01 for t in theirs):
         return ""
     return (f"the faithful run's {pct(ours)} lands within a point of the original's "
@@ -573,6 +580,7 @@ def ablation_table(records) -> str:
     from vitkit import stats
 
     by = dict(records)
+    complete = _complete_original_runs(records)
     accs: dict[tuple[str, int | None, str], dict[int, float]] = {}  # (recipe, epochs, row) -> seed -> test acc
     for name, rec in by.items():
         parsed = oa.parse(name)
@@ -589,7 +597,7 @@ def ablation_table(records) -> str:
         dataset = recipe.split("-")[0]
         found = {epochs for r, epochs, _ in accs if r == recipe}
         headline = by.get(f"{recipe}-full.json")
-        close = _within_a_point_of_the_original(recipe, headline)
+        close = _within_a_point_of_the_original(recipe, complete)
         if headline is None and not found:
             lines.append(f"| `{recipe}` | every row | waits for the faithful run to its end (`--tag full`): needed only "
                          "if it lands more than a point from the original's test accuracy | | |")
@@ -597,7 +605,7 @@ def ablation_table(records) -> str:
         for epochs in sorted(found | {planned}, key=lambda e: (e is not None, e or 0)):
             faithful = list(accs.get((recipe, epochs, "faithful"), {}).values())
             length = f"{epochs} epochs" if epochs else "its own length"
-            skipped = False
+            unrun = 0  # rows not run, where the faithful run makes them unneeded
             headline_seed = ("faithful", int(headline["seed"])) if headline is not None and epochs is None else None
             for row, (what, _) in oa.ROWS.items():
                 if oa.overrides(row, dataset) is None:
@@ -605,9 +613,7 @@ def ablation_table(records) -> str:
                 got = dict(sorted(accs.get((recipe, epochs, row), {}).items()))
                 if not got:
                     if epochs == planned and close:
-                        if not skipped:
-                            lines.append(f"| `{recipe}`, {length} | every row not run | not needed: {close} | | |")
-                        skipped = True
+                        unrun += 1
                     elif epochs == planned:
                         lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | not run yet | | |")
                     continue
@@ -623,6 +629,8 @@ def ablation_table(records) -> str:
                 seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''})"
                                   for k, a in got.items())
                 lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)} | {diff} |")
+            if unrun:
+                lines.append(f"| `{recipe}`, {length} | every row not run | not needed: {close} | | |")
     lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured: only the "
                  "JPEG copy is here, and re-encoding it once more at its own quality 75 (`--set data.jpeg_quality=75`) "
                  "barely changes a pixel (JPEG at one quality is close to idempotent), so it cannot stand in for the "
