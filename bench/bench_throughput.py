@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import vit_helpers as vh  # noqa: E402
 from vitkit import records, runtime  # noqa: E402
-from vitkit.steps import model_logits  # noqa: E402
+from vitkit.steps import make_optimizer, model_logits  # noqa: E402
 
 CONFIG = dict(image_size=32, patch_size=4, in_channels=3, num_classes=10, dim=128, depth=6, heads=4, mlp_dim=512)
 QUICK = dict(image_size=16, patch_size=4, in_channels=3, num_classes=10, dim=32, depth=2, heads=2, mlp_dim=64)
@@ -129,8 +129,8 @@ def time_steps(model, opt, x, y, steps, device, precision) -> float:
 
 def bench_precision(cfg, device, precision, batch, steps, rounds, fit_default, compile_models, peers):
     variants = make_variants(cfg, device, precision, fit_default, compile_models, peers)
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4, **({"fused": True} if device.type == "cuda" else {}))
-            for k, m in variants.items()}
+    # fit's optimizer for every variant (AdamW, fused where torch has it): the comparison is of the models
+    opts = {k: make_optimizer(m, "adamw", 1e-4, 0.05, 0.9, device) for k, m in variants.items()}
     x = torch.randn(batch, cfg["in_channels"], cfg["image_size"], cfg["image_size"], device=device)
     y = torch.randint(0, cfg["num_classes"], (batch,), device=device)
     warmup_s = {}

@@ -274,26 +274,46 @@ def dropout_table(records) -> str:
 
 
 def profile_findings(records) -> str:
-    """bench/profile_step.py's newest record: images/s and where a training step's time goes, for each variant, and
-    the most any change that keeps the maths could gain over the other (1 / the share of matrix products)."""
-    found = sorted((name, rec) for name, rec in records if name.startswith("profile-") and "profiles" in rec)
-    if not found:
+    """bench/profile_step.py's newest record for each model profiled (the benchmark's, each recipe's) and CPU kind:
+    images/s, the share of the matmul peak where the record measured it, where a training step's time goes, and the
+    most any change that keeps the maths could gain (1 / the share of matrix products and convolutions)."""
+    newest = {}
+    for name, rec in sorted(records, key=lambda r: r[1].get("date", "")):
+        if name.startswith("profile-") and "profiles" in rec:
+            newest[(rec["config"].get("recipe"), rec["hardware"].get("cpu_native_bf16"))] = (name, rec)
+    if not newest:
         return "_No profile record yet (`python bench/profile_step.py --threads 2`)._"
-    name, rec = found[-1]
-    cfg, profiles = rec["config"], rec["profiles"]
-    m = cfg["model"]
-    lines = [f"Measured by `python bench/profile_step.py` ([{name}](results/{name})) on {hardware(rec)}, "
-             f"{cfg['precision']}, ViT dim {m['dim']}, depth {m['depth']}, heads {m['heads']}, MLP {m['mlp_dim']}, "
-             f"patch {m['patch_size']}, batch {cfg['batch']}, {cfg['steps']} profiled steps.\n",
-             "| variant | images/s | matrix products | compiled fused kernels | casts and copies | optimizer | the rest "
-             "| at most this much faster with the same maths |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for variant, p in profiles.items():
-        share = p["share_by_kind"]
-        named = ("matrix products", "compiled fused kernels", "casts and copies", "optimizer")
-        rest = 1 - sum(share.get(k, 0.0) for k in named)
-        lines.append(f"| {variant} | {p['images_per_s']:.0f} | " + " | ".join(pct(share.get(k, 0.0)) for k in named)
-                     + f" | {pct(rest)} | {1 / share['matrix products']:.2f}x |")
-    return "\n".join(lines)
+    named = ("matrix products", "convolutions", "compiled fused kernels", "casts and copies", "optimizer")
+    blocks = []
+    for name, rec in newest.values():
+        cfg, profiles, metrics = rec["config"], rec["profiles"], rec["metrics"]
+        m = cfg["model"]
+        model = f"recipe `{cfg['recipe']}`" if cfg.get("recipe") else "the benchmark's model"
+        peak = (f" Matmul peak measured in the same run: {metrics['matmul_peak_gflops']:.0f} GFLOP/s; "
+                f"{metrics['gflop_per_training_image']:.3f} GFLOP per training image."
+                if "matmul_peak_gflops" in metrics else "")
+        lines = [f"Measured by `python bench/profile_step.py` ([{name}](results/{name})) on {hardware(rec)}, "
+                 f"{cfg['precision']}, {model}: ViT dim {m['dim']}, depth {m['depth']}, heads {m['heads']}, MLP "
+                 f"{m['mlp_dim']}, patch {m['patch_size']}, stem {m.get('stem', 'patch')}, batch {cfg['batch']}, "
+                 f"{cfg['steps']} profiled steps.{peak}\n",
+                 "| variant | images/s | % of matmul peak | " + " | ".join(named)
+                 + " | the rest | at most this much faster with the same maths |",
+                 "|---|---:|---:|" + "---:|" * (len(named) + 2)]
+        for variant, p in profiles.items():
+            share = p["share_by_kind"]
+            rest = 1 - sum(share.get(k, 0.0) for k in named)
+            of_peak = f"{100 * p['fraction_of_peak']:.0f} %" if "fraction_of_peak" in p else "not measured"
+            bound = 1 / (share.get("matrix products", 0.0) + share.get("convolutions", 0.0))
+            lines.append(f"| {variant} | {p['images_per_s']:.0f} | {of_peak} | "
+                         + " | ".join(pct(share.get(k, 0.0)) for k in named) + f" | {pct(rest)} | {bound:.2f}x |")
+        if "loader_ms_per_batch" in metrics:
+            step_ms = 1e3 * cfg["batch"] / profiles["ours (fit default)"]["images_per_s"]
+            lines.append(f"\nThe recipe's training loader, timed in the same run: "
+                         f"{metrics['loader_ms_per_batch']:.1f} ms per batch beside a {step_ms:.1f} ms step "
+                         f"({100 * metrics['loader_ms_per_batch'] / (metrics['loader_ms_per_batch'] + step_ms):.0f} % "
+                         f"of fit's time per batch; fit draws batches in the training process on a 2-core CPU).")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def faithfulness_table(records) -> str:

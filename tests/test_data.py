@@ -292,3 +292,42 @@ def test_a_balanced_validation_split_holds_as_many_images_of_every_class(fake_mn
                                                                                         dtype=torch.uint8))
     with pytest.raises(ValueError, match="class 1 has 1 images, fewer than its share 2 of val_size=20"):
         data.mnist_loaders(root, batch_size=8, val_size=20, balanced_val=True, download=False)
+
+
+def test_random_crop_flip_draws_every_window_of_torchvision_crop_and_flip_for_each_image():
+    from torchvision.transforms.v2 import functional as TF
+
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)  # noise: every window and mirror is distinct
+    padded = TF.pad(image, [2], padding_mode="reflect")
+    windows = {}
+    for top in range(5):
+        for left in range(5):
+            crop = TF.crop(padded, top, left, 8, 8)
+            windows[crop.numpy().tobytes()] = (top, left, False)
+            windows[TF.horizontal_flip(crop).numpy().tobytes()] = (top, left, True)
+    assert len(windows) == 50
+    out = data.RandomCropFlip(2, flip=True)(image.expand(5000, 3, 8, 8).contiguous())
+    drawn = [windows.get(x.numpy().tobytes()) for x in out]
+    assert None not in drawn  # each output is one of torchvision's crops (mirrored or not) ...
+    counts = torch.bincount(torch.tensor([(t * 5 + l) * 2 + f for t, l, f in drawn]), minlength=50)
+    assert counts.min() > 50 and counts.max() < 150  # ... drawn for each image on its own, uniformly (mean 100)
+    unflipped = data.RandomCropFlip(2, flip=False)(image.expand(500, 3, 8, 8).contiguous())
+    assert not any(windows[x.numpy().tobytes()][2] for x in unflipped)
+    assert data.RandomCropFlip(2, flip=True)(image).shape == image.shape  # one (C, H, W) image too
+
+
+@pytest.mark.parametrize("augment", ["none", "crop_flip", "randaugment"])
+def test_a_batch_is_transformed_in_one_call_where_the_transform_allows(fake_cifar_folders, augment, monkeypatch):
+    root, _ = fake_cifar_folders
+    loaders = data.cifar10_loaders(root, batch_size=4, val_size=6, augment=augment, resize=40, download=False)
+    train_ds, test_ds = loaders.train.dataset, loaders.test.dataset
+    assert train_ds.batched == (augment != "randaugment") and test_ds.batched
+    per_image = torch.stack([test_ds[i][0] for i in range(len(test_ds))])
+    x, y = next(iter(loaders.test))  # the evaluation transform: deterministic, the same maths in one call
+    torch.testing.assert_close(x, per_image[:len(x)], atol=1e-6, rtol=0)
+    assert torch.equal(y, test_ds.labels[:len(y)])
+    calls = []
+    monkeypatch.setattr(train_ds, "transform", lambda t: calls.append(t.shape) or t[..., :40, :40].float())
+    next(iter(loaders.train))
+    assert calls == ([(4, 3, 32, 32)] if augment != "randaugment" else [(3, 32, 32)] * 4)

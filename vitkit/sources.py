@@ -35,13 +35,16 @@ class InMemoryImages(torch.utils.data.Dataset):
     tensor. Far faster than decoding a PIL image per item for small data sets such as MNIST and CIFAR-10."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], transform=None,
-                 source: str = ""):
+                 source: str = "", batched: bool = False):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be a uint8 tensor (N, C, H, W), got {images.dtype} {tuple(images.shape)}.")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels.")
         self.images, self.labels = images, labels.long()
         self.classes, self.transform, self.source = list(classes), transform, source
+        # batched: the transform takes a whole (B, C, H, W) batch and draws each image's randomness on its own, so a
+        # DataLoader fetches a batch in one call (__getitems__) instead of one Python call per image.
+        self.batched = batched
         self.mean: tuple[float, ...] | None = None  # the normalisation the loaders applied (for plots)
         self.std: tuple[float, ...] | None = None
 
@@ -53,9 +56,18 @@ class InMemoryImages(torch.utils.data.Dataset):
         x = self.transform(x) if self.transform is not None else x.float().div(255)
         return x, int(self.labels[i])
 
-    def subset(self, indices: torch.Tensor, transform=None) -> "InMemoryImages":
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        if not self.batched:
+            return [self[i] for i in indices]
+        index = torch.as_tensor(indices)
+        xs = self.images[index]
+        xs = self.transform(xs) if self.transform is not None else xs.float().div(255)
+        return list(zip(xs, self.labels[index].tolist()))
+
+    def subset(self, indices: torch.Tensor, transform=None, batched: bool = False) -> "InMemoryImages":
         """A new data set over ``indices`` (a copy of the selected images) with its own transform."""
-        return InMemoryImages(self.images[indices], self.labels[indices], self.classes, transform, self.source)
+        return InMemoryImages(self.images[indices], self.labels[indices], self.classes, transform, self.source,
+                              batched)
 
     def jpeg_reencoded(self, quality: int) -> "InMemoryImages":
         """A copy with every image encoded as JPEG at ``quality`` and decoded again: one more round of a lossy copy's
@@ -70,7 +82,8 @@ class InMemoryImages(torch.utils.data.Dataset):
             Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy()).save(buffer, "JPEG", quality=quality)
             return torch.from_numpy(np.array(Image.open(buffer))).reshape(img.shape[1], img.shape[2], -1).permute(2, 0, 1)
         return InMemoryImages(torch.stack([round_trip(img) for img in self.images]), self.labels, self.classes,
-                              self.transform, f"{self.source}, re-encoded once as JPEG at quality {quality}")
+                              self.transform, f"{self.source}, re-encoded once as JPEG at quality {quality}",
+                              self.batched)
 
 
 def _class_folders(split_dir: Path) -> list[Path]:
