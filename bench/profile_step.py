@@ -46,13 +46,13 @@ def kind(name: str) -> str:
     return next((k for k, keys in KINDS if any(s in name for s in keys)), "other")
 
 
-def profile(model, opt, x, y, device, precision, steps: int, grad_clip: float | None = None) -> dict:
+def profile(runner, model, opt, x, y, device, precision, steps: int, grad_clip: float | None = None) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     def step():  # fit's step without its bookkeeping
         with runtime.autocast(device, precision):
-            loss = F.cross_entropy(model_logits(model, x).float(), y)
+            loss = F.cross_entropy(model_logits(runner, x).float(), y)
         loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -114,9 +114,21 @@ def main() -> None:
     x = torch.randn(batch, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
     y = torch.randint(0, cfg["num_classes"], (batch,))
     opt_name, lr = fit_cfg.get("optimizer", "adamw"), fit_cfg.get("lr", 1e-4)
-    variants = {"ours (fit default)": lambda: torch.compile(vh.VisionTransformer(**cfg))}
+    def as_fit_runs_it(model, compile="auto"):
+        """(what the step calls, the model, channels-last?): fit's layout and compile choice for ``model``."""
+        channels_last = runtime.channels_last_convolutions(model, device, precision)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        compiled = runtime.resolve_compile(compile, device, precision, True, model)
+        runner = torch.compile(model, options=runtime.compile_options(model, device)) if compiled else model
+        return runner, model, channels_last
+
+    variants = {"ours (fit default)": lambda: as_fit_runs_it(vh.VisionTransformer(**cfg))}
+    if runtime.channels_last_convolutions(vh.VisionTransformer(**cfg), device, precision):
+        variants["ours compiled, standard layout"] = lambda: (lambda m: (torch.compile(m), m, False))(
+            vh.VisionTransformer(**cfg))
     if cfg.get("stem", "patch") == "patch":  # timm has no convolutional stem of ours: same maths only at "patch"
-        variants["timm unfused compiled"] = lambda: torch.compile(timm_vit(cfg, fused=False))
+        variants["timm unfused compiled"] = lambda: (lambda m: (torch.compile(m), m, False))(timm_vit(cfg, fused=False))
     gflop = flops_per_training_image(cfg, batch) / 1e9
     peak = matmul_peak_gflops(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     print(f"{gflop:.3f} GFLOP per training image; {precision} matmul peak {peak:.0f} GFLOP/s "
@@ -124,10 +136,12 @@ def main() -> None:
     out = {}
     for name, build in variants.items():
         torch.manual_seed(0)
-        model = build().train()
-        # fit's optimizer (fused on CPUs) for both: the comparison is of the models, not of optimizers
+        runner, model, channels_last = build()
+        model.train()
+        # fit's optimizer (fused on CPUs) for all: the comparison is of the models, not of optimizers
         opt = make_optimizer(model, opt_name, lr, fit_cfg.get("weight_decay", 0.05), 0.9, device)
-        out[name] = profile(model, opt, x, y, device, precision, args.steps, fit_cfg.get("grad_clip"))
+        images = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        out[name] = profile(runner, model, opt, images, y, device, precision, args.steps, fit_cfg.get("grad_clip"))
         r = out[name]
         r["fraction_of_peak"] = r["images_per_s"] * gflop / peak
         print(f"\n{name}: {r['images_per_s']:.0f} img/s, {r['images_per_s'] * gflop:.0f} GFLOP/s = "

@@ -261,3 +261,50 @@ def test_fit_follows_the_native_bf16_decision(monkeypatch, native_bf16, precisio
 def test_the_set_up_line_says_why_this_precision(monkeypatch, native_bf16, precision, reason):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native_bf16)
     assert runtime.precision_reason(torch.device("cpu"), precision) == reason
+
+
+def test_a_convolutional_stem_trains_channels_last_and_eager_on_a_cpu_in_bf16(monkeypatch):
+    import platform
+    import shutil
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/g++")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    small = dict(image_size=16, in_channels=1, num_classes=4, dim=16, depth=1, heads=2, mlp_dim=32)
+    cct = vh.VisionTransformer(**small, patch_size=4, stem="cct")
+    patch = vh.VisionTransformer(**small, patch_size=4)  # its one convolution's kernel is its stride: no overlap
+    assert runtime.channels_last_convolutions(cct, cpu, "bf16")
+    assert not runtime.channels_last_convolutions(cct, cpu, "fp32")  # measured in bf16 only
+    assert not runtime.channels_last_convolutions(cct, cuda, "bf16")
+    assert not runtime.channels_last_convolutions(patch, cpu, "bf16")
+    assert runtime.resolve_compile("auto", cpu, "bf16", True, cct) is False  # eager was faster, in either layout
+    assert runtime.resolve_compile("auto", cpu, "bf16", True, patch) is True
+    assert runtime.resolve_compile(True, cpu, "bf16", True, cct) is True  # asked for: compiled
+
+
+def test_fit_in_channels_last_trains_the_same_model_and_hands_it_back_in_its_layout(monkeypatch, capsys):
+    loader = torch.utils.data.DataLoader(quadrant_data(64, 0), batch_size=16, shuffle=True,
+                                         generator=torch.Generator().manual_seed(0))
+
+    def trained(layout_check):
+        monkeypatch.setattr(train, "channels_last_convolutions", layout_check)
+        runtime.set_seed(0)
+        m = vh.VisionTransformer(image_size=16, patch_size=4, in_channels=1, num_classes=4, dim=16, depth=1, heads=2,
+                                 mlp_dim=32, stem="cct")
+        seen, second_conv = [], [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)][1]  # input: 8 channels
+        hook = second_conv.register_forward_pre_hook(lambda mod, args: seen.append(
+            args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+        train.fit(m, loader, epochs=2, lr=3e-3, device="cpu", precision="bf16", compile="auto", progress=False,
+                  verbose=True)
+        hook.remove()
+        return m, seen
+
+    reference, seen_ref = trained(lambda *a: False)
+    capsys.readouterr()
+    m, seen = trained(runtime.channels_last_convolutions)
+    out = capsys.readouterr().out
+    assert "torch.compile off, channels-last convolutions" in out
+    steps = 2 * len(loader)  # the last forward passes (the first one counts FLOPs before training)
+    assert len(seen) > steps and all(seen[-steps:]) and not any(seen_ref)  # the stem ran channels-last at every step
+    for (name, a), b in zip(m.state_dict().items(), reference.state_dict().values()):
+        assert a.is_contiguous(), f"{name} left fit channels-last"
+        torch.testing.assert_close(a, b, atol=0.05, rtol=0.05, msg=f"{name} trained differently")

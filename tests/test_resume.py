@@ -423,3 +423,28 @@ def test_set_aside_moves_a_notebooks_earlier_checkpoints_and_leaves_others(tmp_p
     assert sorted(p.name for p in (tmp_path / "previous").iterdir()) == ["Nb-a-full.pt", "Nb-a-full.pt.prev",
                                                                         "Nb-b-full.pt"]
     assert sorted(p.name for p in tmp_path.glob("*.pt*")) == ["Nb-a-full.pt.lock", "Other-full.pt"]
+
+
+
+def test_optimizer_moments_follow_their_parameters_layout_when_a_run_resumes_in_another():
+    import copy
+    torch.manual_seed(0)
+    start, grads = torch.randn(8, 4, 3, 3), [torch.randn(8, 4, 3, 3) for _ in range(2)]
+
+    def adam(layout):
+        p = torch.nn.Parameter(torch.empty_like(start, memory_format=layout).copy_(start))
+        return p, torch.optim.AdamW([p], lr=0.1, fused=True)
+
+    p, opt = adam(torch.contiguous_format)  # a stretch in the standard layout (fp32) ...
+    p.grad = grads[0]
+    opt.step()
+    weights, saved = p.detach().clone(), copy.deepcopy(opt.state_dict())
+    p.grad = grads[1]
+    opt.step()  # ... that never stopped
+    q, resumed = adam(torch.channels_last)  # resumed channels-last (bf16 convolutions on a CPU)
+    with torch.no_grad():
+        q.copy_(weights)
+    ckpt.load_optimizer(resumed, saved)
+    q.grad = grads[1].contiguous(memory_format=torch.channels_last)
+    resumed.step()
+    torch.testing.assert_close(q.detach(), p.detach(), rtol=1e-6, atol=1e-7)

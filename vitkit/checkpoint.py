@@ -191,6 +191,17 @@ def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``opt.load_state_dict(state)`` with every per-parameter tensor (Adam's moments, SGD's momentum) laid out as
+    its parameter: a run resumed in another memory layout (channels-last convolutions in bf16, not in fp32) would
+    otherwise hand a fused optimizer a moment and a parameter whose elements it pairs wrongly, silently."""
+    opt.load_state_dict(state)
+    for param, moments in opt.state.items():
+        for key, value in moments.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                moments[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def save_run(path: Path, model: nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
              state: RunState, identity: dict[str, Any]) -> None:
     """Everything the rest of the run depends on, in one atomic write (``state.rng`` holds every process's RNG)."""

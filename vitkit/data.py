@@ -52,6 +52,9 @@ class RandomCropFlip(nn.Module):
         super().__init__()
         self.padding, self.flip = padding, flip
 
+    def extra_repr(self) -> str:  # part of a checkpoint's identity: a resumed run must draw the same augmentation
+        return f"padding={self.padding}, flip={self.flip}"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         single = x.ndim == 3
         x = x[None] if single else x

@@ -1,5 +1,6 @@
 """The pieces of one training step, shared by :func:`vitkit.train.fit` and the benchmark: the model's logits (ours or
-HF's), the optimizer with its parameter groups, MixUp/CutMix with their loss, and the weight average."""
+HF's) and the attention path they took, the optimizer with its parameter groups, MixUp/CutMix with their loss, and
+the weight average."""
 from __future__ import annotations
 
 import copy
@@ -11,14 +12,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import vit_helpers as vh
 
-__all__ = ["model_logits", "num_classes", "make_optimizer", "param_groups", "mix", "mixed_loss", "WeightAverage"]
+
+__all__ = ["model_logits", "attention_report", "num_classes", "make_optimizer", "param_groups", "mix", "mixed_loss",
+           "WeightAverage"]
 
 
 def model_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Logits of ours or of a HF model (whose output object holds them as ``.logits``)."""
     out = model(x)
     return out.logits if hasattr(out, "logits") else out  # HF models return an output object
+
+
+def attention_report(model: nn.Module) -> str | None:
+    """The attention path our model took in its last forward pass, as its Attention modules recorded it; None for a
+    model without attention (a CNN)."""
+    if not any("attention" in type(m).__name__.lower() for m in model.modules()):
+        return None
+    paths = sorted({m.last_path for m in model.modules() if isinstance(m, vh.Attention) and m.last_path})
+    if not isinstance(getattr(model, "config", None), vh.ViTConfig) or not paths:
+        return "the model's own"
+    chosen = "auto" if model.config.fused_attn is None else "forced"
+    return f"{' + '.join(paths)} ({chosen})"
 
 
 def num_classes(model: nn.Module) -> int | None:

@@ -19,15 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import vit_helpers as vh
 from vitkit import budget, distributed
 from vitkit import checkpoint as ckpt
 from vitkit.checks import check_labels
 from vitkit.config import FitConfig
-from vitkit.runtime import (autocast, compile_options, get_device, import_inductor_quietly, precision_reason,
-                            resolve_compile, resolve_precision)
+from vitkit.runtime import (autocast, channels_last_convolutions, compile_options, get_device,
+                            import_inductor_quietly, precision_reason, resolve_compile, resolve_precision)
 from vitkit.state import History, RunState
-from vitkit.steps import WeightAverage, make_optimizer, mix, mixed_loss, model_logits, num_classes
+from vitkit.steps import WeightAverage, attention_report, make_optimizer, mix, mixed_loss, model_logits, num_classes
 
 __all__ = ["FitConfig", "History", "fit", "evaluate", "TrainingDivergedError"]
 
@@ -174,6 +173,8 @@ def _loop(run: "_Run", loader, val_loader) -> None:
         for i, (x, y) in enumerate(loader):
             check_labels(y, run.classes)  # on the CPU copy: no wait for a GPU
             x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+            if run.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             x, y_a, y_b, lam = mix(x, y, cfg.mixup_alpha, cfg.cutmix_alpha)  # unchanged when both are off
             with autocast(run.device, run.precision):
                 logits = model_logits(run.runner, x).float()  # the one forward pass
@@ -223,18 +224,6 @@ def _check_inputs(model, train_loader, val_loader) -> int:
     return batches
 
 
-def _attention_report(model: nn.Module) -> str | None:
-    """The attention path our model took in its last forward pass, as its Attention modules recorded it; None for a
-    model without attention (a CNN)."""
-    if not any("attention" in type(m).__name__.lower() for m in model.modules()):
-        return None
-    paths = sorted({m.last_path for m in model.modules() if isinstance(m, vh.Attention) and m.last_path})
-    if not isinstance(getattr(model, "config", None), vh.ViTConfig) or not paths:
-        return "the model's own"
-    chosen = "auto" if model.config.fused_attn is None else "forced"
-    return f"{' + '.join(paths)} ({chosen})"
-
-
 @dataclasses.dataclass
 class _Run:
     """One fit call's objects, private to this module: the loop above reads them; the state it saves is typed."""
@@ -262,6 +251,7 @@ class _Run:
     save_s: float = 0.0  # what the last checkpoint write took (rank 0's)
     saved_epoch: int | None = None  # the last epoch this call wrote a checkpoint of
     first_epoch: int = 1  # of this stretch
+    channels_last: bool = False  # the model's convolutions, and so its input batches, in channels-last layout
 
     @classmethod
     def start(cls, model, loader, cfg: FitConfig, device, precision, dist, batches, identity, saved) -> "_Run":
@@ -271,6 +261,9 @@ class _Run:
         steps_per_epoch = math.ceil(batches / cfg.accumulation_steps)
         if saved is not None:
             model.load_state_dict(saved["model"])
+        channels_last = channels_last_convolutions(model, device, precision)
+        if channels_last:  # the layout oneDNN's bf16 convolutions run in; put back when the run ends (close)
+            model.to(memory_format=torch.channels_last)
         average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
         step_flops = 0.0 if average is None else float(average.flops() * dist.world)
         if saved is None:
@@ -285,11 +278,11 @@ class _Run:
         opt = make_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, device)
         scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 gradients underflow
         if saved is not None:
-            opt.load_state_dict(saved["optimizer"])
+            ckpt.load_optimizer(opt, saved["optimizer"])
             if saved["scaler"]:
                 scaler.load_state_dict(saved["scaler"])
         compiled = resolve_compile(cfg.compile, device, precision,
-                                   budget.repays_compilation(cfg, state.total_steps, device.type))
+                                   budget.repays_compilation(cfg, state.total_steps, device.type), model)
         if compiled:
             import_inductor_quietly()
         runner = model
@@ -312,12 +305,13 @@ class _Run:
                       else f"{state.total_steps} optimizer steps")
             threads = torch.get_num_threads()
             print(f"fit: {resumed}{device} in {precision} ({precision_reason(device, precision)}), torch.compile "
-                  f"{'on' if compiled else 'off'}, {threads} torch thread{'s' * (threads != 1)}"
+                  f"{'on' if compiled else 'off'}{', channels-last convolutions' if channels_last else ''}, "
+                  f"{threads} torch thread{'s' * (threads != 1)}"
                   f"{f', {dist.world} processes' if dist.world > 1 else ''}, {length}", flush=True)
         run = cls(cfg=cfg, model=model, runner=runner, opt=opt, scaler=scaler, state=state, device=device,
                   precision=precision, dist=dist, loader=loader, bar=None, writer=None, identity=identity, classes=num_classes(model),
                   image_flops=image_flops, step_flops=step_flops, batches=batches, average=average, start=start,
-                  first_epoch=first_epoch)
+                  first_epoch=first_epoch, channels_last=channels_last)
         run.now_s = distributed.broadcast([run.elapsed()], dist)[0]  # rank 0's clock from the start
         run.bar = run._make_bar(loader)
         if cfg.log_dir is not None and dist.main:
@@ -419,7 +413,7 @@ class _Run:
         hist.epoch.append(s.epoch)
         hist.train_loss.append(loss_sum / seen)
         hist.train_acc.append(correct / seen)
-        hist.attention = _attention_report(self.model)
+        hist.attention = attention_report(self.model)
         if not math.isfinite(hist.train_loss[-1]):  # a bad step the GPU's sampled check missed
             raise self.diverged(hist.train_loss[-1], None, batches_run)
         evaluated = self.model if self.average is None else self.average.model  # what validation, best and end use
@@ -463,6 +457,8 @@ class _Run:
         self.now_s, self.save_s = distributed.broadcast([self.elapsed(), self.save_s], self.dist)
 
     def close(self) -> None:
+        if self.channels_last:  # the model leaves fit in the layout it came in
+            self.model.to(memory_format=torch.contiguous_format)
         self.bar.close()
         if self.writer is not None:
             self.writer.close()
