@@ -283,7 +283,8 @@ def profile_findings(records) -> str:
             newest[(rec["config"].get("recipe"), rec["hardware"].get("cpu_native_bf16"))] = (name, rec)
     if not newest:
         return "_No profile record yet (`python bench/profile_step.py --threads 2`)._"
-    named = ("matrix products", "convolutions", "compiled fused kernels", "casts and copies", "optimizer")
+    named = ("matrix products", "convolutions", "compiled fused kernels", "LayerNorm / BatchNorm", "GELU",
+             "casts and copies", "optimizer")
     blocks = []
     for name, rec in newest.values():
         cfg, profiles, metrics = rec["config"], rec["profiles"], rec["metrics"]
