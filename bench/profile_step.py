@@ -116,7 +116,7 @@ def main() -> None:
     opt_name, lr = fit_cfg.get("optimizer", "adamw"), fit_cfg.get("lr", 1e-4)
     def as_fit_runs_it(model, compile="auto"):
         """(what the step calls, the model, channels-last?): fit's layout and compile choice for ``model``."""
-        channels_last = runtime.channels_last_convolutions(model, device, precision)
+        channels_last = compile == "auto" and runtime.channels_last_convolutions(model, device, precision)
         if channels_last:
             model.to(memory_format=torch.channels_last)
         compiled = runtime.resolve_compile(compile, device, precision, True, model)
@@ -125,8 +125,7 @@ def main() -> None:
 
     variants = {"ours (fit default)": lambda: as_fit_runs_it(vh.VisionTransformer(**cfg))}
     if runtime.channels_last_convolutions(vh.VisionTransformer(**cfg), device, precision):
-        variants["ours compiled, standard layout"] = lambda: (lambda m: (torch.compile(m), m, False))(
-            vh.VisionTransformer(**cfg))
+        variants["ours compiled, standard layout"] = lambda: as_fit_runs_it(vh.VisionTransformer(**cfg), True)
     if cfg.get("stem", "patch") == "patch":  # timm has no convolutional stem of ours: same maths only at "patch"
         variants["timm unfused compiled"] = lambda: (lambda m: (torch.compile(m), m, False))(timm_vit(cfg, fused=False))
     gflop = flops_per_training_image(cfg, batch) / 1e9

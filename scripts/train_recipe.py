@@ -234,7 +234,8 @@ def main() -> None:
     config = {"recipe": args.recipe, **recipe, "overrides": overrides, "budget_min": args.budget_min,
               "max_tflop": args.max_tflop, "threads": torch.get_num_threads(), "train_limit": args.train_limit,
               "val_size": len(loaders.val.dataset), "init_from": args.init_from, "precision": hist.precision,
-              "attention": hist.attention, "compiled": hist.compiled, "world_size": hist.world_size,
+              "attention": hist.attention, "compiled": hist.compiled, "channels_last": hist.channels_last,
+              "world_size": hist.world_size,
               "run_checkpoint": _relative(checkpoint_path, out), "stretches": hist.stretches}
     path = records.save_results(out / "results" / f"{name}.json", metrics=metrics, config=config, seed=args.seed,
                                 dataset=loaders.train.dataset.source, wall_time_s=wall, device=device,

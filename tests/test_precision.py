@@ -276,6 +276,8 @@ def test_a_convolutional_stem_trains_channels_last_and_eager_on_a_cpu_in_bf16(mo
     assert not runtime.channels_last_convolutions(cct, cpu, "fp32")  # measured in bf16 only
     assert not runtime.channels_last_convolutions(cct, cuda, "bf16")
     assert not runtime.channels_last_convolutions(patch, cpu, "bf16")
+    conv = vh.VisionTransformer(**small, patch_size=4, stem="conv")
+    assert not runtime.channels_last_convolutions(conv, cpu, "bf16")  # not measured: fit's usual choice
     assert runtime.resolve_compile("auto", cpu, "bf16", True, cct) is False  # eager was faster, in either layout
     assert runtime.resolve_compile("auto", cpu, "bf16", True, patch) is True
     assert runtime.resolve_compile(True, cpu, "bf16", True, cct) is True  # asked for: compiled
@@ -293,16 +295,16 @@ def test_fit_in_channels_last_trains_the_same_model_and_hands_it_back_in_its_lay
         seen, second_conv = [], [c for c in m.modules() if isinstance(c, torch.nn.Conv2d)][1]  # input: 8 channels
         hook = second_conv.register_forward_pre_hook(lambda mod, args: seen.append(
             args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
-        train.fit(m, loader, epochs=2, lr=3e-3, device="cpu", precision="bf16", compile="auto", progress=False,
-                  verbose=True)
+        hist = train.fit(m, loader, epochs=2, lr=3e-3, device="cpu", precision="bf16", compile="auto", progress=False,
+                         verbose=True)
         hook.remove()
-        return m, seen
+        return m, seen, hist
 
-    reference, seen_ref = trained(lambda *a: False)
+    reference, seen_ref, _ = trained(lambda *a: False)
     capsys.readouterr()
-    m, seen = trained(runtime.channels_last_convolutions)
+    m, seen, hist = trained(runtime.channels_last_convolutions)
     out = capsys.readouterr().out
-    assert "torch.compile off, channels-last convolutions" in out
+    assert "torch.compile off, channels-last convolutions" in out and hist.channels_last
     steps = 2 * len(loader)  # the last forward passes (the first one counts FLOPs before training)
     assert len(seen) > steps and all(seen[-steps:]) and not any(seen_ref)  # the stem ran channels-last at every step
     for (name, a), b in zip(m.state_dict().items(), reference.state_dict().values()):

@@ -425,7 +425,6 @@ def test_set_aside_moves_a_notebooks_earlier_checkpoints_and_leaves_others(tmp_p
     assert sorted(p.name for p in tmp_path.glob("*.pt*")) == ["Nb-a-full.pt.lock", "Other-full.pt"]
 
 
-
 def test_optimizer_moments_follow_their_parameters_layout_when_a_run_resumes_in_another():
     import copy
     torch.manual_seed(0)

@@ -45,8 +45,8 @@ class InvertUint8(nn.Module):
 class RandomCropFlip(nn.Module):
     """torchvision's ``RandomCrop(size, padding, padding_mode="reflect")`` and, with ``flip``,
     ``RandomHorizontalFlip()``, drawn for every image of a uint8 batch ``(B, C, H, W)`` on its own (a single
-    ``(C, H, W)`` image works too): the same distribution, in one padded gather instead of two torchvision calls per
-    image, whose Python overhead on a 2-core CPU was a noticeable part of a small ViT's training step."""
+    ``(C, H, W)`` image works too), each crop the image's own size: the same distribution, in one padded gather for
+    the whole batch instead of two torchvision calls per image."""
 
     def __init__(self, padding: int, flip: bool):
         super().__init__()
@@ -77,7 +77,7 @@ _AUGMENTS = {
 
 def _build_transform(train: bool, augment: str, mean, std, image_size: int, resize: int | None,
                      invert: bool = False):
-    """uint8 (C, H, W) or (B, C, H, W) -> augmented, optionally inverted/resized, normalised float (C, H', W')."""
+    """uint8 (C, H, W) or (B, C, H, W) -> augmented, optionally inverted/resized, normalised float of the same rank."""
     from torchvision.transforms import v2
 
     ops = []

@@ -118,13 +118,12 @@ def autocast(device: torch.device, precision: str):
 
 
 def channels_last_convolutions(model: torch.nn.Module, device: torch.device, precision: str) -> bool:
-    """Whether ``fit`` trains ``model`` with its convolutions in channels-last layout: on a CPU in bf16, for a model
-    with overlapping convolutions (a kernel larger than its stride: a convolutional stem, not a patch embedding).
-    oneDNN runs bf16 convolutions natively in that layout; in the standard layout each one reorders its input and
-    output (bench/profile_step.py and the eager/compiled comparison in docs/speed.md)."""
-    return device.type == "cpu" and precision == "bf16" and any(
-        isinstance(m, torch.nn.Conv2d) and any(k > s for k, s in zip(m.kernel_size, m.stride))
-        for m in model.modules())
+    """Whether ``fit`` trains ``model`` eager with its convolutions in channels-last layout: our ViT with CCT's
+    convolutional tokenizer (``stem="cct"``) on a CPU in bf16, the one case measured (bench/profile_step.py's record
+    in docs/speed.md: faster per step than compiled in the standard layout, where oneDNN reorders every
+    convolution's input and output). Other convolutional models keep fit's usual choice until measured."""
+    config = getattr(model, "config", None)
+    return device.type == "cpu" and precision == "bf16" and getattr(config, "stem", None) == "cct"
 
 
 def resolve_compile(compile: bool | str, device: torch.device, precision: str, long_run: bool,
@@ -133,8 +132,7 @@ def resolve_compile(compile: bool | str, device: torch.device, precision: str, l
     inductor fuses the explicit attention path and GELU: +17 % measured in fp32) and the run is long enough to
     repay the 30-60 s of compilation (``long_run``: :func:`vitkit.budget.repays_compilation`). On a CPU only on
     Linux with a C++ compiler (inductor builds C++ code; macOS and Windows need extra set-up), and not for a
-    ``model`` that trains with channels-last convolutions (:func:`channels_last_convolutions`): eager trained such a
-    model faster than compiled, in either layout."""
+    ``model`` that trains with channels-last convolutions (:func:`channels_last_convolutions`), which runs eager."""
     if compile not in (True, False, "auto"):
         raise ValueError(f"compile must be True, False or 'auto', got {compile!r}.")
     if compile != "auto":

@@ -31,6 +31,7 @@ class History:
     precision: str = ""  # what precision="auto" resolved to
     attention: str | None = ""  # the attention path our model took in training (None: a model without attention)
     compiled: bool = False  # torch.compile used
+    channels_last: bool = False  # convolutions trained in channels-last layout (runtime.channels_last_convolutions)
     world_size: int = 1  # processes under torchrun (DistributedDataParallel)
     gflop_per_image: float = 0.0  # forward + backward of one training image (torch.utils.flop_counter)
     train_tflop: float = 0.0  # training compute: gflop_per_image x training images processed

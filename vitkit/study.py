@@ -123,7 +123,7 @@ def run(variant: str, size: int, seed: int, loaders, subset: torch.Tensor, recip
     trained model (its best validation epoch's weights). ``checkpoint`` (a file path) lets a killed run resume;
     ``resume``/``overwrite`` as in :func:`vitkit.train.fit`."""
     full = loaders.train.dataset
-    ds = full.subset(subset, full.transform)
+    ds = full.subset(subset, full.transform, full.batched)
     ds.mean, ds.std = full.mean, full.std
     runtime.set_seed(seed)
     model, ratio = build(variant, recipe, len(full.classes))

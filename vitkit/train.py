@@ -292,6 +292,7 @@ class _Run:
         runner = torch.compile(runner, options=compile_options(model, device)) if compiled else runner
         hist = state.history
         hist.device, hist.precision, hist.compiled, hist.world_size = str(device), precision, compiled, dist.world
+        hist.channels_last = channels_last
         first_epoch = state.epoch + 1
         if saved is not None:
             hist.resumes += 1
@@ -457,7 +458,7 @@ class _Run:
         self.now_s, self.save_s = distributed.broadcast([self.elapsed(), self.save_s], self.dist)
 
     def close(self) -> None:
-        if self.channels_last:  # the model leaves fit in the layout it came in
+        if self.channels_last:  # the model leaves fit in the standard layout
             self.model.to(memory_format=torch.contiguous_format)
         self.bar.close()
         if self.writer is not None:
