@@ -89,6 +89,7 @@ def test_divergence_never_restores_non_finite_weights():
     (dict(accumulation_steps=0), ValueError, "accumulation_steps must be a positive int"),
     (dict(time_budget_s=0), ValueError, "time_budget_s must be > 0"),
     (dict(compile="fast"), ValueError, "compile must be True, False or 'auto'"),
+    (dict(channels_last="yes"), ValueError, "channels_last must be True, False or 'auto'"),
     (dict(mixup_alpha=-1), ValueError, "mixup_alpha must be >= 0"),
 ])
 def test_bad_training_settings_fail_before_training(kwargs, error, message):

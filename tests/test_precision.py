@@ -278,6 +278,8 @@ def test_a_convolutional_stem_trains_channels_last_and_eager_on_a_cpu_in_bf16(mo
     assert not runtime.channels_last_convolutions(patch, cpu, "bf16")
     conv = vh.VisionTransformer(**small, patch_size=4, stem="conv")
     assert not runtime.channels_last_convolutions(conv, cpu, "bf16")  # not measured: fit's usual choice
+    assert runtime.channels_last_convolutions(conv, cpu, "fp32", True)  # asked for (FitConfig.channels_last)
+    assert not runtime.channels_last_convolutions(cct, cpu, "bf16", False)
     assert runtime.resolve_compile("auto", cpu, "bf16", True, cct) is False  # eager was faster, in either layout
     assert runtime.resolve_compile("auto", cpu, "bf16", True, patch) is True
     assert runtime.resolve_compile(True, cpu, "bf16", True, cct) is True  # asked for: compiled

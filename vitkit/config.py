@@ -69,6 +69,7 @@ class FitConfig:
     # "auto": bf16 on GPUs and CPUs with native bf16, fp16 + gradient scaler on older GPUs, fp32 elsewhere.
     precision: str = field(default="auto", metadata=_RUNTIME)
     compile: bool | str = field(default="auto", metadata=_RUNTIME)  # torch.compile; "auto": where it pays
+    channels_last: bool | str = field(default="auto", metadata=_RUNTIME)  # convolutions' layout; "auto": where measured
     # --- What it shows and writes -------------------------------------------------------------------------------------
     checkpoint: str | Path | None = field(default=None, metadata=_DISPLAY)  # written after every epoch
     resume: bool = field(default=False, metadata=_DISPLAY)  # continue the run in `checkpoint`
@@ -192,3 +193,5 @@ def _check(cfg: FitConfig) -> None:
                          "('auto' picks the fastest correct one for the device).")
     if cfg.compile not in (True, False, "auto"):
         raise ValueError(f"compile must be True, False or 'auto', got {cfg.compile!r}.")
+    if cfg.channels_last not in (True, False, "auto"):
+        raise ValueError(f"channels_last must be True, False or 'auto', got {cfg.channels_last!r}.")

@@ -117,11 +117,15 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def channels_last_convolutions(model: torch.nn.Module, device: torch.device, precision: str) -> bool:
-    """Whether ``fit`` trains ``model`` eager with its convolutions in channels-last layout: our ViT with CCT's
+def channels_last_convolutions(model: torch.nn.Module, device: torch.device, precision: str,
+                               setting: bool | str = "auto") -> bool:
+    """Whether ``fit`` trains ``model`` with its convolutions in channels-last layout: ``setting`` (FitConfig's
+    ``channels_last``) if True or False; ``"auto"``: eager and channels-last for our ViT with CCT's
     convolutional tokenizer (``stem="cct"``) on a CPU in bf16, the one case measured (bench/profile_step.py's record
     in docs/speed.md: faster per step than compiled in the standard layout, where oneDNN reorders every
     convolution's input and output). Other convolutional models keep fit's usual choice until measured."""
+    if setting != "auto":
+        return bool(setting)
     config = getattr(model, "config", None)
     return device.type == "cpu" and precision == "bf16" and getattr(config, "stem", None) == "cct"
 

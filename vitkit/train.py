@@ -261,7 +261,7 @@ class _Run:
         steps_per_epoch = math.ceil(batches / cfg.accumulation_steps)
         if saved is not None:
             model.load_state_dict(saved["model"])
-        channels_last = channels_last_convolutions(model, device, precision)
+        channels_last = channels_last_convolutions(model, device, precision, cfg.channels_last)
         if channels_last:  # the layout oneDNN's bf16 convolutions run in; put back when the run ends (close)
             model.to(memory_format=torch.channels_last)
         average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
