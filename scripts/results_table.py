@@ -249,9 +249,29 @@ def _bench_lines(name: str, rec: dict) -> list[str]:
 def speed_table(records) -> str:
     lines = []
     for name, rec in records:
-        if name.startswith("bench-") and not name.startswith("bench-dropout-"):
+        if name.startswith("bench-") and not name.startswith(("bench-dropout-", "bench-fit-")):
             lines += (_bench_lines if "peak_gflops" in rec["metrics"] else _legacy_speed_lines)(name, rec) + [""]
     return "\n".join(lines).strip() if lines else "_No benchmark recorded yet._"
+
+
+def fit_speed_table(records) -> str:
+    """bench/bench_fit.py's records: a recipe trained by fit itself in each layout and compile setting, fit's own
+    training images/s (median of interleaved rounds, every round listed), and what the default chose."""
+    lines = []
+    for name, rec in records:
+        if not name.startswith("bench-fit-"):
+            continue
+        cfg, m = rec["config"], rec["metrics"]
+        chosen = m["chosen"]["fit default"]
+        lines += ([""] if lines else []) + [
+            f"Measured by `python bench/bench_fit.py` ([{name}](results/{name})) on {hardware(rec)}: recipe "
+            f"`{cfg['recipe']}`, {cfg['steps']} optimizer steps per `fit` call, median of {cfg['rounds']} interleaved "
+            f"rounds. `fit`'s default chose: {chosen['precision']}, compile {'on' if chosen['compiled'] else 'off'}, "
+            f"{'channels-last' if chosen['channels_last'] else 'standard'} layout.\n",
+            "| variant | training images/s | every round |", "|---|---:|---|"]
+        for variant, ips in sorted(m["training_images_per_s"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"| {variant} | {ips:.0f} | " + ", ".join(f"{x:.0f}" for x in m["rounds"][variant]) + " |")
+    return "\n".join(lines) or "_No bench_fit record yet (`python bench/bench_fit.py --data-root <data>`)._"
 
 
 def dropout_table(records) -> str:
@@ -767,7 +787,8 @@ PAGES = {
                   "seed-vs-original": lambda records: recipe_differences("cifar10-seed", "cifar10-original")},
     "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
                         "screen-ideas": screen_table, "original-ablations": ablation_table},
-    "docs/speed.md": {"speed": speed_table, "profile": profile_findings, "dropout": dropout_table},
+    "docs/speed.md": {"speed": speed_table, "profile": profile_findings, "fit-speed": fit_speed_table,
+                      "dropout": dropout_table},
     "docs/explaining.md": {"faithfulness": faithfulness_table},
     "docs/inductive-bias.md": {"inductive-bias": inductive_bias_table},
     "docs/localization.md": {"localization": localization_table, "localization-findings": localization_findings},
