@@ -23,8 +23,6 @@ import vit_helpers as vh  # noqa: E402
 from vitkit import budget  # noqa: E402
 
 
-# The targets: (TFLOP, test accuracy %) for a ViT of this kit's family.
-TARGETS = ((160, 87.0), (320, 90.0), (1000, 93.5))
 # Published CIFAR-10 results at their training compute (forward FLOPs x 3 x images seen, or MACs x 6), as
 # (label, test accuracy %, lowest TFLOP, highest TFLOP): a range where the source leaves FLOPs or MACs open.
 ANCHORS = (
@@ -71,7 +69,7 @@ def main() -> None:
         cut = " (partial)" if results_table.partial(record, results_table.named_recipe(record)) else ""
         line, = ax.plot(x, y, marker=".", ls=":" if cut else "-", label=f"{path.stem}{cut} (test {test:.1f} %)")
         ax.plot([x[-1]], [test], marker="*", markersize=10, color=line.get_color())
-    for tflop, acc in TARGETS:
+    for tflop, acc in ((t, 100 * a) for t, a in results_table.TFLOP_TARGETS):
         ax.plot([tflop, tflop, 1e6], [0, acc, acc], ls="--", color="grey", lw=1)
         ax.annotate(f"target: {acc:g} % within {tflop} TFLOP", (tflop, acc), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")

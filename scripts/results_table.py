@@ -461,6 +461,43 @@ def tflop_attempts_table(records) -> str:
     return "\n".join(rows) if len(rows) > 2 else "_No record of these attempts._"
 
 
+# The compute-budget targets for a ViT of this kit's family on CIFAR-10: (training TFLOP, test accuracy).
+TFLOP_TARGETS = ((160, 0.87), (320, 0.90), (1000, 0.935))
+
+
+def _chosen_test(m: dict) -> float:
+    """The test accuracy validation chose: with flip test-time augmentation (2 views) where it read higher on the
+    validation split than the plain model, without it otherwise."""
+    flip = m.get("val_acc_flip") is not None and m["val_acc_flip"] > m["best_val_acc"]
+    return m["test_acc_flip"] if flip else m["test_acc"]
+
+
+def tflop_targets_table(records) -> str:
+    """Per target, the runs of the best model per TFLOP (`cifar10-fast`, or a record of exactly its settings) at that
+    budget: test accuracy as mean over seeds, plain and as validation chose, and how far that is from the target."""
+    from vitkit.stats import spread
+
+    rows = ["| target | runs at that budget (seeds) | test acc, mean ± std | as validation chose (flip TTA or not) | "
+            "short of the target by | records |", "|---|---|---:|---:|---:|---|"]
+    for tflop, aim in TFLOP_TARGETS:
+        runs = [(n, r) for n, r in _accuracy_records(records) if named_recipe(r) == "cifar10-fast"
+                and r.get("config", {}).get("max_tflop") == tflop and "best_val_acc" in r["metrics"]]
+        if not runs:
+            rows.append(f"| {pct(aim)} within {tflop:,} TFLOP | none (not run: no recipe here reaches the lower "
+                        f"targets yet) | | | | |")
+            continue
+        plain, chosen = ([f(r["metrics"]) for _, r in runs] for f in (lambda m: m["test_acc"], _chosen_test))
+        seeds = ", ".join(str(r.get("seed")) for _, r in runs)
+        note = f"{len(runs)} ({seeds})" + ("; one seed is a hint" if len(runs) == 1 else "")
+        p, c = spread(plain), spread(chosen)
+        cell = lambda sp: pct(sp["mean"]) + (f" ± {100 * sp['std']:.2f}" if sp["std"] is not None else "")
+        links = ", ".join(f"[{n[:-5]}](results/{n})" for n, _ in runs)
+        short = "met" if c["mean"] >= aim else f"{100 * (aim - c['mean']):.2f} points"
+        rows.append(f"| {pct(aim)} within {tflop:,} TFLOP | {note} | {cell(p)} | {cell(c)} | "
+                    f"{short} | {links} |")
+    return "\n".join(rows)
+
+
 def localization_table(records) -> str:
     """WeaklySupervisedLocalization.ipynb's full runs: classification accuracy and each map's localization scores."""
     lines = []
@@ -786,6 +823,7 @@ PAGES = {
                   "weights": weights_table,
                   "seed-vs-original": lambda records: recipe_differences("cifar10-seed", "cifar10-original")},
     "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
+                        "tflop-targets": tflop_targets_table,
                         "screen-ideas": screen_table, "original-ablations": ablation_table},
     "docs/speed.md": {"speed": speed_table, "profile": profile_findings, "fit-speed": fit_speed_table,
                       "dropout": dropout_table},

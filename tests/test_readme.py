@@ -77,6 +77,27 @@ def test_seeds_table_shows_each_seed_the_spread_and_the_verdict(tmp_path):
                                 "**beyond noise**; HF ahead in 3 of 3 seeds")
 
 
+def test_targets_table_averages_seeds_with_flips_only_where_validation_chose_them(tmp_path):
+    def run(name, tflop, seed, test, val, val_flip, test_flip, recipe="cifar10-fast"):
+        rec = {"metrics": {"test_acc": test, "best_val_acc": val, "val_acc_flip": val_flip, "test_acc_flip": test_flip,
+                           "epochs_run": 5},
+               "seed": seed, "wall_time_s": 1.0, "dataset": "CIFAR-10 JPEG",
+               "config": {"recipe": recipe, "max_tflop": tflop, "fit": {"epochs": 100}},
+               "hardware": {"cpu": "Some CPU", "cpu_count": 2, "torch_threads": 2}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(rec))
+
+    run("fast-a", 320, 0, 0.84, 0.84, 0.85, 0.855)   # validation chose the flips: 85.5 %
+    run("fast-b", 320, 1, 0.85, 0.86, 0.855, 0.87)   # it did not: 85.0 %
+    run("fast-c", 160, 0, 0.80, 0.80, 0.79, 0.81)
+    run("other", 320, 0, 0.99, 0.99, 0.99, 0.99, recipe="cifar10-seed")  # another model: not the target's row
+    rows = results_table.tflop_targets_table(results_table.load_records(tmp_path)).splitlines()[2:]
+    assert rows[0] == ("| 87.00 % within 160 TFLOP | 1 (0); one seed is a hint | 80.00 % | 80.00 % | 7.00 points | "
+                       "[fast-c](results/fast-c.json) |")
+    assert rows[1] == ("| 90.00 % within 320 TFLOP | 2 (0, 1) | 84.50 % ± 0.71 | 85.25 % ± 0.35 | 4.75 points | "
+                       "[fast-a](results/fast-a.json), [fast-b](results/fast-b.json) |")
+    assert rows[2].startswith("| 93.50 % within 1,000 TFLOP | none (not run")
+
+
 def test_inductive_bias_table_shows_each_size_with_its_spread_the_verdicts_and_what_is_partial(tmp_path):
     from vitkit import recipes, study
 
