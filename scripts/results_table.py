@@ -131,21 +131,29 @@ def named_recipe(rec: dict) -> str | None:
     return next((name for name, r in RECIPES.items() if r == ran), None)
 
 
-def weights_table(records) -> str:
-    """Every file in weights/ with the recipe and test accuracy of the record its own header names."""
+def weights_table(records, folder: Path = ROOT / "weights") -> str:
+    """Every file in weights/ with the recipe and test accuracy of the record its own header names, then which
+    shipped file is the best model of each dataset (by its run's test accuracy)."""
     from safetensors import safe_open
 
     by_name = dict(records)
     rows = ["| file | recipe | test acc of this file's run | record |", "|---|---|---:|---|"]
-    for path in sorted((ROOT / "weights").glob("*.safetensors")):
+    best: dict[str, tuple[float, str]] = {}  # dataset -> (test acc, file)
+    for path in sorted(folder.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as f:
             header = {k: json.loads(v) for k, v in (f.metadata() or {}).items() if k != "vit_config"}
-        name = Path(header.get("record", "")).name
+        name, recipe = Path(header.get("record", "")).name, header.get("recipe", "?")
         rec = by_name.get(name)
         acc = pct(rec["metrics"]["test_acc"]) if rec else "no record"
-        rows.append(f"| `weights/{path.name}` | `{header.get('recipe', '?')}` | **{acc}** | "
+        rows.append(f"| `weights/{path.name}` | `{recipe}` | **{acc}** | "
                     + (f"[{name}](results/{name}) |" if rec else "|"))
-    return "\n".join(rows)
+        dataset = recipe.split("-")[0]
+        if rec and rec["metrics"]["test_acc"] > best.get(dataset, (-1.0, ""))[0]:
+            best[dataset] = (rec["metrics"]["test_acc"], path.name)
+    names = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
+    lines = [f"The best shipped {names.get(d, d)} model: `weights/{f}` ({pct(a)} test)."
+             for d, (a, f) in sorted(best.items())]
+    return "\n".join(rows) + ("\n\n" + " ".join(lines) if lines else "")
 
 
 def partial(rec: dict, recipe: str | None) -> bool:

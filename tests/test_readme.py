@@ -386,3 +386,22 @@ def test_recipe_differences_lists_every_setting_that_differs_defaults_included()
     assert {"model.attn_dropout", "model.mlp_dropout", "model.embed_scale", "model.init", "data.std"} <= set(rows)
     assert "fit.lr" not in rows and "model.dim" not in rows and "data.mean" not in rows  # the same in both
     assert results_table.recipe_differences("cifar10-seed", "cifar10-seed").count("\n") == 1  # the header only
+
+
+def test_weights_table_names_the_best_shipped_file_of_each_dataset(tmp_path):
+    import vit_helpers as vh
+
+    model = vh.VisionTransformer(vh.ViTConfig(image_size=8, patch_size=4, in_channels=1, num_classes=2, dim=8, depth=1,
+                                                 heads=2, mlp_dim=8))
+    for file, recipe, record in [("a.safetensors", "cifar10-a", "results/cifar10-a-x.json"),
+                                 ("b.safetensors", "cifar10-b", "results/cifar10-b-x.json"),
+                                 ("c.safetensors", "mnist-c", "results/mnist-c-x.json"),
+                                 ("d.safetensors", "cifar10-d", "results/gone.json")]:
+        vh.save_model(model, tmp_path / file, recipe=recipe, record=record)
+    records = [("cifar10-a-x.json", {"metrics": {"test_acc": 0.8408}}),
+               ("cifar10-b-x.json", {"metrics": {"test_acc": 0.6907}}),
+               ("mnist-c-x.json", {"metrics": {"test_acc": 0.9954}})]
+    table = results_table.weights_table(records, folder=tmp_path)
+    assert "| `weights/d.safetensors` | `cifar10-d` | **no record** | |" in table
+    assert table.endswith("The best shipped CIFAR-10 model: `weights/a.safetensors` (84.08 % test). "
+                          "The best shipped MNIST model: `weights/c.safetensors` (99.54 % test).")
