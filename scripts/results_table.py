@@ -491,8 +491,9 @@ def tflop_targets_table(records) -> str:
     rows = ["| target | runs at that budget (seeds) | test acc, mean ± std | as validation chose (flip TTA or not) | "
             "short of the target by | records |", "|---|---|---:|---:|---:|---|"]
     for tflop, aim in TFLOP_TARGETS:
-        runs = [(n, r) for n, r in _accuracy_records(records) if named_recipe(r) == "cifar10-fast"
-                and r.get("config", {}).get("max_tflop") == tflop and "best_val_acc" in r["metrics"]]
+        runs = sorted(((n, r) for n, r in _accuracy_records(records) if named_recipe(r) == "cifar10-fast"
+                       and r.get("config", {}).get("max_tflop") == tflop and "best_val_acc" in r["metrics"]),
+                      key=lambda nr: nr[1].get("seed", 0))
         if not runs:
             rows.append(f"| {pct(aim)} within {tflop:,} TFLOP | none (not run: no recipe here reaches the lower "
                         f"targets yet) | | | | |")
