@@ -737,11 +737,8 @@ def ablation_table(records) -> str:
                 lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)} | {diff} |")
             if unrun:
                 lines.append(f"| `{recipe}`, {length} | every row not run | not needed: {close} | | |")
-    lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured: only the "
-                 "JPEG copy is here, and re-encoding it once more at its own quality 75 (`--set data.jpeg_quality=75`) "
-                 "barely changes a pixel (JPEG at one quality is close to idempotent), so it cannot stand in for the "
-                 "first encoding's loss; a lower quality measures how sensitive the recipe is to such a loss, not "
-                 "the copy's own cost | | |")
+    lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured (why: below "
+                 "the table) | | |")
     return "\n".join(lines)
 
 
