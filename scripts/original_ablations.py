@@ -11,12 +11,15 @@ every other row is read against. The rows are needed only where the faithful run
 Every row is one call of scripts/train_recipe.py with ``--set`` overrides and the tag ``abl-<row>-s<seed>``
 (``-e<epochs>`` when --epochs shortens the recipe, its warmup staying a fifth of the epochs as the original's
 ``epochs // 5``), so each run writes its own record, results/<recipe>-abl-<row>-s<seed>.json, resumes from its
-checkpoint when killed, and is skipped once its record exists. scripts/results_table.py renders the rows into
-docs/results.md, each against the faithful runs of the same length.
+checkpoint when killed, and is skipped once its record exists. A row's later seed runs only where its first seed lands
+under a point from the faithful runs' mean (``--every-seed`` runs them all): a gap of a point or more is settled by
+one seed. scripts/results_table.py renders the rows into docs/results.md, each against the faithful runs of the same
+length.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +49,8 @@ ROWS: dict[str, tuple[str, dict[str, list[str]]]] = {
 # runs (--epochs) have no such run, so their faithful row starts at seed 0.
 SEEDS = (1,)
 SEEDS_SHORTENED = (0, 1)
+# A row whose first seed lands this far or further from the faithful runs' mean needs no second seed.
+SETTLED_GAP = 0.01
 # The length each recipe's rows are planned at: MNIST at its own 10 epochs, CIFAR-10 at 10 of its 30.
 PLANNED_EPOCHS = {"mnist-original": None, "mnist-original-steplr": None, "cifar10-original": 10}
 
@@ -75,6 +80,30 @@ def parse(record_name: str) -> tuple[str, str, int, int | None] | None:
     return None
 
 
+def _test_acc(results: Path, name: str) -> float | None:
+    path = results / name
+    return json.loads(path.read_text())["metrics"]["test_acc"] if path.is_file() else None
+
+
+def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, results: Path = ROOT / "results"
+                        ) -> str | None:
+    """Why ``seed`` of ``row`` need not run: a row gets a second seed only where its first differs from the faithful
+    runs' mean by under a point (SETTLED_GAP). None where it must run (or where the records cannot tell yet)."""
+    if row == "faithful":
+        return None
+    earlier = [a for k in range(seed) if (a := _test_acc(results, f"{recipe}-{tag(row, k, epochs)}.json")) is not None]
+    faithful = [_test_acc(results, p.name) for p in sorted(results.glob(f"{recipe}-abl-faithful-*.json"))
+                if (parse(p.name) or (None,) * 4)[::3] == (recipe, epochs)]
+    if epochs is None and (a := _test_acc(results, f"{recipe}-full.json")) is not None:
+        faithful.append(a)  # the headline run is the faithful recipe's seed 0 at its own length
+    if not earlier or not faithful:
+        return None
+    gap = earlier[0] - sum(faithful) / len(faithful)
+    if abs(gap) < SETTLED_GAP:
+        return None
+    return f"its first seed lands {100 * gap:+.2f} points from the faithful mean (a point or more: one seed settles it)"
+
+
 def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str]) -> list[str] | None:
     dataset = recipe.split("-")[0]
     sets = overrides(row, dataset)
@@ -101,6 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--list", action="store_true", help="print the rows and their overrides")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--every-seed", action="store_true",
+                    help="run every seed of every row (default: a later seed only where the first lands under a "
+                         "point from the faithful mean)")
     args = ap.parse_args(argv)
     if args.list:
         for row, (what, per) in ROWS.items():
@@ -121,6 +153,10 @@ def main(argv=None) -> int:
             name = f"{args.recipe}-{tag(row, seed, args.epochs)}.json"
             if (ROOT / "results" / name).is_file():
                 print(f"{row} seed {seed}: recorded (results/{name})")
+                continue
+            why = None if args.every_seed else settled_by_one_seed(args.recipe, row, seed, args.epochs)
+            if why is not None:
+                print(f"{row} seed {seed}: not needed, {why}")
                 continue
             print(" ".join(cmd[1:]), flush=True)
             if not args.dry_run and subprocess.run(cmd, cwd=ROOT).returncode != 0:

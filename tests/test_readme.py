@@ -425,3 +425,27 @@ def test_attempts_table_judges_an_aim_on_the_mean_over_seeds_and_names_a_seed_th
     row = results_table.tflop_attempts_table(records).splitlines()[-1]
     assert "| 84.13 % ± 0.07 | 84.87 % ± 0.97 | 0, 1 | 85.00 % within 320 TFLOP: missed on the mean; seed 0 alone: " \
            "met with the flips |" in row
+
+
+def test_ablation_driver_runs_a_rows_second_seed_only_where_its_first_lands_under_a_point_away(tmp_path):
+    import original_ablations as oa
+
+    def put(name, acc):
+        (tmp_path / name).write_text(json.dumps({"metrics": {"test_acc": acc}}))
+    put("cifar10-original-abl-faithful-s0-e10.json", 0.600)
+    put("cifar10-original-abl-faithful-s1-e10.json", 0.610)  # faithful mean: 60.50 %
+    put("cifar10-original-abl-faithful-s0.json", 0.900)  # another length: not part of that mean
+    put("cifar10-original-abl-no-embed-scale-s0-e10.json", 0.620)  # +1.50 points: one seed settles it
+    put("cifar10-original-abl-our-norm-s0-e10.json", 0.612)  # +0.70 points: needs its second seed
+    settled = lambda row, seed: oa.settled_by_one_seed("cifar10-original", row, seed, 10, results=tmp_path)
+    assert settled("no-embed-scale", 1) == ("its first seed lands +1.50 points from the faithful mean (a point or "
+                                            "more: one seed settles it)")
+    assert settled("our-norm", 1) is None
+    assert settled("no-embed-scale", 0) is None  # a first seed always runs
+    assert settled("no-mlp-dropout", 1) is None  # no first seed recorded yet: cannot tell
+    assert settled("faithful", 2) is None  # the noise itself is never skipped
+    # at the recipe's own length, the headline run is the faithful recipe's seed 0
+    put("cifar10-original-full.json", 0.7259)
+    put("cifar10-original-abl-no-embed-scale-s1.json", 0.7100)
+    assert oa.settled_by_one_seed("cifar10-original", "no-embed-scale", 2, None, results=tmp_path).startswith(
+        "its first seed lands -10.30 points")  # against the mean of 90.00 % and 72.59 %
