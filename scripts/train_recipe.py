@@ -227,7 +227,7 @@ def main() -> None:
     metrics = _evaluate(model, loaders, device, checkpoint_path, cifar=dataset_name == "cifar10")
     wall = hist.wall_time_s + time.perf_counter() - fit_end  # every stretch of the run, and the evaluation
     metrics |= {"best_val_acc": hist.best_val_acc, "resumes": hist.resumes, "train_tflop": hist.train_tflop,
-                "gflop_per_image": hist.gflop_per_image, "best_epoch": hist.best_epoch,
+                "gflop_per_image": hist.gflop_per_image, "train_images": hist.train_images, "best_epoch": hist.best_epoch,
                 "final_train_acc": hist.train_acc[-1], "epochs_run": len(hist.epoch),
                 "optimizer_steps": hist.total_steps, "train_images_per_s": hist.train_images_per_s,
                 "parameters": vh.count_parameters(model)}

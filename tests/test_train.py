@@ -175,6 +175,7 @@ def test_compute_budget_plans_whole_steps_and_stops_within_one():
     hist = train.fit(model, loader(quadrant_data(64, 0), batch_size=8), epochs=100, max_tflop=max_tflop,
                      device="cpu", precision="fp32", progress=False, verbose=False)
     assert hist.total_steps == len(hist.lr) == 37  # whole steps within the budget
+    assert hist.train_images == 37 * 8  # the images seen: every step's batch
     assert hist.gflop_per_image == pytest.approx(per_image / 1e9)
     assert max_tflop - per_image * 8 / 1e12 < hist.train_tflop <= max_tflop  # within one step of it
 

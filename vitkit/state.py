@@ -34,7 +34,8 @@ class History:
     channels_last: bool = False  # convolutions trained in channels-last layout (runtime.channels_last_convolutions)
     world_size: int = 1  # processes under torchrun (DistributedDataParallel)
     gflop_per_image: float = 0.0  # forward + backward of one training image (torch.utils.flop_counter)
-    train_tflop: float = 0.0  # training compute: gflop_per_image x training images processed
+    train_images: int = 0  # training images processed (every process together), the images seen
+    train_tflop: float = 0.0  # training compute: gflop_per_image x train_images (+ any per-step work, e.g. an EMA)
     resumes: int = 0  # how often the run was resumed from its checkpoint
     stretches: list[dict] = field(default_factory=list)  # per stretch between resumes: epochs, machine, precision
 

@@ -472,7 +472,7 @@ class _Run:
         hist.stretches[-1]["last_epoch"] = s.epoch
         hist.stretches[-1]["wall_time_s"] = time.perf_counter() - self.start
         hist.train_images_per_s = s.images / max(1e-9, s.train_s)  # training only, validation excluded
-        hist.gflop_per_image = self.image_flops / 1e9
+        hist.gflop_per_image, hist.train_images = self.image_flops / 1e9, s.images
         hist.train_tflop = (self.image_flops * s.images + self.step_flops * s.step) / 1e12
 
     def finish(self) -> History:
