@@ -646,8 +646,9 @@ def _complete_original_runs(records) -> dict[str, tuple[str, dict]]:
     for name, rec in _accuracy_records(records):
         m, cfg = rec["metrics"], rec.get("config", {})
         recipe = cfg.get("recipe")
-        if recipe in ORIGINAL_RECIPES and not cfg.get("overrides") and m.get("epochs_run") == cfg.get("fit", {}).get("epochs") \
-                and "train_acc_eval" in m and recipe not in complete:
+        own_length = RECIPES[recipe]["fit"]["epochs"] if recipe in RECIPES else None  # not a run shortened by --epochs
+        if recipe in ORIGINAL_RECIPES and not cfg.get("overrides") and m.get("epochs_run") == own_length \
+                and cfg.get("fit", {}).get("epochs") == own_length and "train_acc_eval" in m and recipe not in complete:
             complete[recipe] = (name, rec)
     return complete
 

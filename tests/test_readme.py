@@ -46,6 +46,9 @@ def test_original_table_has_a_row_per_original_result_and_only_complete_faithful
     (tmp_path / "cifar10-original-full.json").write_text(json.dumps(rec))
     partial = dict(rec, metrics=dict(rec["metrics"], epochs_run=4, test_acc=0.5))  # stopped short: left out
     (tmp_path / "cifar10-original-cpu.json").write_text(json.dumps(partial))
+    shortened = dict(rec, metrics=dict(rec["metrics"], epochs_run=10, test_acc=0.645),  # --epochs 10: not its end
+                     config=dict(rec["config"], fit={"epochs": 10}))
+    (tmp_path / "cifar10-original-abl-faithful-s0-e10.json").write_text(json.dumps(shortened))
     rows = results_table.original_table(results_table.load_records(tmp_path)).splitlines()[2:]
     ours = ("88.12 % / 76.10 % / **73.51 %** | {gap} | `cifar10-original`, 2.2 h, Some CPU (AVX512-BF16), bf16/fp32, 2 of 2 "
             "CPU threads, 2 stretches (1 resume) | [cifar10-original-full.json](results/cifar10-original-full.json) |")
