@@ -80,9 +80,21 @@ def parse(record_name: str) -> tuple[str, str, int, int | None] | None:
     return None
 
 
-def _test_acc(results: Path, name: str) -> float | None:
-    path = results / name
-    return json.loads(path.read_text())["metrics"]["test_acc"] if path.is_file() else None
+def test_accuracies(records: dict[str, dict]) -> dict[tuple[str, int | None, str], dict[int, float]]:
+    """``(recipe, epochs, row) -> {seed: test accuracy}`` of the ablation records among ``records`` (file name ->
+    record), with each faithful recipe's headline run (results/<recipe>-full.json) as its ``faithful`` row at its own
+    length (``epochs`` None), under its own seed."""
+    accs: dict[tuple[str, int | None, str], dict[int, float]] = {}
+    for name, rec in records.items():
+        parsed = parse(name)
+        if parsed is not None:
+            recipe, row, seed, epochs = parsed
+            accs.setdefault((recipe, epochs, row), {})[seed] = rec["metrics"]["test_acc"]
+    for recipe in PLANNED_EPOCHS:
+        if f"{recipe}-full.json" in records:
+            full = records[f"{recipe}-full.json"]
+            accs.setdefault((recipe, None, "faithful"), {})[int(full["seed"])] = full["metrics"]["test_acc"]
+    return accs
 
 
 def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, results: Path = ROOT / "results"
@@ -91,15 +103,11 @@ def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, re
     runs' mean by under a point (SETTLED_GAP). None where it must run (or where the records cannot tell yet)."""
     if row == "faithful":
         return None
-    earlier = [a for k in range(seed) if (a := _test_acc(results, f"{recipe}-{tag(row, k, epochs)}.json")) is not None]
-    faithful = {}  # seed -> test accuracy, as the ablation table reads them
-    for path in sorted(results.glob(f"{recipe}-abl-faithful-*.json")):
-        parsed = parse(path.name)
-        if parsed is not None and (parsed[0], parsed[3]) == (recipe, epochs):
-            faithful[parsed[2]] = _test_acc(results, path.name)
-    full = results / f"{recipe}-full.json"
-    if epochs is None and full.is_file():  # the headline run: the faithful recipe at its own length, its own seed
-        faithful[int(json.loads(full.read_text())["seed"])] = _test_acc(results, full.name)
+    names = [p.name for p in results.glob(f"{recipe}-*.json")]
+    accs = test_accuracies({n: json.loads((results / n).read_text()) for n in names
+                            if parse(n) is not None or n == f"{recipe}-full.json"})
+    earlier = [a for k, a in sorted(accs.get((recipe, epochs, row), {}).items()) if k < seed]
+    faithful = accs.get((recipe, epochs, "faithful"), {})
     if not earlier or not faithful:
         return None
     gap = earlier[0] - sum(faithful.values()) / len(faithful)

@@ -154,8 +154,9 @@ def weights_table(records, folder: Path = ROOT / "weights") -> str:
         rows.append(f"| `weights/{path.name}` | `{recipe}` | **{acc}** | "
                     + (f"[{name}](results/{name}) |" if rec else "|"))
         dataset = recipe.split("-")[0]
-        if rec and _val_acc(rec) is not None and _val_acc(rec) > best.get(dataset, (-1.0,))[0]:
-            best[dataset] = (_val_acc(rec), rec["metrics"]["test_acc"], path.name)
+        val = _val_acc(rec) if rec else None
+        if val is not None and val > best.get(dataset, (-1.0,))[0]:
+            best[dataset] = (val, rec["metrics"]["test_acc"], path.name)
     names = {"cifar10": "CIFAR-10", "mnist": "MNIST"}
     lines = [f"The best shipped {names.get(d, d)} model (chosen on validation): `weights/{f}` ({pct(t)} test)."
              for d, (_, t, f) in sorted(best.items())]
@@ -697,16 +698,7 @@ def ablation_table(records) -> str:
 
     by = dict(records)
     complete = _complete_original_runs(records)
-    accs: dict[tuple[str, int | None, str], dict[int, float]] = {}  # (recipe, epochs, row) -> seed -> test acc
-    for name, rec in by.items():
-        parsed = oa.parse(name)
-        if parsed is not None:
-            recipe, row, seed, epochs = parsed
-            accs.setdefault((recipe, epochs, row), {})[seed] = rec["metrics"]["test_acc"]
-    for recipe in oa.PLANNED_EPOCHS:  # the faithful run at full length is its headline record
-        if f"{recipe}-full.json" in by:
-            full = by[f"{recipe}-full.json"]
-            accs.setdefault((recipe, None, "faithful"), {})[int(full["seed"])] = full["metrics"]["test_acc"]
+    accs = oa.test_accuracies(by)
     lines = ["| recipe | row: switched back to ours | test acc per seed | mean | row minus faithful |",
              "|---|---|---|---:|---:|"]
     for recipe, planned in oa.PLANNED_EPOCHS.items():
