@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vitkit import data  # noqa: E402
+from vitkit import data, recipes  # noqa: E402
 
 # row -> (what is switched back to ours, the train_recipe.py --set overrides); per dataset where they differ.
 ROWS: dict[str, tuple[str, dict[str, list[str]]]] = {
@@ -118,8 +118,7 @@ def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, re
 
 
 def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str]) -> list[str] | None:
-    dataset = recipe.split("-")[0]
-    sets = overrides(row, dataset)
+    sets = overrides(row, recipes.dataset_of(recipe))
     if sets is None:
         return None
     cmd = [sys.executable, str(ROOT / "scripts" / "train_recipe.py"), recipe, "--seed", str(seed), "--tag",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vitkit.recipes import BUDGET_RECIPES, RECIPES  # noqa: E402  (named_recipe matches explorations to them)
+from vitkit.recipes import BUDGET_RECIPES, RECIPES, dataset_of  # noqa: E402  (named_recipe matches explorations to them)
 
 
 class RecordError(ValueError):
@@ -153,7 +153,7 @@ def weights_table(records, folder: Path = ROOT / "weights") -> str:
         acc = pct(rec["metrics"]["test_acc"]) if rec else "no record"
         rows.append(f"| `weights/{path.name}` | `{recipe}` | **{acc}** | "
                     + (f"[{name}](results/{name}) |" if rec else "|"))
-        dataset = recipe.split("-")[0]
+        dataset = dataset_of(recipe) if recipe in RECIPES else recipe.split("-")[0]  # a notebook's own recipe
         val = _val_acc(rec) if rec else None
         if val is not None and val > best.get(dataset, (-1.0,))[0]:
             best[dataset] = (val, rec["metrics"]["test_acc"], path.name)
@@ -702,7 +702,7 @@ def ablation_table(records) -> str:
     lines = ["| recipe | row: switched back to ours | test acc per seed | mean | row minus faithful |",
              "|---|---|---|---:|---:|"]
     for recipe, planned in oa.PLANNED_EPOCHS.items():
-        dataset = recipe.split("-")[0]
+        dataset = dataset_of(recipe)
         found = {epochs for r, epochs, _ in accs if r == recipe}
         headline = by.get(f"{recipe}-full.json")
         close = _within_a_point_of_the_original(recipe, complete)

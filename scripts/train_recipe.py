@@ -205,7 +205,7 @@ def main() -> None:
     out = Path(args.out_dir)
     cli.apply_machine_options(ap, args)
     runtime.set_seed(args.seed)
-    dataset_name = recipes.RECIPES[args.recipe].get("dataset", args.recipe.split("-")[0])
+    dataset_name = recipes.dataset_of(args.recipe)
     loader_fn = data.mnist_loaders if dataset_name == "mnist" else data.cifar10_loaders
     recipe, overrides = _recipe(args, loader_fn, ap)
     name = f"{args.recipe}-{args.tag}"

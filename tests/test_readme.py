@@ -400,13 +400,17 @@ def test_weights_table_names_the_best_shipped_file_of_each_dataset(tmp_path):
     for file, recipe, record in [("a.safetensors", "cifar10-a", "results/cifar10-a-x.json"),
                                  ("b.safetensors", "cifar10-b", "results/cifar10-b-x.json"),
                                  ("c.safetensors", "mnist-c", "results/mnist-c-x.json"),
-                                 ("d.safetensors", "cifar10-d", "results/gone.json")]:
+                                 ("d.safetensors", "cifar10-d", "results/gone.json"),
+                                 ("e.safetensors", "hf-original", "results/hf-original-x.json")]:
         vh.save_model(model, tmp_path / file, recipe=recipe, record=record)
     records = [("cifar10-a-x.json", {"metrics": {"test_acc": 0.8408, "best_val_acc": 0.8422}}),
+               ("hf-original-x.json", {"metrics": {"test_acc": 0.7501, "best_val_acc": 0.7702}}),
                ("cifar10-b-x.json", {"metrics": {"test_acc": 0.8507, "best_val_acc": 0.8401}}),
                ("mnist-c-x.json", {"metrics": {"test_acc": 0.9954, "best_val_acc": 0.9950}})]
     table = results_table.weights_table(records, folder=tmp_path)
     assert "| `weights/d.safetensors` | `cifar10-d` | **no record** | |" in table
+    # hf-original trains on CIFAR-10 (its recipe says so; its name does not), so it competes with a and b and loses
+    assert "hf" not in table.split("\n\n")[1]
     # b tests higher, but a reads higher on validation, and validation chooses
     assert table.endswith("The best shipped CIFAR-10 model (chosen on validation): `weights/a.safetensors` (84.08 % "
                           "test). The best shipped MNIST model (chosen on validation): `weights/c.safetensors` "

@@ -10,7 +10,7 @@ from typing import Any
 
 from vitkit.checks import check_number
 
-__all__ = ["RECIPES", "BUDGET_RECIPES", "get_recipe", "finetune_recipe"]
+__all__ = ["RECIPES", "BUDGET_RECIPES", "get_recipe", "dataset_of", "finetune_recipe"]
 
 
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
@@ -145,6 +145,11 @@ def get_recipe(name: str) -> dict[str, dict[str, Any]]:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}.")
     return copy.deepcopy(RECIPES[name])
+
+
+def dataset_of(name: str) -> str:
+    """The dataset recipe ``name`` trains on: its ``dataset`` entry, else the name's first part."""
+    return get_recipe(name).get("dataset", name.split("-")[0])
 
 
 # Fine-tuning a pretrained HF ViT-B/16 on CIFAR-10 following the ViT paper (Appendix B.1.1): SGD with
