@@ -140,6 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="shorter runs (e.g. 10 for CIFAR-10)")
     ap.add_argument("--data-root", default=data.default_data_root())
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out-dir", default=str(ROOT), help="where the runs write (and the driver reads) results/")
     ap.add_argument("--list", action="store_true", help="print the rows and their overrides")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--every-seed", action="store_true",
@@ -155,7 +156,9 @@ def main(argv=None) -> int:
     if args.epochs is not None and args.epochs < 5:
         ap.error(f"--epochs {args.epochs}: at least 5, so that the warmup (a fifth of the epochs) is a whole epoch")
     seeds = args.seeds if args.seeds is not None else (SEEDS_SHORTENED if args.epochs else SEEDS)
-    passthrough = ["--data-root", args.data_root] + (["--threads", str(args.threads)] if args.threads else [])
+    passthrough = ["--data-root", args.data_root, "--out-dir", args.out_dir] + (
+        ["--threads", str(args.threads)] if args.threads else [])
+    results = Path(args.out_dir) / "results"
     for seed in seeds:
         for row in args.rows:
             cmd = command(args.recipe, row, seed, args.epochs, passthrough)
@@ -163,10 +166,10 @@ def main(argv=None) -> int:
                 print(f"{row}: does not apply to {args.recipe}")
                 continue
             name = f"{args.recipe}-{tag(row, seed, args.epochs)}.json"
-            if (ROOT / "results" / name).is_file():
+            if (results / name).is_file():
                 print(f"{row} seed {seed}: recorded (results/{name})")
                 continue
-            why = None if args.every_seed else settled_by_one_seed(args.recipe, row, seed, args.epochs)
+            why = None if args.every_seed else settled_by_one_seed(args.recipe, row, seed, args.epochs, results)
             if why is not None:
                 print(f"{row} seed {seed}: not needed, {why}")
                 continue
