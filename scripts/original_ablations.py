@@ -1,6 +1,6 @@
 """Where does a faithful run of the original's recipe land away from the original's number, and why? Each row is the
 faithful recipe (``mnist-original``, ``mnist-original-steplr`` or ``cifar10-original``) with one of its differences
-from our own recipes switched back to ours; the first row repeats the faithful recipe with another seed, the noise
+from our own recipes switched back to ours; the first row is the faithful recipe itself over seeds, the noise
 every other row is read against. The rows are needed only where the faithful run lands more than a point away.
 
     python scripts/original_ablations.py mnist-original --data-root ../shared/data --threads 2
@@ -30,7 +30,7 @@ from vitkit import data, recipes  # noqa: E402
 
 # row -> (what is switched back to ours, the train_recipe.py --set overrides); per dataset where they differ.
 ROWS: dict[str, tuple[str, dict[str, list[str]]]] = {
-    "faithful": ("none: the faithful recipe with another seed, the noise", {"*": []}),
+    "faithful": ("none: the faithful recipe itself, over seeds (the noise)", {"*": []}),
     "schedule-per-step": ("the LR schedule stepped per optimizer step, not per epoch", {"*": ["fit.lr_update='step'"]}),
     "no-embed-scale": ("no sqrt(dim) scale on the token embeddings", {"*": ["model.embed_scale=False"]}),
     "trunc-normal-init": ("truncated-normal 0.02 init (positions and CLS included), not PyTorch's defaults",
