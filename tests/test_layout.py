@@ -199,3 +199,36 @@ def test_a_setting_followed_from_fit_passes_through_at_most_three_modules(name, 
     finally:
         _sys.setprofile(None)
     assert len(set(touched)) <= most, touched
+
+
+def _api_rows():
+    """docs/api.md's two-column table rows, as (left, right) cell texts."""
+    for line in (ROOT / "docs" / "api.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) == 2 and not set(cells[0]) <= set("-"):
+            yield cells
+
+
+def test_every_name_docs_api_lists_for_a_harness_module_exists_there():
+    import importlib
+
+    missing, checked = [], 0
+    for left, right in _api_rows():
+        listed = re.fullmatch(r"`(vitkit\.\w+)`", left)  # the module table: its names, or its functions' parameters
+        moved = re.fullmatch(r"`(vitkit\.\w+)` \(same names\)", right)  # the table of moved names
+        renamed = re.fullmatch(r"`(vitkit\.\w+)\.(\w+)(?:\(\))?`.*", right)
+        if listed:
+            module = importlib.import_module(listed.group(1))
+            source = Path(module.__file__).read_text()
+            names = [re.sub(r"\(.*", "", item) for item in re.findall(r"`([^`]+)`", right)]
+            for name in (n for n in names if re.fullmatch(r"[A-Za-z_]\w+", n)):
+                checked += 1
+                if not hasattr(module, name) and not re.search(rf"\b{name}\b", source):
+                    missing.append(f"{listed.group(1)}: {name}")
+        elif moved or renamed:
+            module = importlib.import_module((moved or renamed).group(1))
+            for name in re.findall(r"`(\w+)`", left) if moved else [renamed.group(2)]:
+                checked += 1
+                if not hasattr(module, name):
+                    missing.append(f"{module.__name__}: {name} (moved there, says docs/api.md)")
+    assert checked > 100 and not missing, missing
