@@ -706,7 +706,7 @@ def ablation_table(records) -> str:
     by = dict(records)
     complete = _complete_original_runs(records)
     accs = oa.test_accuracies(by)
-    lines = ["| recipe | row: switched back to ours | test acc per seed | mean | row minus faithful |",
+    lines = ["| recipe | row: switched back to ours | test acc per seed | mean ± std over seeds | row minus faithful |",
              "|---|---|---|---:|---:|"]
     for recipe, planned in oa.PLANNED_EPOCHS.items():
         dataset = dataset_of(recipe)
@@ -743,7 +743,8 @@ def ablation_table(records) -> str:
                     diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (one seed: a hint)"
                 seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''})"
                                   for k, a in got.items())
-                lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)} | {diff} |")
+                spread = f" ± {100 * stats.spread(vals)['std']:.2f}" if len(vals) > 1 else ""
+                lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)}{spread} | {diff} |")
             if unrun:
                 lines.append(f"| `{recipe}`, {length} | every row not run | not needed: {close} | | |")
     lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured (why: below "
