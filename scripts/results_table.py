@@ -488,9 +488,11 @@ def tflop_attempts_table(records) -> str:
         if not recs:
             continue
         ms = [r["metrics"] for _, r in recs]
-        m = ms[0]
-        gflop = f"{m['gflop_per_image']:.3f}" if "gflop_per_image" in m else ""
-        tflop = f"{m['train_tflop']:.0f}" if "train_tflop" in m else ""
+
+        def each(key, form):  # one value where the seeds agree, else each seed's
+            shown = list(dict.fromkeys(format(x[key], form) for x in ms)) if all(key in x for x in ms) else [""]
+            return ", ".join(shown)
+        gflop, epochs, tflop = each("gflop_per_image", ".3f"), each("epochs_run", "d"), each("train_tflop", ".0f")
         plain, chosen = spread([x["test_acc"] for x in ms]), spread([_chosen_test(x) for x in ms])
         flip = pct_spread(chosen) if all("test_acc_flip" in x for x in ms) else ""
         met = ""
@@ -504,7 +506,7 @@ def tflop_attempts_table(records) -> str:
                    + (", within noise of the aim" if close else "") + "".join(f"; {a}" for a in alone))
         links = ", ".join(f"[{n[:-5]}](results/{n})" for n, _ in recs)
         seeds = ", ".join(str(r.get("seed")) for _, r in recs) + ("; one seed is a hint" if len(recs) == 1 else "")
-        rows.append(f"| {label} ({links}) | {gflop} | {m['epochs_run']} | {tflop} | {pct_spread(plain)} | {flip} | "
+        rows.append(f"| {label} ({links}) | {gflop} | {epochs} | {tflop} | {pct_spread(plain)} | {flip} | "
                     f"{seeds} | {met} |")
     return "\n".join(rows) if len(rows) > 2 else "_No record of these attempts._"
 

@@ -440,6 +440,9 @@ def test_attempts_table_judges_an_aim_on_the_mean_over_seeds_and_names_a_seed_th
                ("cifar10-fast-t320-s1.json", rec(1, 0.8712, 0.87, 0.8812, 0.86))]
     assert results_table.tflop_attempts_table(records).splitlines()[-1].endswith(
         "| 87.10 % ± 0.03 | 87.10 % ± 0.03 | 0, 1 | 85.00 % within 320 TFLOP: **met** on the mean |")
+    # seeds that ran different lengths show each seed's
+    records[1][1]["metrics"].update(epochs_run=61, train_tflop=314.4)
+    assert "| 0.115 | 62, 61 | 320, 314 | 87.10 % ± 0.03 |" in results_table.tflop_attempts_table(records)
 
 
 def test_ablation_driver_runs_a_rows_second_seed_only_where_its_first_lands_under_a_point_away(tmp_path):
