@@ -167,7 +167,7 @@ def main(argv=None) -> int:
                 continue
             name = f"{args.recipe}-{tag(row, seed, args.epochs)}.json"
             if (results / name).is_file():
-                print(f"{row} seed {seed}: recorded (results/{name})")
+                print(f"{row} seed {seed}: recorded ({results / name})")
                 continue
             why = None if args.every_seed else settled_by_one_seed(args.recipe, row, seed, args.epochs, results)
             if why is not None:

@@ -153,7 +153,7 @@ def weights_table(records, folder: Path = ROOT / "weights") -> str:
         acc = pct(rec["metrics"]["test_acc"]) if rec else "no record"
         rows.append(f"| `weights/{path.name}` | `{recipe}` | **{acc}** | "
                     + (f"[{name}](results/{name}) |" if rec else "|"))
-        dataset = dataset_of(recipe) if recipe in RECIPES else recipe.split("-")[0]  # a notebook's own recipe
+        dataset = dataset_of(recipe)
         val = _val_acc(rec) if rec else None
         if val is not None and val > best.get(dataset, (-1.0,))[0]:
             best[dataset] = (val, rec["metrics"]["test_acc"], path.name)
@@ -489,9 +489,9 @@ def tflop_attempts_table(records) -> str:
             continue
         ms = [r["metrics"] for _, r in recs]
 
-        def each(key, form):  # one value where the seeds agree, else each seed's
-            shown = list(dict.fromkeys(format(x[key], form) for x in ms)) if all(key in x for x in ms) else [""]
-            return ", ".join(shown)
+        def each(key, form):  # one value where the seeds agree, else each seed's, in the seeds' order
+            shown = [format(x[key], form) for x in ms] if all(key in x for x in ms) else [""]
+            return shown[0] if len(set(shown)) == 1 else ", ".join(shown)
         gflop, epochs, tflop = each("gflop_per_image", ".3f"), each("epochs_run", "d"), each("train_tflop", ".0f")
         plain, chosen = spread([x["test_acc"] for x in ms]), spread([_chosen_test(x) for x in ms])
         flip = pct_spread(chosen) if all("test_acc_flip" in x for x in ms) else ""

@@ -149,8 +149,9 @@ def get_recipe(name: str) -> dict[str, dict[str, Any]]:
 
 
 def dataset_of(name: str) -> str:
-    """The dataset recipe ``name`` trains on: its ``dataset`` entry, else the name's first part."""
-    return get_recipe(name).get("dataset", name.split("-")[0])
+    """The dataset recipe ``name`` trains on: its ``dataset`` entry, else the name's first part (also for a name
+    that is not in RECIPES, such as a notebook's own recipe named in a weights file)."""
+    return RECIPES.get(name, {}).get("dataset", name.split("-")[0])
 
 
 # Fine-tuning a pretrained HF ViT-B/16 on CIFAR-10 following the ViT paper (Appendix B.1.1): SGD with
