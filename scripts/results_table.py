@@ -676,12 +676,28 @@ def original_table(records) -> str:
                     f"{_stretches(rec)} | [{name}](results/{name}) |")
     if len(rows) == 2:
         return "_No complete run of an original recipe is recorded yet._"
+    return "\n".join(rows) + "\n\n" + _original_noise(records)
+
+
+def _original_noise(records) -> str:
+    """What the gaps of the table of original results are read against: each side is one run; the original's two
+    CIFAR-10 results; the faithful recipes' spread over seeds where the ablation records measure it."""
+    import original_ablations as oa
+    from vitkit import stats
+
     cifar = [acc[2] for _, acc, r in ORIGINAL if r == "cifar10-original"]
-    return "\n".join(rows) + (
-        "\n\nEach number here, the original's and ours, is one run of one seed, so each gap is a hint. The original's "
-        f"own two CIFAR-10 results differ by {100 * (max(cifar) - min(cifar)):.2f} points on test; the faithful "
-        "recipe's spread over seeds is measured at 10 epochs (the `faithful` rows of the ablation table in "
-        "docs/results.md).")
+    faithful = sorted(((recipe, epochs, list(seeds.values())) for (recipe, epochs, row), seeds
+                       in oa.test_accuracies(dict(records)).items() if row == "faithful" and len(seeds) > 1),
+                      key=lambda r: (r[0], r[1] or 0))
+    measured = [f"`{recipe}` at {f'{epochs} epochs' if epochs else 'its own length'}, "
+                f"± {100 * stats.spread(accs)['std']:.2f} points over {len(accs)} seeds" for recipe, epochs, accs in faithful]
+    own_length = any(epochs is None for _, epochs, _ in faithful)
+    return ("Each number here, the original's and ours, is one run, so each gap is a hint. The original's two CIFAR-10 "
+            f"results (its README's, and its notebook's last version, which may differ in code) differ by "
+            f"{100 * (max(cifar) - min(cifar)):.2f} points on test. The faithful recipes' spread of test accuracy over "
+            "seeds (the `faithful` rows of the ablation table in docs/results.md): "
+            + ("; ".join(measured) if measured else "not measured yet")
+            + ("" if own_length or not measured else "; not yet at a recipe's own length") + ".")
 
 
 def _within_a_point_of_the_original(recipe: str, complete: dict[str, tuple[str, dict]]) -> str:
@@ -843,20 +859,33 @@ def _recipe_settings(recipe: str) -> dict[str, object]:
     return out
 
 
-def recipe_differences(ours: str, theirs: str) -> str:
-    """A table of every setting in which recipe ``ours`` differs from recipe ``theirs``."""
+def recipe_differences(ours: str, theirs: str, ablations: dict[str, str] | None = None) -> str:
+    """A table of every setting in which recipe ``ours`` differs from recipe ``theirs``; with ``ablations`` (setting
+    -> the row of scripts/original_ablations.py that switches it back), a last column naming that row."""
     a, b = _recipe_settings(ours), _recipe_settings(theirs)
     fmt = lambda v: "(default)" if v is None else f"`{v}`"
-    rows = [f"| setting | `{ours}` | `{theirs}` |", "|---|---|---|"]
-    rows += [f"| `{k}` | {fmt(a.get(k))} | {fmt(b.get(k))} |" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+    extra = ablations is not None
+    rows = [f"| setting | `{ours}` | `{theirs}` |" + (" ablation row |" if extra else ""), "|---|---|---|" + "---|" * extra]
+    for k in sorted(a.keys() | b.keys()):
+        if a.get(k) != b.get(k):
+            row = (f" `{ablations[k]}` |" if k in ablations else " none |") if extra else ""
+            rows.append(f"| `{k}` | {fmt(a.get(k))} | {fmt(b.get(k))} |" + row)
     return "\n".join(rows)
+
+
+def ablation_rows(dataset: str) -> dict[str, str]:
+    """Setting -> the row of scripts/original_ablations.py that switches it back to ours, for ``dataset``."""
+    import original_ablations as oa
+
+    return {s.split("=")[0]: row for row in oa.ROWS for s in (oa.overrides(row, dataset) or [])}
 
 
 # page -> the marked sections it holds, each rendered by one function
 PAGES = {
     "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table,
                   "weights": weights_table,
-                  "seed-vs-original": lambda records: recipe_differences("cifar10-seed", "cifar10-original")},
+                  "seed-vs-original": lambda records: recipe_differences("cifar10-seed", "cifar10-original",
+                                                                         ablation_rows("cifar10"))},
     "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
                         "tflop-targets": tflop_targets_table,
                         "screen-ideas": screen_table, "original-ablations": ablation_table},
