@@ -324,8 +324,7 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, classes: Sequenc
     k = len(classes)
     cm = confusion_counts(preds, labels, k).numpy()
     mistakes = np.ma.masked_array(cm, mask=np.eye(k, dtype=bool))
-    cmap = plt.get_cmap("Blues").copy()
-    cmap.set_bad("0.85")  # the diagonal (correct answers): grey, its numbers in bold
+    cmap = plt.get_cmap("Blues").with_extremes(bad="0.85")  # the diagonal (correct answers): grey, numbers in bold
     fig, ax = plt.subplots(figsize=(0.6 * k + 3, 0.6 * k + 2.5))
     im = ax.imshow(mistakes, cmap=cmap, vmin=0, vmax=max(int(mistakes.max() or 0), 1))
     ax.set_xticks(range(k), classes, rotation=45, ha="right")
