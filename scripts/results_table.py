@@ -761,8 +761,8 @@ def ablation_table(records) -> str:
                     diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (one seed: a hint)"
                 seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''})"
                                   for k, a in got.items())
-                spread = f" ± {100 * stats.spread(vals)['std']:.2f}" if len(vals) > 1 else ""
-                lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct(mean)}{spread} | {diff} |")
+                lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct_spread(stats.spread(vals))} | "
+                             f"{diff} |")
             if unrun:
                 lines.append(f"| `{recipe}`, {length} | every row not run | not needed: {close} | | |")
     lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured (why: below "
