@@ -15,6 +15,11 @@ checkpoint when killed, and is skipped once its record exists. A row's later see
 under a point from the faithful runs' mean (``--every-seed`` runs them all): a gap of a point or more keeps one
 seed, which the table reads as a hint. scripts/results_table.py renders the rows into docs/results.md, each against the faithful runs of the same
 length.
+
+Two drivers can share the rows (on 2 cores, two 1-thread runs side by side get through more epochs an hour than one
+2-thread run): start the same command twice with ``--threads 1``. Each skips a run whose checkpoint another live
+process holds, and a later seed while an earlier seed of its row is running there, since that result decides whether
+it is needed; the driver running the earlier seed comes to it in its pass over the later seeds.
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vitkit import data, recipes  # noqa: E402
+from vitkit import checkpoint as ckpt, data, recipes  # noqa: E402
 
 # row -> (what is switched back to ours, the train_recipe.py --set overrides); per dataset where they differ.
 ROWS: dict[str, tuple[str, dict[str, list[str]]]] = {
@@ -117,6 +122,17 @@ def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, re
             "(the table reads it as a hint)")
 
 
+def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT) -> str | None:
+    """Why ``seed`` of ``row`` is left to another process (a second driver): the run, or an earlier seed of its row
+    (whose result decides whether this one is needed), holds its checkpoint's lock there. None where none is held."""
+    for earlier in range(seed + 1):
+        holder = ckpt.RunLock(out / "checkpoints" / "runs" / f"{recipe}-{tag(row, earlier, epochs)}.pt").in_use()
+        if holder is not None:
+            run = "it" if earlier == seed else f"its seed {earlier}"
+            return f"{run} is running in process {holder.get('pid')} on {holder.get('host')}"
+    return None
+
+
 def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str]) -> list[str] | None:
     sets = overrides(row, recipes.dataset_of(recipe))
     if sets is None:
@@ -172,6 +188,10 @@ def main(argv=None) -> int:
             why = None if args.every_seed else settled_by_one_seed(args.recipe, row, seed, args.epochs, results)
             if why is not None:
                 print(f"{row} seed {seed}: not needed, {why}")
+                continue
+            busy = running_elsewhere(args.recipe, row, seed, args.epochs, Path(args.out_dir))
+            if busy is not None:
+                print(f"{row} seed {seed}: left to another driver, {busy}")
                 continue
             print(" ".join(cmd[1:]), flush=True)
             if not args.dry_run and subprocess.run(cmd, cwd=ROOT).returncode != 0:

@@ -486,7 +486,11 @@ def test_ablation_driver_runs_a_rows_second_seed_only_where_its_first_lands_unde
         "its first seed lands -1.59 points")  # against 72.59 % alone: the record of seed 1 is the headline's
 
 
-def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_the_rest(tmp_path, capsys):
+def test_ablation_driver_skips_recorded_settled_and_running_runs_and_runs_the_rest(tmp_path, capsys):
+    import os
+    import socket
+    import time
+
     import original_ablations as oa
 
     (tmp_path / "results").mkdir()
@@ -507,6 +511,17 @@ def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_t
                       f"--resume --data-root data --out-dir {tmp_path} --set data.mean=(0.4914, 0.4822, 0.4465) "
                       "--set data.std=(0.247, 0.2435, 0.2616) --epochs 10")
     assert out[5] == "inverted: does not apply to cifar10-original" and len(out) == 6
+    # a second driver leaves to the first a run it is going on with, and a later seed of that run's row
+    lock = tmp_path / "checkpoints" / "runs" / "cifar10-original-abl-trunc-normal-init-s0-e10.pt.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "heartbeat": time.time()}))
+    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "trunc-normal-init", "--out-dir", str(tmp_path),
+                    "--data-root", "data", "--dry-run"]) == 0
+    busy = f"is running in process {os.getppid()} on {socket.gethostname()}"
+    assert capsys.readouterr().out.splitlines() == [f"trunc-normal-init seed 0: left to another driver, it {busy}",
+                                                     f"trunc-normal-init seed 1: left to another driver, its seed 0 {busy}"]
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}))
+    assert oa.running_elsewhere("cifar10-original", "trunc-normal-init", 1, 10, tmp_path) is None  # its own lock
 
 
 def test_headline_table_shows_the_run_that_read_best_on_validation_not_on_test(tmp_path):

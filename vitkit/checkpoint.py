@@ -320,6 +320,14 @@ class RunLock:
             return
         raise CheckpointError(f"could not take {self.path}: other processes keep creating it.")
 
+    def in_use(self) -> dict[str, Any] | None:
+        """The holder's info (host, pid, started) where another live process holds the lock; None where it is free,
+        stale or this process's own: how a queue of runs tells that a run is going on elsewhere, without taking it."""
+        if not self.path.exists():
+            return None
+        holder = self._holder()
+        return None if self._ours() or self._stale(holder) else holder
+
     def refresh(self, epoch_s: float | None = None) -> None:
         """The heartbeat: the lock's time (and how long an epoch takes, so that another host waits long enough),
         rewritten at every checkpoint, unless another process has taken the lock over meanwhile."""
