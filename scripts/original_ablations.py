@@ -33,15 +33,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from vitkit import checkpoint as ckpt, data, recipes  # noqa: E402
 
-# row -> (what is switched back to ours, the train_recipe.py --set overrides); per dataset where they differ.
-ROWS: dict[str, tuple[str, dict[str, list[str]]]] = {
+# row -> (what is switched back to ours, the train_recipe.py --set overrides): per recipe, else per dataset, else
+# "*"; None where the row does not apply. HF's ViT (hf-original) has no embedding scale and no dropout inside its MLP,
+# and initialises as our default does (N(0, 0.02)): those rows are ours alone.
+HF = "hf-original"
+ROWS: dict[str, tuple[str, dict[str, list[str] | None]]] = {
     "faithful": ("none: the faithful recipe itself, over seeds (the noise)", {"*": []}),
     "schedule-per-step": ("the LR schedule stepped per optimizer step, not per epoch", {"*": ["fit.lr_update='step'"]}),
-    "no-embed-scale": ("no sqrt(dim) scale on the token embeddings", {"*": ["model.embed_scale=False"]}),
+    "no-embed-scale": ("no sqrt(dim) scale on the token embeddings", {"*": ["model.embed_scale=False"], HF: None}),
     "trunc-normal-init": ("truncated-normal 0.02 init (positions and CLS included), not PyTorch's defaults",
-                          {"*": ["model.init='trunc_normal'"]}),
-    "no-attn-dropout": ("no dropout on the attention probabilities", {"*": ["model.attn_dropout=0.0"]}),
-    "no-mlp-dropout": ("no dropout inside the MLP", {"*": ["model.mlp_dropout=0.0"]}),
+                          {"*": ["model.init='trunc_normal'"], HF: None}),
+    "no-attn-dropout": ("no dropout on the attention probabilities",
+                        {"*": ["model.attn_dropout=0.0"], HF: ["hf_model.attention_probs_dropout_prob=0.0"]}),
+    "no-mlp-dropout": ("no dropout inside the MLP", {"*": ["model.mlp_dropout=0.0"], HF: None}),
     "our-split": ("5,000 validation images", {"*": ["data.val_size=5000"]}),
     "our-norm": ("our input normalisation (the loaders' default statistics)",
                  {"mnist": ["data.mean=None", f"data.std={tuple(data.MNIST_STD)}"],
@@ -57,13 +61,16 @@ SEEDS_SHORTENED = (0, 1)
 # A row whose first seed lands this far or further from the faithful runs' mean needs no second seed.
 SETTLED_GAP = 0.01
 # The length each recipe's rows are planned at: MNIST at its own 10 epochs, CIFAR-10 at 10 of its 30.
-PLANNED_EPOCHS = {"mnist-original": None, "mnist-original-steplr": None, "cifar10-original": 10}
+PLANNED_EPOCHS = {"mnist-original": None, "mnist-original-steplr": None, "cifar10-original": 10, HF: 10}
 
 
-def overrides(row: str, dataset: str) -> list[str] | None:
-    """The row's ``--set`` entries for ``dataset``; None where the row does not apply to it."""
+def overrides(row: str, recipe: str) -> list[str] | None:
+    """The row's ``--set`` entries for ``recipe`` (its own entry, else its dataset's, else ``"*"``); None where the
+    row does not apply to it."""
     per = ROWS[row][1]
-    return per.get(dataset, per.get("*"))
+    if recipe in per:
+        return per[recipe]
+    return per.get(recipes.dataset_of(recipe), per.get("*"))
 
 
 def tag(row: str, seed: int, epochs: int | None) -> str:
@@ -134,7 +141,7 @@ def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, out:
 
 
 def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str]) -> list[str] | None:
-    sets = overrides(row, recipes.dataset_of(recipe))
+    sets = overrides(row, recipe)
     if sets is None:
         return None
     cmd = [sys.executable, str(ROOT / "scripts" / "train_recipe.py"), recipe, "--seed", str(seed), "--tag",
@@ -165,7 +172,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.list:
         for row, (what, per) in ROWS.items():
-            print(f"{row:20s} {what}; " + "; ".join(f"{d}: {' '.join(s) or '-'}" for d, s in per.items()))
+            print(f"{row:20s} {what}; " + "; ".join(f"{d}: {'does not apply' if s is None else ' '.join(s) or '-'}"
+                                                 for d, s in per.items()))
         return 0
     if args.recipe is None:
         ap.error(f"give a recipe ({', '.join(PLANNED_EPOCHS)}), or --list")

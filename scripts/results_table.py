@@ -727,7 +727,6 @@ def ablation_table(records) -> str:
     lines = ["| recipe | row: switched back to ours | test acc per seed | mean ± std over seeds | row minus faithful |",
              "|---|---|---|---:|---:|"]
     for recipe, planned in oa.PLANNED_EPOCHS.items():
-        dataset = dataset_of(recipe)
         found = {epochs for r, epochs, _ in accs if r == recipe}
         headline = by.get(f"{recipe}-full.json")
         close = _within_a_point_of_the_original(recipe, complete)
@@ -741,7 +740,7 @@ def ablation_table(records) -> str:
             unrun = 0  # rows not run, where the faithful run makes them unneeded
             headline_seed = ("faithful", int(headline["seed"])) if headline is not None and epochs is None else None
             for row, (what, _) in oa.ROWS.items():
-                if oa.overrides(row, dataset) is None:
+                if oa.overrides(row, recipe) is None:
                     continue
                 got = dict(sorted(accs.get((recipe, epochs, row), {}).items()))
                 if not got:
@@ -873,11 +872,11 @@ def recipe_differences(ours: str, theirs: str, ablations: dict[str, str] | None 
     return "\n".join(rows)
 
 
-def ablation_rows(dataset: str) -> dict[str, str]:
-    """Setting -> the row of scripts/original_ablations.py that switches it back to ours, for ``dataset``."""
+def ablation_rows(recipe: str) -> dict[str, str]:
+    """Setting -> the row of scripts/original_ablations.py that switches it back to ours, for ``recipe``."""
     import original_ablations as oa
 
-    return {s.split("=")[0]: row for row in oa.ROWS for s in (oa.overrides(row, dataset) or [])}
+    return {s.split("=")[0]: row for row in oa.ROWS for s in (oa.overrides(row, recipe) or [])}
 
 
 # page -> the marked sections it holds, each rendered by one function
@@ -885,7 +884,7 @@ PAGES = {
     "README.md": {"headline": headline_table, "original": original_table, "localization": localization_table,
                   "weights": weights_table,
                   "seed-vs-original": lambda records: recipe_differences("cifar10-seed", "cifar10-original",
-                                                                         ablation_rows("cifar10"))},
+                                                                         ablation_rows("cifar10-original"))},
     "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
                         "tflop-targets": tflop_targets_table,
                         "screen-ideas": screen_table, "original-ablations": ablation_table},

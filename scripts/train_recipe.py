@@ -40,6 +40,9 @@ def _valid_keys(recipe: dict, loader_fn) -> dict[str, list[str]]:
     keys = {"data": loader, "fit": [f.name for f in dataclasses.fields(train.FitConfig)]}
     if "model" in recipe:
         keys["model"] = [f.name for f in dataclasses.fields(vh.ViTConfig)]
+    if "hf_model" in recipe:
+        from transformers import ViTConfig
+        keys["hf_model"] = [n for n in inspect.signature(ViTConfig.__init__).parameters if n not in ("self", "kwargs")]
     return keys
 
 

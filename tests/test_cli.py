@@ -43,6 +43,17 @@ def test_bad_command_lines_are_refused_before_any_data_is_loaded(monkeypatch, ca
     assert message in refused(monkeypatch, capsys, "--out-dir", str(tmp_path), *args)
 
 
+def test_a_key_hfs_vit_config_lacks_is_refused(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "argv", ["train_recipe.py", "hf-original", "--data-root", "/no/such/data", "--out-dir",
+                                      str(tmp_path), "--set", "hf_model.attention_dropout=0.0"])
+    with pytest.raises(SystemExit) as stop:
+        train_recipe.main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "hf_model has no key 'attention_dropout'; valid keys:" in err and "attention_probs_dropout_prob" in err
+
+
 def test_an_out_dir_that_is_a_file_is_named(monkeypatch, capsys, tmp_path):
     (tmp_path / "out").write_text("not a folder")
     assert "is a file; pass a folder" in refused(monkeypatch, capsys, "--out-dir", str(tmp_path / "out"))
+

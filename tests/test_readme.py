@@ -401,7 +401,7 @@ def test_recipe_differences_lists_every_setting_that_differs_defaults_included()
     assert "fit.lr" not in rows and "model.dim" not in rows and "data.mean" not in rows  # the same in both
     assert results_table.recipe_differences("cifar10-seed", "cifar10-seed").count("\n") == 1  # the header only
     # with the ablation rows: the row that switches each setting back, or none
-    table = results_table.recipe_differences("cifar10-seed", "cifar10-original", results_table.ablation_rows("cifar10"))
+    table = results_table.recipe_differences("cifar10-seed", "cifar10-original", results_table.ablation_rows("cifar10-original"))
     rows = {l.split(" | ")[0].strip("| `"): l for l in table.splitlines()[2:]}
     assert rows["fit.lr_update"] == "| `fit.lr_update` | `step` | `epoch` | `schedule-per-step` |"
     assert rows["data.std"].endswith("| `our-norm` |") and rows["data.val_size"].endswith("| `our-split` |")
