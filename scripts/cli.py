@@ -3,11 +3,23 @@ and, for the studies that add runs to one record, where the record and the run c
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(main) -> None:
+    """A script's entry point: ``main()``'s return value is the exit status; a missing data set ends the script with
+    its message (which names the folder and the files that go there), not with a traceback."""
+    from vitkit.data import DataNotFoundError
+
+    try:
+        sys.exit(main())
+    except DataNotFoundError as e:
+        sys.exit(f"error: {e} (Here: --data-root names that folder.)")
 
 
 def add_machine_options(ap: argparse.ArgumentParser) -> None:

@@ -57,3 +57,18 @@ def test_an_out_dir_that_is_a_file_is_named(monkeypatch, capsys, tmp_path):
     (tmp_path / "out").write_text("not a folder")
     assert "is a file; pass a folder" in refused(monkeypatch, capsys, "--out-dir", str(tmp_path / "out"))
 
+
+def test_a_script_without_its_data_ends_with_the_message_not_a_traceback():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import cli
+    from vitkit.data import DataNotFoundError
+
+    def main():
+        raise DataNotFoundError("MNIST files missing in /x/MNIST/raw: put the four IDX files there")
+    with pytest.raises(SystemExit) as stop:
+        cli.run_script(main)
+    assert stop.value.code == ("error: MNIST files missing in /x/MNIST/raw: put the four IDX files there (Here: "
+                               "--data-root names that folder.)")
+    with pytest.raises(SystemExit) as stop:
+        cli.run_script(lambda: 3)
+    assert stop.value.code == 3
