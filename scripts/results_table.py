@@ -717,7 +717,8 @@ def _within_a_point_of_the_original(recipe: str, complete: dict[str, tuple[str, 
 def ablation_table(records) -> str:
     """scripts/original_ablations.py's runs: per faithful recipe and run length, the faithful runs (the noise) and
     each row with one difference switched back to ours, test accuracy per seed, and each row's mean minus the
-    faithful mean against twice its standard error (where both have two seeds or more)."""
+    faithful mean against twice its standard error (where both have two seeds or more), from the seed-to-seed spread
+    pooled over every row of that recipe and length (:func:`vitkit.stats.pooled_difference`)."""
     import original_ablations as oa
     from vitkit import stats
 
@@ -753,9 +754,10 @@ def ablation_table(records) -> str:
                 mean = sum(vals) / len(vals)
                 diff = ""
                 if row != "faithful" and len(vals) >= 2 and len(faithful) >= 2:
-                    d = stats.seed_difference(vals, faithful)
-                    diff = (f"{100 * d['difference']:+.2f} (2 SE {100 * d['two_standard_errors']:.2f}: "
-                            f"{'beyond' if d['beyond_noise'] else 'within'} noise)")
+                    d = stats.pooled_difference(vals, faithful, [list(v.values()) for (r, e, _), v in accs.items()
+                                                                 if (r, e) == (recipe, epochs)])
+                    diff = (f"{100 * d['difference']:+.2f} (2 SE {100 * d['two_standard_errors']:.2f}, seed std "
+                            f"pooled over the rows, {d['df']} df: {'beyond' if d['beyond_noise'] else 'within'} noise)")
                 elif row != "faithful" and faithful:
                     diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (one seed: a hint)"
                 seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''})"

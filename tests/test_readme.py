@@ -312,9 +312,11 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
     row = lambda recipe, name: next(l for l in lines if l.startswith(f"| `{recipe}`") and f"| `{name}`:" in l)
     assert row("mnist-original", "faithful").endswith(
         "| 98.50 % (seed 0, the headline run), 98.60 % (seed 1) | 98.55 % ± 0.07 |  |")
-    # -0.50 points; SE = sqrt(0.0000005 / 2 + 0.0000005 / 2) = 0.000707: 2 SE 0.14 points
+    # -0.50 points; the seed variance pooled over faithful and no-embed-scale (2 df): (2 x 0.0005^2) x 2 / 2,
+    # s = 0.000707; SE = s x sqrt(1/2 + 1/2) = 0.000707: 2 SE 0.14 points
     assert row("mnist-original", "no-embed-scale").endswith(
-        "| 98.00 % (seed 0), 98.10 % (seed 1) | 98.05 % ± 0.07 | -0.50 (2 SE 0.14: beyond noise) |")
+        "| 98.00 % (seed 0), 98.10 % (seed 1) | 98.05 % ± 0.07 | -0.50 (2 SE 0.14, seed std pooled over the rows, "
+        "2 df: beyond noise) |")
     assert row("mnist-original", "inverted").endswith("| 99.00 % (seed 1) | 99.00 % | +0.45 (one seed: a hint) |")
     assert row("mnist-original", "fp32").endswith("| not run yet | | |")
     assert row("cifar10-original", "faithful").startswith("| `cifar10-original`, 10 epochs |")

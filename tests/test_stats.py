@@ -31,6 +31,21 @@ def test_paired_difference_uses_the_per_seed_differences():
         stats.paired_difference([0.5, 0.6, 0.7], [0.5, 0.6])
 
 
+def test_pooled_difference_reads_two_setups_against_the_spread_of_every_setup_of_the_study():
+    # sums of squares about each mean: faithful 2 x 0.005^2 = 5e-5, row 2 x 0.01^2 = 2e-4, a one-seed row adds none;
+    # df 1 + 1 = 2; s = sqrt(2.5e-4 / 2) = 0.01118; SE = s x sqrt(1/2 + 1/2) = 0.01118; 0.025 > 2 SE = 0.02236
+    faithful, row, single = [0.60, 0.61], [0.62, 0.64], [0.70]
+    r = stats.pooled_difference(row, faithful, [faithful, row, single])
+    assert r["difference"] == pytest.approx(0.025) and r["df"] == 2
+    assert r["pooled_std"] == pytest.approx(math.sqrt(1.25e-4)) and r["standard_error"] == pytest.approx(math.sqrt(1.25e-4))
+    assert r["beyond_noise"] is True
+    # a one-seed setup gets its standard error from the spread the others measured: s x sqrt(1 + 1/2)
+    one = stats.pooled_difference(single, faithful, [faithful, row, single])
+    assert one["standard_error"] == pytest.approx(math.sqrt(1.25e-4) * math.sqrt(1 + 1 / 2))
+    with pytest.raises(ValueError, match="needs a setup with two seeds or more"):
+        stats.pooled_difference([0.6], [0.7], [[0.6], [0.7]])
+
+
 def test_paired_bootstrap_matches_the_analytic_standard_error_and_is_reproducible():
     g = torch.Generator().manual_seed(1)
     a = torch.rand(400, generator=g, dtype=torch.float64)

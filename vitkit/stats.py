@@ -2,7 +2,8 @@
 
 * Over **seeds** (training runs): each side's mean and standard deviation; the difference of the means with its
   standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)``; or, when each seed fixes the same data and order for both
-  sides, the per-seed differences, whose standard error ``sd(a_i - b_i) / sqrt(n)`` drops what the seeds share.
+  sides, the per-seed differences, whose standard error ``sd(a_i - b_i) / sqrt(n)`` drops what the seeds share;
+  or, when a study runs many setups with a few seeds each, the seed-to-seed spread pooled over all its setups.
 * Over **test images** (two methods on one trained model): a paired bootstrap of the per-image difference (the
   same resampled images for both), its standard error and 95 % percentile interval. It says how sure the
   comparison is *for this model*; the spread over trained models is another, larger one.
@@ -20,7 +21,8 @@ import torch
 
 from vitkit.checks import check_number
 
-__all__ = ["NOISE_SE", "bootstrap_difference", "spread", "seed_difference", "paired_difference", "verdict"]
+__all__ = ["NOISE_SE", "bootstrap_difference", "spread", "seed_difference", "paired_difference", "pooled_difference",
+           "verdict"]
 
 NOISE_SE = 2.0  # a difference counts when it exceeds this many standard errors
 
@@ -85,6 +87,25 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     return {"a": spread(a), "b": spread(b), "differences": diffs, "difference": diff, "standard_error": se,
             "two_standard_errors": NOISE_SE * se, "beyond_noise": abs(diff) > NOISE_SE * se,
             "a_ahead": sum(d > 0 for d in diffs)}
+
+
+def pooled_difference(a: Sequence[float], b: Sequence[float], groups: Sequence[Sequence[float]]) -> dict:
+    """``mean(a) - mean(b)`` for two setups of a study whose setups each ran a few seeds, against the seed-to-seed
+    standard deviation pooled over all the study's setups (``groups``: each setup's values, ``a`` and ``b`` among
+    them; a setup of one seed adds nothing): ``s^2 = sum_i sum_j (x_ij - mean_i)^2 / df`` with ``df = sum_i (n_i - 1)``,
+    and the standard error ``s * sqrt(1 / n_a + 1 / n_b)``. With two seeds a side, each side's own spread has one
+    degree of freedom; the pooled one has as many as the study repeated seeds, if every setup spreads alike."""
+    a_t, b_t = _values("a", a, 1), _values("b", b, 1)
+    reps = [_values("each group", g, 1) for g in groups]
+    df = sum(len(g) - 1 for g in reps)
+    if df < 1:
+        raise ValueError("pooled_difference needs a setup with two seeds or more among groups, to measure the spread "
+                         f"between seeds; got groups of sizes {[len(g) for g in reps]}.")
+    s = math.sqrt(sum(((g - g.mean()) ** 2).sum().item() for g in reps) / df)
+    se = s * math.sqrt(1 / len(a_t) + 1 / len(b_t))
+    diff = a_t.mean().item() - b_t.mean().item()
+    return {"a": spread(a), "b": spread(b), "difference": diff, "pooled_std": s, "df": df, "standard_error": se,
+            "two_standard_errors": NOISE_SE * se, "beyond_noise": abs(diff) > NOISE_SE * se}
 
 
 def verdict(result: dict, higher: str, lower: str, unit: str = "points", scale: float = 100.0,
