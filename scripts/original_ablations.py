@@ -1,5 +1,5 @@
 """Where does a faithful run of the original's recipe land away from the original's number, and why? Each row is the
-faithful recipe (``mnist-original``, ``mnist-original-steplr`` or ``cifar10-original``) with one of its differences
+faithful recipe (``mnist-original``, ``mnist-original-steplr``, ``cifar10-original`` or ``hf-original``) with one of its differences
 from our own recipes switched back to ours; the first row is the faithful recipe itself over seeds, the noise
 every other row is read against. The rows are needed only where the faithful run lands more than a point away.
 
@@ -17,9 +17,11 @@ seed, which the table reads as a hint. scripts/results_table.py renders the rows
 length.
 
 Two drivers can share the rows (on 2 cores, two 1-thread runs side by side get through more epochs an hour than one
-2-thread run): start the same command twice with ``--threads 1``. Each skips a run whose checkpoint another live
-process holds, and a later seed while an earlier seed of its row is running there, since that result decides whether
-it is needed; the driver running the earlier seed comes to it in its pass over the later seeds.
+2-thread run): start the same command twice with ``--threads 1``. A driver claims each run before it starts it
+(checkpoints/runs/<run>.driver.lock, held until the run's record is written); the other skips a run that is claimed,
+or whose checkpoint a live process holds, and a row's later seed while its earlier seed runs there, since that
+result decides whether the later one is needed (the driver running the earlier seed comes to it in its pass over the
+later seeds).
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ from vitkit import checkpoint as ckpt, data, recipes  # noqa: E402
 
 # row -> (what is switched back to ours, the train_recipe.py --set overrides): per recipe, else per dataset, else
 # "*"; None where the row does not apply. HF's ViT (hf-original) has no embedding scale and no dropout inside its MLP,
-# and initialises as our default does (N(0, 0.02)): those rows are ours alone.
+# and draws its weights N(0, 0.02) with zero biases, as our default init does (ours truncated at 2 std): those rows
+# are ours alone.
 HF = "hf-original"
 ROWS: dict[str, tuple[str, dict[str, list[str] | None]]] = {
     "faithful": ("none: the faithful recipe itself, over seeds (the noise)", {"*": []}),
@@ -129,14 +132,24 @@ def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, re
             "(the table reads it as a hint)")
 
 
-def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT) -> str | None:
-    """Why ``seed`` of ``row`` is left to another process (a second driver): the run, or an earlier seed of its row
-    (whose result decides whether this one is needed), holds its checkpoint's lock there. None where none is held."""
-    for earlier in range(seed + 1):
-        holder = ckpt.RunLock(out / "checkpoints" / "runs" / f"{recipe}-{tag(row, earlier, epochs)}.pt").in_use()
-        if holder is not None:
-            run = "it" if earlier == seed else f"its seed {earlier}"
-            return f"{run} is running in process {holder.get('pid')} on {holder.get('host')}"
+def claim(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT) -> ckpt.RunLock:
+    """The lock a driver holds on a run from before it starts until its record is written (the run's own checkpoint
+    lock covers its training only)."""
+    return ckpt.RunLock(out / "checkpoints" / "runs" / f"{recipe}-{tag(row, seed, epochs)}.driver")
+
+
+def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT,
+                      earlier_seeds: bool = True) -> str | None:
+    """Why ``seed`` of ``row`` is left to another process (a second driver): the run, or with ``earlier_seeds`` an
+    earlier seed of its row (whose result decides whether this one is needed), is claimed by a driver or holds its
+    checkpoint's lock there. None where neither is held."""
+    for earlier in range(seed + 1) if earlier_seeds else (seed,):
+        for lock in (claim(recipe, row, earlier, epochs, out),
+                     ckpt.RunLock(out / "checkpoints" / "runs" / f"{recipe}-{tag(row, earlier, epochs)}.pt")):
+            holder = lock.in_use()
+            if holder is not None:
+                run = "it" if earlier == seed else f"its seed {earlier}"
+                return f"{run} is running in process {holder.get('pid')} on {holder.get('host')}"
     return None
 
 
@@ -180,9 +193,10 @@ def main(argv=None) -> int:
     if args.epochs is not None and args.epochs < 5:
         ap.error(f"--epochs {args.epochs}: at least 5, so that the warmup (a fifth of the epochs) is a whole epoch")
     seeds = args.seeds if args.seeds is not None else (SEEDS_SHORTENED if args.epochs else SEEDS)
-    passthrough = ["--data-root", args.data_root, "--out-dir", args.out_dir] + (
+    out = Path(args.out_dir).resolve()  # the runs start in ROOT: paths relative to this folder would move
+    passthrough = ["--data-root", str(Path(args.data_root).resolve()), "--out-dir", str(out)] + (
         ["--threads", str(args.threads)] if args.threads else [])
-    results = Path(args.out_dir) / "results"
+    results = out / "results"
     for seed in seeds:
         for row in args.rows:
             cmd = command(args.recipe, row, seed, args.epochs, passthrough)
@@ -197,13 +211,30 @@ def main(argv=None) -> int:
             if why is not None:
                 print(f"{row} seed {seed}: not needed, {why}")
                 continue
-            busy = running_elsewhere(args.recipe, row, seed, args.epochs, Path(args.out_dir))
+            # a later seed waits for its row's earlier one only where that result decides whether it runs
+            waits = row != "faithful" and not args.every_seed
+            busy = running_elsewhere(args.recipe, row, seed, args.epochs, out, earlier_seeds=waits)
             if busy is not None:
                 print(f"{row} seed {seed}: left to another driver, {busy}")
                 continue
-            print(" ".join(cmd[1:]), flush=True)
-            if not args.dry_run and subprocess.run(cmd, cwd=ROOT).returncode != 0:
-                return 1
+            if args.dry_run:
+                print(" ".join(cmd[1:]), flush=True)
+                continue
+            lock = claim(args.recipe, row, seed, args.epochs, out)
+            try:
+                lock.acquire(verbose=False)
+            except ckpt.CheckpointError:
+                print(f"{row} seed {seed}: left to another driver, which claimed it a moment ago")
+                continue
+            try:
+                if (results / name).is_file():  # written by a driver that released its claim after the check above
+                    print(f"{row} seed {seed}: recorded ({results / name})")
+                    continue
+                print(" ".join(cmd[1:]), flush=True)
+                if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+                    return 1
+            finally:
+                lock.release()
     return 0
 
 

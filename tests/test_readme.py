@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -338,6 +339,11 @@ def test_ablation_driver_runs_one_train_recipe_call_per_row_and_seed(capsys):
     assert oa.parse("mnist-original-abl-faithful-s0.json") == ("mnist-original", "faithful", 0, None)
     assert oa.parse("mnist-original-full.json") is None and oa.parse("mnist-original-abl-nope-s0.json") is None
     assert oa.command("mnist-original", "fp32", 1, None, [])[-2:] == ["--precision", "fp32"]
+    # a recipe's own entry first, then its dataset's, then every recipe's
+    assert oa.overrides("no-attn-dropout", "hf-original") == ["hf_model.attention_probs_dropout_prob=0.0"]
+    assert oa.overrides("no-mlp-dropout", "hf-original") is None and oa.command("hf-original", "no-embed-scale", 1,
+                                                                                 10, []) is None
+    assert oa.overrides("our-norm", "hf-original") == oa.overrides("our-norm", "cifar10-original")
     assert oa.main(["mnist-original", "--rows", "faithful", "inverted", "--dry-run", "--data-root", "d"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [l.split(" --tag ")[1].split()[0] for l in out] == ["abl-faithful-s1", "abl-inverted-s1"]
@@ -488,11 +494,7 @@ def test_ablation_driver_runs_a_rows_second_seed_only_where_its_first_lands_unde
         "its first seed lands -1.59 points")  # against 72.59 % alone: the record of seed 1 is the headline's
 
 
-def test_ablation_driver_skips_recorded_settled_and_running_runs_and_runs_the_rest(tmp_path, capsys):
-    import os
-    import socket
-    import time
-
+def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_the_rest(tmp_path, capsys):
     import original_ablations as oa
 
     (tmp_path / "results").mkdir()
@@ -510,20 +512,49 @@ def test_ablation_driver_skips_recorded_settled_and_running_runs_and_runs_the_re
     assert out[3].startswith("no-embed-scale seed 1: not needed, its first seed lands +1.50 points")
     # our-norm lands +0.70 points away: its second seed runs, writing where the driver reads
     assert out[4] == (f"{oa.ROOT / 'scripts' / 'train_recipe.py'} cifar10-original --seed 1 --tag abl-our-norm-s1-e10 "
-                      f"--resume --data-root data --out-dir {tmp_path} --set data.mean=(0.4914, 0.4822, 0.4465) "
+                      f"--resume --data-root {Path('data').resolve()} --out-dir {tmp_path.resolve()} "
+                      "--set data.mean=(0.4914, 0.4822, 0.4465) "
                       "--set data.std=(0.247, 0.2435, 0.2616) --epochs 10")
     assert out[5] == "inverted: does not apply to cifar10-original" and len(out) == 6
-    # a second driver leaves to the first a run it is going on with, and a later seed of that run's row
-    lock = tmp_path / "checkpoints" / "runs" / "cifar10-original-abl-trunc-normal-init-s0-e10.pt.lock"
-    lock.parent.mkdir(parents=True)
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getppid(), "heartbeat": time.time()}))
-    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "trunc-normal-init", "--out-dir", str(tmp_path),
-                    "--data-root", "data", "--dry-run"]) == 0
-    busy = f"is running in process {os.getppid()} on {socket.gethostname()}"
-    assert capsys.readouterr().out.splitlines() == [f"trunc-normal-init seed 0: left to another driver, it {busy}",
-                                                     f"trunc-normal-init seed 1: left to another driver, its seed 0 {busy}"]
-    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time()}))
-    assert oa.running_elsewhere("cifar10-original", "trunc-normal-init", 1, 10, tmp_path) is None  # its own lock
+
+
+def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monkeypatch, capsys):
+    import os
+    import socket
+    import time
+
+    import original_ablations as oa
+
+    runs = tmp_path / "checkpoints" / "runs"
+    runs.mkdir(parents=True)
+    other = os.getppid()  # a live process other than this one: the other driver
+
+    def held(name, pid=other):
+        (runs / name).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "heartbeat": time.time()}))
+    held("cifar10-original-abl-trunc-normal-init-s0-e10.pt.lock")  # training there
+    held("cifar10-original-abl-faithful-s0-e10.driver.lock")  # claimed there: trained, its record not yet written
+    started = []
+
+    def run(cmd, cwd):  # instead of a training run: which run starts, and who holds its claim meanwhile
+        tag = cmd[cmd.index("--tag") + 1]
+        holder = json.loads((runs / f"cifar10-original-{tag}.driver.lock").read_text())["pid"]
+        started.append((tag, holder == os.getpid(), cmd[cmd.index("--out-dir") + 1]))
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(oa.subprocess, "run", run)
+    monkeypatch.chdir(tmp_path)
+    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "faithful", "trunc-normal-init",
+                    "--out-dir", ".", "--data-root", "data"]) == 0
+    busy = f"is running in process {other} on {socket.gethostname()}"
+    assert [l for l in capsys.readouterr().out.splitlines() if "left to" in l] == [
+        f"faithful seed 0: left to another driver, it {busy}",
+        f"trunc-normal-init seed 0: left to another driver, it {busy}",
+        f"trunc-normal-init seed 1: left to another driver, its seed 0 {busy}"]  # its seed 0 decides whether it runs
+    # nothing depends on faithful's seed 0, so its seed 1 runs; the run starts in the repository's root, so the
+    # relative --out-dir reaches it as the folder the driver meant
+    assert started == [("abl-faithful-s1-e10", True, str(tmp_path.resolve()))]
+    assert not (runs / "cifar10-original-abl-faithful-s1-e10.driver.lock").exists()  # released when it ended
+    held("cifar10-original-abl-faithful-s0-e10.driver.lock", pid=os.getpid())  # this process's own claim
+    assert oa.running_elsewhere("cifar10-original", "faithful", 0, 10, tmp_path) is None
 
 
 def test_headline_table_shows_the_run_that_read_best_on_validation_not_on_test(tmp_path):

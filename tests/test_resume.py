@@ -407,6 +407,16 @@ def test_run_info_holds_plain_values_and_an_epoch_schedule_takes_no_warmup_steps
         train.FitConfig(epochs=30, lr_update="epoch", warmup_steps=6)
 
 
+def test_in_use_names_a_live_holder_only(tmp_path, holder):
+    lock = ckpt.RunLock(tmp_path / "run.pt")
+    assert lock.in_use() is None  # free
+    write_lock(tmp_path / "run.pt", pid=holder.pid)
+    assert lock.in_use()["pid"] == holder.pid
+    holder.kill()
+    holder.wait()
+    assert lock.in_use() is None  # its holder is gone: the lock is stale, for the next run to take over
+
+
 def test_the_lock_of_another_process_is_never_deleted_by_a_holder_that_lost_it(tmp_path):
     lock = ckpt.RunLock(tmp_path / "run.pt")
     lock.acquire(verbose=False)
