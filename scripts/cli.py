@@ -12,14 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(main) -> None:
-    """A script's entry point: ``main()``'s return value is the exit status; a missing data set ends the script with
-    its message (which names the folder and the files that go there), not with a traceback."""
+    """A script's entry point: ``main()``'s return value is the exit status; a missing data set or weights file ends
+    the script with its message (which names the folder and the files that go there), not with a traceback."""
     from vitkit.data import DataNotFoundError
 
     try:
         sys.exit(main())
     except DataNotFoundError as e:
-        sys.exit(f"error: {e} (Here: --data-root names that folder.)")
+        sys.exit(f"error: {e}")
 
 
 def add_machine_options(ap: argparse.ArgumentParser) -> None:

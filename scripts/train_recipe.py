@@ -42,7 +42,8 @@ def _valid_keys(recipe: dict, loader_fn) -> dict[str, list[str]]:
         keys["model"] = [f.name for f in dataclasses.fields(vh.ViTConfig)]
     if "hf_model" in recipe:
         from transformers import ViTConfig
-        keys["hf_model"] = [n for n in inspect.signature(ViTConfig.__init__).parameters if n not in ("self", "kwargs")]
+        own = [n for n in inspect.signature(ViTConfig.__init__).parameters if n not in ("self", "kwargs")]
+        keys["hf_model"] = own + [k for k in recipe["hf_model"] if k not in own]  # e.g. num_labels, a base-class key
     return keys
 
 

@@ -43,9 +43,14 @@ def test_bad_command_lines_are_refused_before_any_data_is_loaded(monkeypatch, ca
     assert message in refused(monkeypatch, capsys, "--out-dir", str(tmp_path), *args)
 
 
-def test_a_key_hfs_vit_config_lacks_is_refused(monkeypatch, capsys, tmp_path):
+def test_a_key_hfs_vit_config_lacks_is_refused_and_the_ablation_rows_keys_pass(monkeypatch, capsys, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import original_ablations as oa
+
+    rows = [s for row in oa.ROWS for s in oa.overrides(row, "hf-original") or []] + ["hf_model.num_labels=10"]
+    sets = [a for s in rows for a in ("--set", s)]  # every row's keys, each accepted before the bad one is refused
     monkeypatch.setattr(sys, "argv", ["train_recipe.py", "hf-original", "--data-root", "/no/such/data", "--out-dir",
-                                      str(tmp_path), "--set", "hf_model.attention_dropout=0.0"])
+                                      str(tmp_path), *sets, "--set", "hf_model.attention_dropout=0.0"])
     with pytest.raises(SystemExit) as stop:
         train_recipe.main()
     assert stop.value.code == 2
@@ -67,8 +72,7 @@ def test_a_script_without_its_data_ends_with_the_message_not_a_traceback():
         raise DataNotFoundError("MNIST files missing in /x/MNIST/raw: put the four IDX files there")
     with pytest.raises(SystemExit) as stop:
         cli.run_script(main)
-    assert stop.value.code == ("error: MNIST files missing in /x/MNIST/raw: put the four IDX files there (Here: "
-                               "--data-root names that folder.)")
+    assert stop.value.code == "error: MNIST files missing in /x/MNIST/raw: put the four IDX files there"
     with pytest.raises(SystemExit) as stop:
         cli.run_script(lambda: 3)
     assert stop.value.code == 3
