@@ -35,7 +35,7 @@ def test_pooled_difference_reads_two_setups_against_the_spread_of_every_setup_of
     # sums of squares about each mean: faithful 2 x 0.005^2 = 5e-5, row 2 x 0.01^2 = 2e-4, a one-seed row adds none;
     # df 1 + 1 = 2; s = sqrt(2.5e-4 / 2) = 0.01118; SE = s x sqrt(1/2 + 1/2) = 0.01118; 0.025 > 2 SE = 0.02236
     faithful, row, single = [0.60, 0.61], [0.62, 0.64], [0.70]
-    r = stats.pooled_difference(row, faithful, [faithful, row, single])
+    r = stats.pooled_difference(row, faithful, [faithful, row[::-1], single])  # a setup's runs in any order
     assert r["difference"] == pytest.approx(0.025) and r["df"] == 2
     assert r["pooled_std"] == pytest.approx(math.sqrt(1.25e-4)) and r["standard_error"] == pytest.approx(math.sqrt(1.25e-4))
     assert r["beyond_noise"] is True
@@ -44,6 +44,8 @@ def test_pooled_difference_reads_two_setups_against_the_spread_of_every_setup_of
     assert one["standard_error"] == pytest.approx(math.sqrt(1.25e-4) * math.sqrt(1 + 1 / 2))
     with pytest.raises(ValueError, match="needs a setup with two seeds or more"):
         stats.pooled_difference([0.6], [0.7], [[0.6], [0.7]])
+    with pytest.raises(ValueError, match="b must be one of groups"):
+        stats.pooled_difference(row, [0.5, 0.6], [faithful, row])
 
 
 def test_paired_bootstrap_matches_the_analytic_standard_error_and_is_reproducible():

@@ -97,6 +97,10 @@ def pooled_difference(a: Sequence[float], b: Sequence[float], groups: Sequence[S
     degree of freedom; the pooled one has as many as the study repeated seeds, if every setup spreads alike."""
     a_t, b_t = _values("a", a, 1), _values("b", b, 1)
     reps = [_values("each group", g, 1) for g in groups]
+    for name, side in (("a", a_t), ("b", b_t)):
+        if not any(torch.equal(side.sort().values, g.sort().values) for g in reps):  # the same runs, in any order
+            raise ValueError(f"pooled_difference: {name} must be one of groups (its spread belongs in the pooled one); "
+                             "pass every setup's values, the two compared included.")
     df = sum(len(g) - 1 for g in reps)
     if df < 1:
         raise ValueError("pooled_difference needs a setup with two seeds or more among groups, to measure the spread "
