@@ -1,7 +1,8 @@
 """Where does a faithful run of the original's recipe land away from the original's number, and why? Each row is the
-faithful recipe (``mnist-original``, ``mnist-original-steplr``, ``cifar10-original`` or ``hf-original``) with one of its differences
-from our own recipes switched back to ours; the first row is the faithful recipe itself over seeds, the noise
-every other row is read against. The rows are needed only where the faithful run lands more than a point away.
+faithful recipe (``mnist-original``, ``mnist-original-steplr``, ``cifar10-original`` or ``hf-original``) with one of
+its differences from our own recipes switched back to ours; the first row is the faithful recipe itself over seeds,
+the noise every other row is read against. The rows are needed only where the faithful run lands more than a point
+away.
 
     python scripts/original_ablations.py mnist-original --data-root ../shared/data --threads 2
     python scripts/original_ablations.py mnist-original --rows faithful schedule-per-step --seeds 1
@@ -13,15 +14,17 @@ Every row is one call of scripts/train_recipe.py with ``--set`` overrides and th
 ``epochs // 5``), so each run writes its own record, results/<recipe>-abl-<row>-s<seed>.json, resumes from its
 checkpoint when killed, and is skipped once its record exists. A row's later seed runs only where its first seed lands
 under a point from the faithful runs' mean (``--every-seed`` runs them all): a gap of a point or more keeps one
-seed, which the table reads as a hint. scripts/results_table.py renders the rows into docs/results.md, each against the faithful runs of the same
-length.
+seed, which the table reads as a hint. scripts/results_table.py renders the rows into docs/results.md, each against
+the faithful runs of the same length.
 
 Two drivers can share the rows (on 2 cores, two 1-thread runs side by side get through more epochs an hour than one
-2-thread run): start the same command twice with ``--threads 1``. A driver claims each run before it starts it
-(checkpoints/runs/<run>.driver.lock, held until the run's record is written); the other skips a run that is claimed,
-or whose checkpoint a live process holds, and a row's later seed while its earlier seed runs there, since that
-result decides whether the later one is needed (the driver running the earlier seed comes to it in its pass over the
-later seeds).
+2-thread run): start the same command twice with ``--threads 1``, the second a few seconds after the first. A driver
+claims each run before it starts it (checkpoints/runs/<run>.driver.lock, held until the run's process has ended and
+written its record); the other skips a run that is claimed, or whose checkpoint a live process holds, and a row's later
+seed while its earlier seed runs there, since that result decides whether the later one is needed (the driver running
+the earlier seed comes to it in its pass over the later seeds; the ``faithful`` row and ``--every-seed`` do not wait).
+A driver ends by saying how many runs it left to other processes: run it again once they end, to be sure none is
+left.
 """
 from __future__ import annotations
 
@@ -132,6 +135,16 @@ def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, re
             "(the table reads it as a hint)")
 
 
+def needless(recipe: str, row: str, seed: int, epochs: int | None, results: Path, every_seed: bool) -> str | None:
+    """Why the run need not start: its record exists, or (unless ``every_seed``) its row's first seed settles the
+    row. None where it must run."""
+    record = results / f"{recipe}-{tag(row, seed, epochs)}.json"
+    if record.is_file():
+        return f"recorded ({record})"
+    why = None if every_seed else settled_by_one_seed(recipe, row, seed, epochs, results)
+    return None if why is None else f"not needed, {why}"
+
+
 def claim(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT) -> ckpt.RunLock:
     """The lock a driver holds on a run from before it starts until its record is written (the run's own checkpoint
     lock covers its training only)."""
@@ -197,25 +210,23 @@ def main(argv=None) -> int:
     passthrough = ["--data-root", str(Path(args.data_root).resolve()), "--out-dir", str(out)] + (
         ["--threads", str(args.threads)] if args.threads else [])
     results = out / "results"
+    left = 0  # runs left to other processes
     for seed in seeds:
         for row in args.rows:
             cmd = command(args.recipe, row, seed, args.epochs, passthrough)
             if cmd is None:
                 print(f"{row}: does not apply to {args.recipe}")
                 continue
-            name = f"{args.recipe}-{tag(row, seed, args.epochs)}.json"
-            if (results / name).is_file():
-                print(f"{row} seed {seed}: recorded ({results / name})")
-                continue
-            why = None if args.every_seed else settled_by_one_seed(args.recipe, row, seed, args.epochs, results)
+            why = needless(args.recipe, row, seed, args.epochs, results, args.every_seed)
             if why is not None:
-                print(f"{row} seed {seed}: not needed, {why}")
+                print(f"{row} seed {seed}: {why}")
                 continue
             # a later seed waits for its row's earlier one only where that result decides whether it runs
             waits = row != "faithful" and not args.every_seed
             busy = running_elsewhere(args.recipe, row, seed, args.epochs, out, earlier_seeds=waits)
             if busy is not None:
-                print(f"{row} seed {seed}: left to another driver, {busy}")
+                print(f"{row} seed {seed}: left to another process, {busy}")
+                left += 1
                 continue
             if args.dry_run:
                 print(" ".join(cmd[1:]), flush=True)
@@ -223,18 +234,26 @@ def main(argv=None) -> int:
             lock = claim(args.recipe, row, seed, args.epochs, out)
             try:
                 lock.acquire(verbose=False)
-            except ckpt.CheckpointError:
-                print(f"{row} seed {seed}: left to another driver, which claimed it a moment ago")
+            except ckpt.CheckpointError as e:
+                if lock.in_use() is None:  # not another driver's claim: the folder cannot be written, say
+                    print(f"{row} seed {seed}: {e}", file=sys.stderr)
+                    return 1
+                print(f"{row} seed {seed}: left to another process, which claimed it a moment ago")
+                left += 1
                 continue
-            try:
-                if (results / name).is_file():  # written by a driver that released its claim after the check above
-                    print(f"{row} seed {seed}: recorded ({results / name})")
+            try:  # what another driver may have finished between the check above and this claim
+                why = needless(args.recipe, row, seed, args.epochs, results, args.every_seed)
+                if why is not None:
+                    print(f"{row} seed {seed}: {why}")
                     continue
                 print(" ".join(cmd[1:]), flush=True)
                 if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                     return 1
             finally:
                 lock.release()
+    if left:
+        print(f"{left} run(s) left to other processes: run this command again once they have ended, in case one "
+              "of them stopped before its record")
     return 0
 
 

@@ -105,6 +105,16 @@ def write_idx(folder, prefix, images, labels):
 
 
 @pytest.fixture
+def holder():
+    """A live process of this host (a `sleep`), killed at the end: the holder of a lock in the tests of locks."""
+    import subprocess
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
 def fake_mnist(tmp_path):
     g = torch.Generator().manual_seed(0)
     train = torch.randint(0, 256, (60, 28, 28), dtype=torch.uint8, generator=g)

@@ -518,7 +518,7 @@ def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_t
     assert out[5] == "inverted: does not apply to cifar10-original" and len(out) == 6
 
 
-def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monkeypatch, capsys):
+def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monkeypatch, capsys, holder):
     import os
     import socket
     import time
@@ -527,7 +527,7 @@ def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monk
 
     runs = tmp_path / "checkpoints" / "runs"
     runs.mkdir(parents=True)
-    other = os.getppid()  # a live process other than this one: the other driver
+    other = holder.pid  # a live process other than this one: the other driver
 
     def held(name, pid=other):
         (runs / name).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "heartbeat": time.time()}))
@@ -546,15 +546,34 @@ def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monk
                     "--out-dir", ".", "--data-root", "data"]) == 0
     busy = f"is running in process {other} on {socket.gethostname()}"
     assert [l for l in capsys.readouterr().out.splitlines() if "left to" in l] == [
-        f"faithful seed 0: left to another driver, it {busy}",
-        f"trunc-normal-init seed 0: left to another driver, it {busy}",
-        f"trunc-normal-init seed 1: left to another driver, its seed 0 {busy}"]  # its seed 0 decides whether it runs
+        f"faithful seed 0: left to another process, it {busy}",
+        f"trunc-normal-init seed 0: left to another process, it {busy}",
+        f"trunc-normal-init seed 1: left to another process, its seed 0 {busy}",  # its seed 0 decides whether it runs
+        "3 run(s) left to other processes: run this command again once they have ended, in case one of them stopped "
+        "before its record"]
     # nothing depends on faithful's seed 0, so its seed 1 runs; the run starts in the repository's root, so the
     # relative --out-dir reaches it as the folder the driver meant
     assert started == [("abl-faithful-s1-e10", True, str(tmp_path.resolve()))]
     assert not (runs / "cifar10-original-abl-faithful-s1-e10.driver.lock").exists()  # released when it ended
     held("cifar10-original-abl-faithful-s0-e10.driver.lock", pid=os.getpid())  # this process's own claim
     assert oa.running_elsewhere("cifar10-original", "faithful", 0, 10, tmp_path) is None
+    # a claim whose driver was killed is taken over, and the run it held runs
+    holder.kill()
+    holder.wait()
+    held("cifar10-original-abl-faithful-s0-e10.driver.lock")
+    started.clear()
+    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "faithful", "--seeds", "0",
+                    "--out-dir", ".", "--data-root", "data"]) == 0
+    assert started == [("abl-faithful-s0-e10", True, str(tmp_path.resolve()))]
+
+
+def test_an_ablation_driver_that_cannot_claim_a_run_stops_with_the_reason(tmp_path, capsys):
+    import original_ablations as oa
+
+    (tmp_path / "checkpoints").write_text("a file where the checkpoint folder goes")
+    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "faithful", "--seeds", "0",
+                    "--out-dir", str(tmp_path), "--data-root", "data"]) == 1
+    assert "faithful seed 0: the checkpoint folder" in capsys.readouterr().err
 
 
 def test_headline_table_shows_the_run_that_read_best_on_validation_not_on_test(tmp_path):

@@ -296,16 +296,6 @@ def test_an_unwritable_checkpoint_folder_is_named_before_training(tmp_path):
         run(model(), *loaders(), path=tmp_path / "ro" / "run.pt")
 
 
-@pytest.fixture
-def holder():
-    """A live process of this host (a `sleep`), killed at the end."""
-    import subprocess
-    proc = subprocess.Popen(["sleep", "60"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 def write_lock(path, **info):
     import json
     import socket
@@ -408,8 +398,13 @@ def test_run_info_holds_plain_values_and_an_epoch_schedule_takes_no_warmup_steps
 
 
 def test_in_use_names_a_live_holder_only(tmp_path, holder):
+    import os
     lock = ckpt.RunLock(tmp_path / "run.pt")
     assert lock.in_use() is None  # free
+    (tmp_path / "run.pt.lock").write_text("")  # created, its holder not yet written: held while fresh ...
+    assert lock.in_use() == {}
+    os.utime(tmp_path / "run.pt.lock", (time.time() - 11, time.time() - 11))
+    assert lock.in_use() is None  # ... and stale once left empty for 10 s
     write_lock(tmp_path / "run.pt", pid=holder.pid)
     assert lock.in_use()["pid"] == holder.pid
     holder.kill()

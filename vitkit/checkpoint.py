@@ -359,18 +359,22 @@ class RunLock:
             holder = json.loads(self.path.read_text())
             return holder if isinstance(holder, dict) else {}
         except (OSError, ValueError):
-            return {}  # empty or half-written: its writer died while creating it
+            return {}  # empty or half-written: its writer is creating it, or died doing so
 
     def _age(self, holder: dict) -> float:
         beat = holder.get("heartbeat")
         return time.time() - beat if isinstance(beat, (int, float)) else float("inf")
 
     def _stale(self, holder: dict) -> bool:
-        """The holder is gone: a dead process on this host, an unreadable lock, or another host's silent too long."""
+        """The holder is gone: a dead process on this host, a lock left unreadable for 10 s, or another host's silent
+        too long."""
         import socket
         pid = holder.get("pid")
-        if not holder or not isinstance(pid, int):
-            return True
+        if not holder or not isinstance(pid, int):  # unreadable: stale, unless its writer is still filling it in
+            try:
+                return time.time() - self.path.stat().st_mtime > 10
+            except OSError:
+                return True
         if holder.get("host") != socket.gethostname():  # silent for longer than a few of its epochs, and 2 hours
             epoch_s = holder.get("epoch_s") if isinstance(holder.get("epoch_s"), (int, float)) else 0
             return self._age(holder) > max(self.stale_s, 3 * epoch_s)
