@@ -145,10 +145,16 @@ def needless(recipe: str, row: str, seed: int, epochs: int | None, results: Path
     return None if why is None else f"not needed, {why}"
 
 
+def run_file(recipe: str, row: str, seed: int, epochs: int | None, out: Path, suffix: str) -> Path:
+    """A run's file under checkpoints/runs: ``.pt`` its checkpoint (train_recipe.py's default path), ``.driver`` the
+    name its driver's claim locks."""
+    return out / "checkpoints" / "runs" / f"{recipe}-{tag(row, seed, epochs)}{suffix}"
+
+
 def claim(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT) -> ckpt.RunLock:
     """The lock a driver holds on a run from before it starts until its record is written (the run's own checkpoint
     lock covers its training only)."""
-    return ckpt.RunLock(out / "checkpoints" / "runs" / f"{recipe}-{tag(row, seed, epochs)}.driver")
+    return ckpt.RunLock(run_file(recipe, row, seed, epochs, out, ".driver"))
 
 
 def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT,
@@ -158,7 +164,7 @@ def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, out:
     checkpoint's lock there. None where neither is held."""
     for earlier in range(seed + 1) if earlier_seeds else (seed,):
         for lock in (claim(recipe, row, earlier, epochs, out),
-                     ckpt.RunLock(out / "checkpoints" / "runs" / f"{recipe}-{tag(row, earlier, epochs)}.pt")):
+                     ckpt.RunLock(run_file(recipe, row, earlier, epochs, out, ".pt"))):
             holder = lock.in_use()
             if holder is not None:
                 run = "it" if earlier == seed else f"its seed {earlier}"
