@@ -35,6 +35,12 @@ def _values(name: str, values, at_least: int) -> torch.Tensor:
     return t
 
 
+def _against_noise(diff: float, se: float) -> dict:
+    """The rule applied to one difference and its standard error: the four entries every comparison here returns."""
+    return {"difference": diff, "standard_error": se, "two_standard_errors": NOISE_SE * se,
+            "beyond_noise": abs(diff) > NOISE_SE * se}
+
+
 def bootstrap_difference(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor, *,
                          n_boot: int = 2000, seed: int = 0) -> dict[str, float | bool]:
     """Paired bootstrap of ``mean(a) - mean(b)`` where ``a[i]`` and ``b[i]`` are measured on the same image ``i``
@@ -51,8 +57,7 @@ def bootstrap_difference(a: Sequence[float] | torch.Tensor, b: Sequence[float] |
     se = means.std().item()
     diff = d.mean().item()
     low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return {"difference": diff, "standard_error": se, "two_standard_errors": NOISE_SE * se, "low": low, "high": high,
-            "beyond_noise": abs(diff) > NOISE_SE * se}
+    return {**_against_noise(diff, se), "low": low, "high": high}
 
 
 def spread(values: Sequence[float]) -> dict:
@@ -70,8 +75,7 @@ def seed_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     sides = {"a": spread(a), "b": spread(b)}
     diff = sides["a"]["mean"] - sides["b"]["mean"]
     se = math.sqrt(sum(s["std"] ** 2 / s["n"] for s in sides.values()))
-    return {**sides, "difference": diff, "standard_error": se, "two_standard_errors": NOISE_SE * se,
-            "beyond_noise": abs(diff) > NOISE_SE * se}
+    return {**sides, **_against_noise(diff, se)}
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
@@ -84,8 +88,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict:
     diffs = [float(x) - float(y) for x, y in zip(a, b)]
     se = statistics.stdev(diffs) / math.sqrt(len(diffs))
     diff = statistics.mean(diffs)
-    return {"a": spread(a), "b": spread(b), "differences": diffs, "difference": diff, "standard_error": se,
-            "two_standard_errors": NOISE_SE * se, "beyond_noise": abs(diff) > NOISE_SE * se,
+    return {"a": spread(a), "b": spread(b), "differences": diffs, **_against_noise(diff, se),
             "a_ahead": sum(d > 0 for d in diffs)}
 
 
@@ -108,8 +111,7 @@ def pooled_difference(a: Sequence[float], b: Sequence[float], groups: Sequence[S
     s = math.sqrt(sum(((g - g.mean()) ** 2).sum().item() for g in reps) / df)
     se = s * math.sqrt(1 / len(a_t) + 1 / len(b_t))
     diff = a_t.mean().item() - b_t.mean().item()
-    return {"a": spread(a), "b": spread(b), "difference": diff, "pooled_std": s, "df": df, "standard_error": se,
-            "two_standard_errors": NOISE_SE * se, "beyond_noise": abs(diff) > NOISE_SE * se}
+    return {"a": spread(a), "b": spread(b), "pooled_std": s, "df": df, **_against_noise(diff, se)}
 
 
 def verdict(result: dict, higher: str, lower: str, unit: str = "points", scale: float = 100.0,
