@@ -19,8 +19,9 @@ the faithful runs of the same length.
 
 Two drivers can share the rows (on 2 cores, two 1-thread runs side by side get through more epochs an hour than one
 2-thread run): start the same command twice with ``--threads 1``, the second a few seconds after the first. A driver
-claims each run before it starts it (checkpoints/runs/<run>.driver.lock, held until the run's process has ended and
-written its record); the other skips a run that is claimed, or whose checkpoint a live process holds, and a row's later
+claims each run before it starts it (<run>.driver.lock beside the run's checkpoint, in --checkpoint-dir, by default
+checkpoints/runs; held until the run's process has ended and written its record); two drivers sharing rows need the
+same --checkpoint-dir; the other skips a run that is claimed, or whose checkpoint a live process holds, and a row's later
 seed while its earlier seed runs there, since that result decides whether the later one is needed (the driver running
 the earlier seed comes to it in its pass over the later seeds; the ``faithful`` row and ``--every-seed`` do not wait).
 A driver ends by saying how many runs it left to other processes: run it again once they end, to be sure none is
@@ -145,26 +146,26 @@ def needless(recipe: str, row: str, seed: int, epochs: int | None, results: Path
     return None if why is None else f"not needed, {why}"
 
 
-def run_file(recipe: str, row: str, seed: int, epochs: int | None, out: Path, suffix: str) -> Path:
-    """A run's file under checkpoints/runs: ``.pt`` its checkpoint (train_recipe.py's default path), ``.driver`` the
-    name its driver's claim locks."""
-    return out / "checkpoints" / "runs" / f"{recipe}-{tag(row, seed, epochs)}{suffix}"
+def run_file(recipe: str, row: str, seed: int, epochs: int | None, runs: Path, suffix: str) -> Path:
+    """A run's file in the checkpoint folder ``runs``: ``.pt`` its checkpoint, ``.driver`` the name its driver's
+    claim locks."""
+    return runs / f"{recipe}-{tag(row, seed, epochs)}{suffix}"
 
 
-def claim(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT) -> ckpt.RunLock:
+def claim(recipe: str, row: str, seed: int, epochs: int | None, runs: Path) -> ckpt.RunLock:
     """The lock a driver holds on a run from before it starts until its record is written (the run's own checkpoint
     lock covers its training only)."""
-    return ckpt.RunLock(run_file(recipe, row, seed, epochs, out, ".driver"))
+    return ckpt.RunLock(run_file(recipe, row, seed, epochs, runs, ".driver"))
 
 
-def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, out: Path = ROOT,
+def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, runs: Path,
                       earlier_seeds: bool = True) -> str | None:
     """Why ``seed`` of ``row`` is left to another process (a second driver): the run, or with ``earlier_seeds`` an
     earlier seed of its row (whose result decides whether this one is needed), is claimed by a driver or holds its
     checkpoint's lock there. None where neither is held."""
     for earlier in range(seed + 1) if earlier_seeds else (seed,):
-        for lock in (claim(recipe, row, earlier, epochs, out),
-                     ckpt.RunLock(run_file(recipe, row, earlier, epochs, out, ".pt"))):
+        for lock in (claim(recipe, row, earlier, epochs, runs),
+                     ckpt.RunLock(run_file(recipe, row, earlier, epochs, runs, ".pt"))):
             holder = lock.in_use()
             if holder is not None:
                 run = "it" if earlier == seed else f"its seed {earlier}"
@@ -172,12 +173,16 @@ def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, out:
     return None
 
 
-def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str]) -> list[str] | None:
+def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str],
+            runs: Path | None = None) -> list[str] | None:
+    """The run's train_recipe.py call; its checkpoint in ``runs`` where given (else train_recipe.py's default)."""
     sets = overrides(row, recipe)
     if sets is None:
         return None
     cmd = [sys.executable, str(ROOT / "scripts" / "train_recipe.py"), recipe, "--seed", str(seed), "--tag",
            tag(row, seed, epochs), "--resume", *passthrough]
+    if runs is not None:
+        cmd += ["--checkpoint", str(run_file(recipe, row, seed, epochs, runs, ".pt"))]
     for s in sets:
         cmd += ["--set", s]
     if epochs:
@@ -196,6 +201,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data-root", default=data.default_data_root())
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out-dir", default=str(ROOT), help="where the runs write (and the driver reads) results/")
+    ap.add_argument("--checkpoint-dir", default=None,
+                    help="the runs' checkpoints and the drivers' claims (default: checkpoints/runs under --out-dir); "
+                         "e.g. a folder that outlives the machine's work tree, such as a mounted drive")
     ap.add_argument("--list", action="store_true", help="print the rows and their overrides")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--every-seed", action="store_true",
@@ -216,10 +224,11 @@ def main(argv=None) -> int:
     passthrough = ["--data-root", str(Path(args.data_root).resolve()), "--out-dir", str(out)] + (
         ["--threads", str(args.threads)] if args.threads else [])
     results = out / "results"
+    runs = Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else out / "checkpoints" / "runs"
     left = 0  # runs left to other processes
     for seed in seeds:
         for row in args.rows:
-            cmd = command(args.recipe, row, seed, args.epochs, passthrough)
+            cmd = command(args.recipe, row, seed, args.epochs, passthrough, runs)
             if cmd is None:
                 print(f"{row}: does not apply to {args.recipe}")
                 continue
@@ -229,7 +238,7 @@ def main(argv=None) -> int:
                 continue
             # a later seed waits for its row's earlier one only where that result decides whether it runs
             waits = row != "faithful" and not args.every_seed
-            busy = running_elsewhere(args.recipe, row, seed, args.epochs, out, earlier_seeds=waits)
+            busy = running_elsewhere(args.recipe, row, seed, args.epochs, runs, earlier_seeds=waits)
             if busy is not None:
                 print(f"{row} seed {seed}: left to another process, {busy}")
                 left += 1
@@ -237,7 +246,7 @@ def main(argv=None) -> int:
             if args.dry_run:
                 print(" ".join(cmd[1:]), flush=True)
                 continue
-            lock = claim(args.recipe, row, seed, args.epochs, out)
+            lock = claim(args.recipe, row, seed, args.epochs, runs)
             try:
                 lock.acquire(verbose=False)
             except ckpt.CheckpointError as e:

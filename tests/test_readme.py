@@ -512,7 +512,8 @@ def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_t
     assert out[3].startswith("no-embed-scale seed 1: not needed, its first seed lands +1.50 points")
     # our-norm lands +0.70 points away: its second seed runs, writing where the driver reads
     assert out[4] == (f"{oa.ROOT / 'scripts' / 'train_recipe.py'} cifar10-original --seed 1 --tag abl-our-norm-s1-e10 "
-                      f"--resume --data-root {Path('data').resolve()} --out-dir {tmp_path.resolve()} "
+                      f"--resume --data-root {Path('data').resolve()} --out-dir {tmp_path.resolve()} --checkpoint "
+                      f"{tmp_path.resolve() / 'checkpoints' / 'runs' / 'cifar10-original-abl-our-norm-s1-e10.pt'} "
                       "--set data.mean=(0.4914, 0.4822, 0.4465) "
                       "--set data.std=(0.247, 0.2435, 0.2616) --epochs 10")
     assert out[5] == "inverted: does not apply to cifar10-original" and len(out) == 6
@@ -556,7 +557,7 @@ def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monk
     assert started == [("abl-faithful-s1-e10", True, str(tmp_path.resolve()))]
     assert not (runs / "cifar10-original-abl-faithful-s1-e10.driver.lock").exists()  # released when it ended
     held("cifar10-original-abl-faithful-s0-e10.driver.lock", pid=os.getpid())  # this process's own claim
-    assert oa.running_elsewhere("cifar10-original", "faithful", 0, 10, tmp_path) is None
+    assert oa.running_elsewhere("cifar10-original", "faithful", 0, 10, runs) is None
     # a claim whose driver was killed is taken over, and the run it held runs
     holder.kill()
     holder.wait()
@@ -565,6 +566,33 @@ def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monk
     assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "faithful", "--seeds", "0",
                     "--out-dir", ".", "--data-root", "data"]) == 0
     assert started == [("abl-faithful-s0-e10", True, str(tmp_path.resolve()))]
+
+
+def test_ablation_drivers_keep_checkpoints_and_claims_in_the_checkpoint_dir_they_are_given(tmp_path, monkeypatch,
+                                                                                            capsys, holder):
+    import os
+    import socket
+    import time
+
+    import original_ablations as oa
+
+    kept = tmp_path / "kept"  # e.g. a drive that outlives the work tree; records still go to --out-dir
+    kept.mkdir()
+    (kept / "cifar10-original-abl-faithful-s0-e10.pt.lock").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": holder.pid, "heartbeat": time.time()}))
+    started = []
+
+    def run(cmd, cwd):
+        tag = cmd[cmd.index("--tag") + 1]
+        claimed = json.loads((kept / f"cifar10-original-{tag}.driver.lock").read_text())["pid"] == os.getpid()
+        started.append((cmd[cmd.index("--checkpoint") + 1], claimed))
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(oa.subprocess, "run", run)
+    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "faithful", "--out-dir", str(tmp_path / "out"),
+                    "--checkpoint-dir", str(kept), "--data-root", "data"]) == 0
+    assert "faithful seed 0: left to another process, it is running in process" in capsys.readouterr().out
+    assert started == [(str(kept / "cifar10-original-abl-faithful-s1-e10.pt"), True)]
+    assert not (tmp_path / "out" / "checkpoints").exists()
 
 
 def test_an_ablation_driver_that_cannot_claim_a_run_stops_with_the_reason(tmp_path, capsys):
