@@ -20,12 +20,12 @@ the faithful runs of the same length.
 Two drivers can share the rows (on 2 cores, two 1-thread runs side by side get through more epochs an hour than one
 2-thread run): start the same command twice with ``--threads 1``, the second a few seconds after the first. A driver
 claims each run before it starts it (<run>.driver.lock beside the run's checkpoint, in --checkpoint-dir, by default
-checkpoints/runs; held until the run's process has ended and written its record); two drivers sharing rows need the
-same --checkpoint-dir; the other skips a run that is claimed, or whose checkpoint a live process holds, and a row's later
-seed while its earlier seed runs there, since that result decides whether the later one is needed (the driver running
-the earlier seed comes to it in its pass over the later seeds; the ``faithful`` row and ``--every-seed`` do not wait).
-A driver ends by saying how many runs it left to other processes: run it again once they end, to be sure none is
-left.
+checkpoints/runs; held until the run's process has ended and written its record); the other skips a run that is
+claimed, or whose checkpoint a live process holds, and a row's later seed while its earlier seed runs there, since that
+result decides whether the later one is needed (the driver running the earlier seed comes to it in its pass over the
+later seeds; the ``faithful`` row and ``--every-seed`` do not wait). Two drivers sharing rows need the same
+--checkpoint-dir. A driver ends by saying how many runs it left to other processes: run it again once they end, to be
+sure none is left.
 """
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def main(argv=None) -> int:
     passthrough = ["--data-root", str(Path(args.data_root).resolve()), "--out-dir", str(out)] + (
         ["--threads", str(args.threads)] if args.threads else [])
     results = out / "results"
-    runs = Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else out / "checkpoints" / "runs"
+    runs = Path(args.checkpoint_dir).expanduser().resolve() if args.checkpoint_dir else out / "checkpoints" / "runs"
     left = 0  # runs left to other processes
     for seed in seeds:
         for row in args.rows:
