@@ -173,16 +173,16 @@ def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, runs
     return None
 
 
-def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str],
-            runs: Path | None = None) -> list[str] | None:
-    """The run's train_recipe.py call; its checkpoint in ``runs`` where given (else train_recipe.py's default)."""
+def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str], runs: Path
+            ) -> list[str] | None:
+    """The run's train_recipe.py call, its checkpoint in the checkpoint folder ``runs``; None where the row does not
+    apply to ``recipe``."""
     sets = overrides(row, recipe)
     if sets is None:
         return None
     cmd = [sys.executable, str(ROOT / "scripts" / "train_recipe.py"), recipe, "--seed", str(seed), "--tag",
-           tag(row, seed, epochs), "--resume", *passthrough]
-    if runs is not None:
-        cmd += ["--checkpoint", str(run_file(recipe, row, seed, epochs, runs, ".pt"))]
+           tag(row, seed, epochs), "--resume", *passthrough, "--checkpoint",
+           str(run_file(recipe, row, seed, epochs, runs, ".pt"))]
     for s in sets:
         cmd += ["--set", s]
     if epochs:

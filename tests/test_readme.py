@@ -330,19 +330,21 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
 def test_ablation_driver_runs_one_train_recipe_call_per_row_and_seed(capsys):
     import original_ablations as oa
 
-    cmd = oa.command("cifar10-original", "no-embed-scale", 1, 10, ["--data-root", "d"])
+    runs = Path("runs")
+    cmd = oa.command("cifar10-original", "no-embed-scale", 1, 10, ["--data-root", "d"], runs)
     assert cmd[2:] == ["cifar10-original", "--seed", "1", "--tag", "abl-no-embed-scale-s1-e10", "--resume",
-                       "--data-root", "d", "--set", "model.embed_scale=False", "--epochs", "10"]
-    assert oa.command("cifar10-original", "inverted", 1, None, []) is None  # MNIST only
+                       "--data-root", "d", "--checkpoint", str(runs / "cifar10-original-abl-no-embed-scale-s1-e10.pt"),
+                       "--set", "model.embed_scale=False", "--epochs", "10"]
+    assert oa.command("cifar10-original", "inverted", 1, None, [], runs) is None  # MNIST only
     assert oa.parse(f"cifar10-original-{oa.tag('no-embed-scale', 1, 10)}.json") == (
         "cifar10-original", "no-embed-scale", 1, 10)
     assert oa.parse("mnist-original-abl-faithful-s0.json") == ("mnist-original", "faithful", 0, None)
     assert oa.parse("mnist-original-full.json") is None and oa.parse("mnist-original-abl-nope-s0.json") is None
-    assert oa.command("mnist-original", "fp32", 1, None, [])[-2:] == ["--precision", "fp32"]
+    assert oa.command("mnist-original", "fp32", 1, None, [], runs)[-2:] == ["--precision", "fp32"]
     # a recipe's own entry first, then its dataset's, then every recipe's
     assert oa.overrides("no-attn-dropout", "hf-original") == ["hf_model.attention_probs_dropout_prob=0.0"]
     assert oa.overrides("no-mlp-dropout", "hf-original") is None and oa.command("hf-original", "no-embed-scale", 1,
-                                                                                 10, []) is None
+                                                                                 10, [], runs) is None
     assert oa.overrides("our-norm", "hf-original") == oa.overrides("our-norm", "cifar10-original")
     assert oa.main(["mnist-original", "--rows", "faithful", "inverted", "--dry-run", "--data-root", "d"]) == 0
     out = capsys.readouterr().out.splitlines()
