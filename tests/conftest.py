@@ -104,6 +104,16 @@ def write_idx(folder, prefix, images, labels):
     (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
 
 
+def write_lock(path, **info):
+    """The lock of checkpoint ``path`` (``<path>.lock``) as a RunLock of this host writes it, fresh, with ``info``
+    (e.g. ``pid=holder.pid``) on top."""
+    import json
+    import socket
+    import time
+    path.with_name(path.name + ".lock").write_text(json.dumps({"host": socket.gethostname(), "started": "earlier",
+                                                               "heartbeat": time.time(), **info}))
+
+
 @pytest.fixture
 def holder():
     """A live process of this host (a `sleep`), killed at the end: the holder of a lock in the tests of locks."""

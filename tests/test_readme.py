@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, write_lock
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import results_table  # noqa: E402
@@ -524,7 +524,6 @@ def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_t
 def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monkeypatch, capsys, holder):
     import os
     import socket
-    import time
 
     import original_ablations as oa
 
@@ -533,9 +532,9 @@ def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monk
     other = holder.pid  # a live process other than this one: the other driver
 
     def held(name, pid=other):
-        (runs / name).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "heartbeat": time.time()}))
-    held("cifar10-original-abl-trunc-normal-init-s0-e10.pt.lock")  # training there
-    held("cifar10-original-abl-faithful-s0-e10.driver.lock")  # claimed there: trained, its record not yet written
+        write_lock(runs / name, pid=pid)
+    held("cifar10-original-abl-trunc-normal-init-s0-e10.pt")  # training there
+    held("cifar10-original-abl-faithful-s0-e10.driver")  # claimed there: trained, its record not yet written
     started = []
 
     def run(cmd, cwd):  # instead of a training run: which run starts, and who holds its claim meanwhile
@@ -558,12 +557,12 @@ def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monk
     # relative --out-dir reaches it as the folder the driver meant
     assert started == [("abl-faithful-s1-e10", True, str(tmp_path.resolve()))]
     assert not (runs / "cifar10-original-abl-faithful-s1-e10.driver.lock").exists()  # released when it ended
-    held("cifar10-original-abl-faithful-s0-e10.driver.lock", pid=os.getpid())  # this process's own claim
+    held("cifar10-original-abl-faithful-s0-e10.driver", pid=os.getpid())  # this process's own claim
     assert oa.running_elsewhere("cifar10-original", "faithful", 0, 10, runs) is None
     # a claim whose driver was killed is taken over, and the run it held runs
     holder.kill()
     holder.wait()
-    held("cifar10-original-abl-faithful-s0-e10.driver.lock")
+    held("cifar10-original-abl-faithful-s0-e10.driver")
     started.clear()
     assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "faithful", "--seeds", "0",
                     "--out-dir", ".", "--data-root", "data"]) == 0
@@ -573,15 +572,12 @@ def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monk
 def test_ablation_drivers_keep_checkpoints_and_claims_in_the_checkpoint_dir_they_are_given(tmp_path, monkeypatch,
                                                                                             capsys, holder):
     import os
-    import socket
-    import time
 
     import original_ablations as oa
 
     kept = tmp_path / "kept"  # e.g. a drive that outlives the work tree; records still go to --out-dir
     kept.mkdir()
-    (kept / "cifar10-original-abl-faithful-s0-e10.pt.lock").write_text(
-        json.dumps({"host": socket.gethostname(), "pid": holder.pid, "heartbeat": time.time()}))
+    write_lock(kept / "cifar10-original-abl-faithful-s0-e10.pt", pid=holder.pid)
     started = []
 
     def run(cmd, cwd):

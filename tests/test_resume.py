@@ -9,7 +9,7 @@ import torch
 import vit_helpers as vh
 from vitkit import checkpoint as ckpt
 from vitkit import data, runtime, train
-from conftest import FakeClock, quadrant_data
+from conftest import FakeClock, quadrant_data, write_lock
 
 EPOCHS = 3
 
@@ -294,13 +294,6 @@ def test_an_unwritable_checkpoint_folder_is_named_before_training(tmp_path):
         (tmp_path / "ro").mkdir(mode=0o500)
     with pytest.raises(ckpt.CheckpointError, match=r"checkpoint folder .*ro.*(cannot be created|cannot write)"):
         run(model(), *loaders(), path=tmp_path / "ro" / "run.pt")
-
-
-def write_lock(path, **info):
-    import json
-    import socket
-    path.with_name(path.name + ".lock").write_text(json.dumps({"host": socket.gethostname(), "started": "earlier",
-                                                               "heartbeat": time.time(), **info}))
 
 
 def test_a_checkpoint_held_by_a_live_process_is_refused(tmp_path, holder):
