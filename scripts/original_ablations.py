@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -173,6 +174,16 @@ def running_elsewhere(recipe: str, row: str, seed: int, epochs: int | None, runs
     return None
 
 
+def from_root(path: str) -> str:
+    """``path`` (relative to where the driver started) as the runs, which start in ROOT, must name it: relative to
+    ROOT where it can be (each record names its data copy as its run was given it, and records hold no machine
+    paths), else absolute."""
+    try:
+        return os.path.relpath(Path(path).expanduser().resolve(), ROOT)
+    except ValueError:  # another drive (Windows)
+        return str(Path(path).expanduser().resolve())
+
+
 def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str], runs: Path
             ) -> list[str] | None:
     """The run's train_recipe.py call, its checkpoint in the checkpoint folder ``runs``; None where the row does not
@@ -221,7 +232,7 @@ def main(argv=None) -> int:
         ap.error(f"--epochs {args.epochs}: at least 5, so that the warmup (a fifth of the epochs) is a whole epoch")
     seeds = args.seeds if args.seeds is not None else (SEEDS_SHORTENED if args.epochs else SEEDS)
     out = Path(args.out_dir).resolve()  # the runs start in ROOT: paths relative to this folder would move
-    passthrough = ["--data-root", str(Path(args.data_root).resolve()), "--out-dir", str(out)] + (
+    passthrough = ["--data-root", from_root(args.data_root), "--out-dir", str(out)] + (
         ["--threads", str(args.threads)] if args.threads else [])
     results = out / "results"
     runs = Path(args.checkpoint_dir).expanduser().resolve() if args.checkpoint_dir else out / "checkpoints" / "runs"

@@ -496,16 +496,18 @@ def test_ablation_driver_runs_a_rows_second_seed_only_where_its_first_lands_unde
         "its first seed lands -1.59 points")  # against 72.59 % alone: the record of seed 1 is the headline's
 
 
-def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_the_rest(tmp_path, capsys):
+def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_the_rest(tmp_path, capsys,
+                                                                                        monkeypatch):
     import original_ablations as oa
 
+    monkeypatch.chdir(oa.ROOT / "scripts")  # the data root is given from here; the runs start in ROOT
     (tmp_path / "results").mkdir()
     for name, acc, seed in [("faithful-s0-e10", 0.600, 0), ("faithful-s1-e10", 0.610, 1),
                             ("no-embed-scale-s0-e10", 0.620, 0), ("our-norm-s0-e10", 0.612, 0)]:
         (tmp_path / "results" / f"cifar10-original-abl-{name}.json").write_text(
             json.dumps({"metrics": {"test_acc": acc}, "seed": seed}))
     assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "no-embed-scale", "our-norm", "inverted",
-                    "--out-dir", str(tmp_path), "--data-root", "data", "--dry-run"]) == 0
+                    "--out-dir", str(tmp_path), "--data-root", "../../shared/data", "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     results = tmp_path / "results"
     assert out[:3] == [f"no-embed-scale seed 0: recorded ({results / 'cifar10-original-abl-no-embed-scale-s0-e10.json'})",
@@ -514,7 +516,7 @@ def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_t
     assert out[3].startswith("no-embed-scale seed 1: not needed, its first seed lands +1.50 points")
     # our-norm lands +0.70 points away: its second seed runs, writing where the driver reads
     assert out[4] == (f"{oa.ROOT / 'scripts' / 'train_recipe.py'} cifar10-original --seed 1 --tag abl-our-norm-s1-e10 "
-                      f"--resume --data-root {Path('data').resolve()} --out-dir {tmp_path.resolve()} --checkpoint "
+                      f"--resume --data-root ../shared/data --out-dir {tmp_path.resolve()} --checkpoint "
                       f"{tmp_path.resolve() / 'checkpoints' / 'runs' / 'cifar10-original-abl-our-norm-s1-e10.pt'} "
                       "--set data.mean=(0.4914, 0.4822, 0.4465) "
                       "--set data.std=(0.247, 0.2435, 0.2616) --epochs 10")
