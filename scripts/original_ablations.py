@@ -178,10 +178,11 @@ def from_root(path: str) -> str:
     """``path`` (relative to where the driver started) as the runs, which start in ROOT, must name it: relative to
     ROOT where it can be (each record names its data copy as its run was given it, and records hold no machine
     paths), else absolute."""
+    full = Path(path).expanduser().resolve()
     try:
-        return os.path.relpath(Path(path).expanduser().resolve(), ROOT)
+        return os.path.relpath(full, ROOT)
     except ValueError:  # another drive (Windows)
-        return str(Path(path).expanduser().resolve())
+        return str(full)
 
 
 def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: list[str], runs: Path
