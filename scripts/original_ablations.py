@@ -11,11 +11,12 @@ away.
 
 Every row is one call of scripts/train_recipe.py with ``--set`` overrides and the tag ``abl-<row>-s<seed>``
 (``-e<epochs>`` when --epochs shortens the recipe, its warmup staying a fifth of the epochs as the original's
-``epochs // 5``), so each run writes its own record, results/<recipe>-abl-<row>-s<seed>.json, resumes from its
-checkpoint when killed, and is skipped once its record exists. A row's later seed runs only where its first seed lands
-under a point from the faithful runs' mean (``--every-seed`` runs them all): a gap of a point or more keeps one
-seed, which the table reads as a hint. scripts/results_table.py renders the rows into docs/results.md, each against
-the faithful runs of the same length.
+``epochs // 5``), so each run writes its own record, results/<recipe>-abl-<row>-s<seed>.json (its ``notes`` naming
+the row and seed), resumes from its checkpoint when killed, and is skipped once its record exists; runs with a
+checkpoint go first, so a half-done run is finished before a new one starts. A row's later seed runs only where its
+first seed lands under a point from the faithful runs' mean (``--every-seed`` runs them all): a gap of a point or
+more keeps one seed, which the table reads as a hint. scripts/results_table.py renders the rows into docs/results.md,
+each against the faithful runs of the same length.
 
 Two drivers can share the rows (on 2 cores, two 1-thread runs side by side get through more epochs an hour than one
 2-thread run): start the same command twice with ``--threads 1``, the second a few seconds after the first. A driver
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -201,7 +203,9 @@ def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: l
         cmd += ["--epochs", str(epochs)]
     if row == "fp32":
         cmd += ["--precision", "fp32"]
-    return cmd
+    length = (f"at {epochs} epochs (warmup {epochs // 5} epochs, as the original's epochs // 5)" if epochs
+              else "at its own length")
+    return cmd + ["--notes", f"ablation of {recipe} {length}: row {row} ({ROWS[row][0]}), seed {seed}"]
 
 
 def main(argv=None) -> int:
@@ -238,46 +242,48 @@ def main(argv=None) -> int:
     results = out / "results"
     runs = Path(args.checkpoint_dir).expanduser().resolve() if args.checkpoint_dir else out / "checkpoints" / "runs"
     left = 0  # runs left to other processes
-    for seed in seeds:
-        for row in args.rows:
-            cmd = command(args.recipe, row, seed, args.epochs, passthrough, runs)
-            if cmd is None:
-                print(f"{row}: does not apply to {args.recipe}")
-                continue
+    plan = [(seed, row) for seed in seeds for row in args.rows]
+    # a run with a checkpoint first: finishing a half-done run beats starting a new one
+    plan.sort(key=lambda run: not run_file(args.recipe, run[1], run[0], args.epochs, runs, ".pt").is_file())
+    for seed, row in plan:
+        cmd = command(args.recipe, row, seed, args.epochs, passthrough, runs)
+        if cmd is None:
+            print(f"{row}: does not apply to {args.recipe}")
+            continue
+        why = needless(args.recipe, row, seed, args.epochs, results, args.every_seed)
+        if why is not None:
+            print(f"{row} seed {seed}: {why}")
+            continue
+        # a later seed waits for its row's earlier one only where that result decides whether it runs
+        waits = row != "faithful" and not args.every_seed
+        busy = running_elsewhere(args.recipe, row, seed, args.epochs, runs, earlier_seeds=waits)
+        if busy is not None:
+            print(f"{row} seed {seed}: left to another process, {busy}")
+            left += 1
+            continue
+        if args.dry_run:
+            print(shlex.join(cmd[1:]), flush=True)
+            continue
+        lock = claim(args.recipe, row, seed, args.epochs, runs)
+        try:
+            lock.acquire(verbose=False)
+        except ckpt.CheckpointError as e:
+            if lock.in_use() is None:  # not another driver's claim: the folder cannot be written, say
+                print(f"{row} seed {seed}: {e}", file=sys.stderr)
+                return 1
+            print(f"{row} seed {seed}: left to another process, which claimed it a moment ago")
+            left += 1
+            continue
+        try:  # what another driver may have finished between the check above and this claim
             why = needless(args.recipe, row, seed, args.epochs, results, args.every_seed)
             if why is not None:
                 print(f"{row} seed {seed}: {why}")
                 continue
-            # a later seed waits for its row's earlier one only where that result decides whether it runs
-            waits = row != "faithful" and not args.every_seed
-            busy = running_elsewhere(args.recipe, row, seed, args.epochs, runs, earlier_seeds=waits)
-            if busy is not None:
-                print(f"{row} seed {seed}: left to another process, {busy}")
-                left += 1
-                continue
-            if args.dry_run:
-                print(" ".join(cmd[1:]), flush=True)
-                continue
-            lock = claim(args.recipe, row, seed, args.epochs, runs)
-            try:
-                lock.acquire(verbose=False)
-            except ckpt.CheckpointError as e:
-                if lock.in_use() is None:  # not another driver's claim: the folder cannot be written, say
-                    print(f"{row} seed {seed}: {e}", file=sys.stderr)
-                    return 1
-                print(f"{row} seed {seed}: left to another process, which claimed it a moment ago")
-                left += 1
-                continue
-            try:  # what another driver may have finished between the check above and this claim
-                why = needless(args.recipe, row, seed, args.epochs, results, args.every_seed)
-                if why is not None:
-                    print(f"{row} seed {seed}: {why}")
-                    continue
-                print(" ".join(cmd[1:]), flush=True)
-                if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-                    return 1
-            finally:
-                lock.release()
+            print(shlex.join(cmd[1:]), flush=True)
+            if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+                return 1
+        finally:
+            lock.release()
     if left:
         print(f"{left} run(s) left to other processes: run this command again once they have ended, in case one "
               "of them stopped before its record")

@@ -1,5 +1,6 @@
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -334,13 +335,15 @@ def test_ablation_driver_runs_one_train_recipe_call_per_row_and_seed(capsys):
     cmd = oa.command("cifar10-original", "no-embed-scale", 1, 10, ["--data-root", "d"], runs)
     assert cmd[2:] == ["cifar10-original", "--seed", "1", "--tag", "abl-no-embed-scale-s1-e10", "--resume",
                        "--data-root", "d", "--checkpoint", str(runs / "cifar10-original-abl-no-embed-scale-s1-e10.pt"),
-                       "--set", "model.embed_scale=False", "--epochs", "10"]
+                       "--set", "model.embed_scale=False", "--epochs", "10", "--notes",
+                       "ablation of cifar10-original at 10 epochs (warmup 2 epochs, as the original's epochs // 5): "
+                       "row no-embed-scale (no sqrt(dim) scale on the token embeddings), seed 1"]
     assert oa.command("cifar10-original", "inverted", 1, None, [], runs) is None  # MNIST only
     assert oa.parse(f"cifar10-original-{oa.tag('no-embed-scale', 1, 10)}.json") == (
         "cifar10-original", "no-embed-scale", 1, 10)
     assert oa.parse("mnist-original-abl-faithful-s0.json") == ("mnist-original", "faithful", 0, None)
     assert oa.parse("mnist-original-full.json") is None and oa.parse("mnist-original-abl-nope-s0.json") is None
-    assert oa.command("mnist-original", "fp32", 1, None, [], runs)[-2:] == ["--precision", "fp32"]
+    assert oa.command("mnist-original", "fp32", 1, None, [], runs)[-4:-2] == ["--precision", "fp32"]
     # a recipe's own entry first, then its dataset's, then every recipe's
     assert oa.overrides("no-attn-dropout", "hf-original") == ["hf_model.attention_probs_dropout_prob=0.0"]
     assert oa.overrides("no-mlp-dropout", "hf-original") is None and oa.command("hf-original", "no-embed-scale", 1,
@@ -349,6 +352,8 @@ def test_ablation_driver_runs_one_train_recipe_call_per_row_and_seed(capsys):
     assert oa.main(["mnist-original", "--rows", "faithful", "inverted", "--dry-run", "--data-root", "d"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert [l.split(" --tag ")[1].split()[0] for l in out] == ["abl-faithful-s1", "abl-inverted-s1"]
+    assert shlex.split(out[1])[-1] == "ablation of mnist-original at its own length: row inverted (MNIST inverted " \
+        "(dark digits on white), as our MNIST recipes train), seed 1"  # printed as a shell would read it
     with pytest.raises(SystemExit):
         oa.main(["cifar10-original", "--epochs", "4"])
 
@@ -515,12 +520,23 @@ def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_t
                        "inverted: does not apply to cifar10-original"]
     assert out[3].startswith("no-embed-scale seed 1: not needed, its first seed lands +1.50 points")
     # our-norm lands +0.70 points away: its second seed runs, writing where the driver reads
-    assert out[4] == (f"{oa.ROOT / 'scripts' / 'train_recipe.py'} cifar10-original --seed 1 --tag abl-our-norm-s1-e10 "
-                      f"--resume --data-root ../shared/data --out-dir {tmp_path.resolve()} --checkpoint "
-                      f"{tmp_path.resolve() / 'checkpoints' / 'runs' / 'cifar10-original-abl-our-norm-s1-e10.pt'} "
-                      "--set data.mean=(0.4914, 0.4822, 0.4465) "
-                      "--set data.std=(0.247, 0.2435, 0.2616) --epochs 10")
+    assert shlex.split(out[4])[:-2] == [
+        str(oa.ROOT / "scripts" / "train_recipe.py"), "cifar10-original", "--seed", "1", "--tag", "abl-our-norm-s1-e10",
+        "--resume", "--data-root", "../shared/data", "--out-dir", str(tmp_path.resolve()), "--checkpoint",
+        str(tmp_path.resolve() / "checkpoints" / "runs" / "cifar10-original-abl-our-norm-s1-e10.pt"),
+        "--set", "data.mean=(0.4914, 0.4822, 0.4465)", "--set", "data.std=(0.247, 0.2435, 0.2616)", "--epochs", "10"]
     assert out[5] == "inverted: does not apply to cifar10-original" and len(out) == 6
+
+
+def test_ablation_driver_finishes_a_half_done_run_before_it_starts_a_new_one(tmp_path, capsys):
+    import original_ablations as oa
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "cifar10-original-abl-our-split-s1-e10.pt").write_bytes(b"")  # a later seed, cut half-way
+    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "faithful", "our-split", "--out-dir", str(tmp_path),
+                    "--checkpoint-dir", str(tmp_path), "--data-root", "d", "--dry-run"]) == 0
+    tags = [l.split(" --tag ")[1].split()[0] for l in capsys.readouterr().out.splitlines()]
+    assert tags == ["abl-our-split-s1-e10", "abl-faithful-s0-e10", "abl-our-split-s0-e10", "abl-faithful-s1-e10"]
 
 
 def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monkeypatch, capsys, holder):
