@@ -1,4 +1,5 @@
-"""Validation accuracy against training compute for every recorded CIFAR-10 run, one line per run, with the
+"""Validation accuracy against training compute for every recorded CIFAR-10 run (the ablation rows of the original's
+recipe aside: docs/results.md tables them), one line per run, with the
 compute-budget targets and published reference points (test accuracy at their training compute) drawn in.
 
     python scripts/plot_accuracy_per_tflop.py            # -> images/cifar10-accuracy-vs-tflop.png
@@ -60,9 +61,12 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a colour per run: more runs than tab10 has colours
     for path in sorted((ROOT / "results").glob("*.json")):
         record = json.loads(path.read_text())
         if "cifar10" not in path.stem or path.stem.endswith("-smoke") or "history" not in record or "model" not in record.get("config", {}):
+            continue
+        if "-abl-" in path.stem:  # the original recipe's ablation rows: no attempt at compute; their own table
             continue
         x, y = curve(record)
         test = 100 * record["metrics"]["test_acc"]

@@ -150,6 +150,15 @@ def test_inductive_bias_table_shows_each_size_with_its_spread_the_verdicts_and_w
     assert lines[-3:] == [f"  - `cnn` on {n} images: {k} of {k} run{'s' * (k > 1)} still rising (up to +0.60 "
                           f"points): its accuracy there is a lower bound." for n, k in (("2,500", 3), ("10,000", 3),
                                                                                          ("45,000", 1))]
+    assert "Re-counted" not in lines[0]
+    # re-counted: the share of its budget each variant used, and whether every ViT variant had more than the CNN
+    for r in runs:
+        r["tflop_budget"] = rec["config"]["tflop"][str(r["size"])]
+        r["train_tflop"] = r["tflop_budget"] * {"vit": 1.12, "sincos": 1.10, "cnn": 0.98}[r["variant"]]
+    (tmp_path / "inductive-bias-study.json").write_text(json.dumps({**rec, "flop_recount": {}}))
+    line = results_table.inductive_bias_table(results_table.load_records(tmp_path)).splitlines()[0]
+    assert ("share of their budget on average: `vit` 112.0 %, `sincos` 110.0 %, `cnn` 98.0 %: every ViT variant "
+            "trained on more compute than the CNN of its size. Test accuracy") in line
 
 
 def test_screen_table_orders_ideas_by_their_lead_and_keeps_only_those_beyond_noise(tmp_path):
@@ -474,6 +483,12 @@ def test_attempts_table_judges_an_aim_on_the_mean_over_seeds_and_names_a_seed_th
     # seeds that ran different lengths show each seed's
     records[1][1]["metrics"].update(epochs_run=61, train_tflop=314.4)
     assert "| 0.115 | 62, 61 | 320, 314 | 87.10 % ± 0.03 |" in results_table.tflop_attempts_table(records)
+    # re-counted past its budget (the count that set it left out fused attention): the verdict says so
+    records[0][1].update(flop_recount={"why": "...", "before": {}})
+    records[0][1]["metrics"]["train_tflop"] = 324.5
+    assert results_table.tflop_attempts_table(records).splitlines()[-1].endswith(
+        "**met** on the mean; but at 324, 314 TFLOP the runs went 1.4 % over the budget (set by a count that left out "
+        "fused attention; `flop_recount` in the records) |")
 
 
 def test_ablation_driver_runs_a_rows_second_seed_only_where_its_first_lands_under_a_point_away(tmp_path):

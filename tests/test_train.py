@@ -191,6 +191,24 @@ def test_flops_per_image_counts_forward_and_backward_exactly():
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_flops_per_image_counts_attention_on_either_kernel():
+    """One encoder block on T tokens of width D, MLP width M, per image: its four linear maps (qkv, out, fc1, fc2)
+    2*T*(4*D*D + 2*D*M) FLOPs forward and twice that backward (input and weight gradients); attention's QK^T and AV
+    2*T*T*D each forward and twice that backward: 12*T*T*D. The same count whether the model calls the fused SDPA
+    kernel or the explicit softmax(QK^T)V."""
+    from vitkit import budget
+    t, d, m = (8 // 4) ** 2 + 1, 16, 32
+    cfg = dict(image_size=8, patch_size=4, in_channels=3, num_classes=2, dim=d, heads=2, mlp_dim=m)
+
+    def count(depth, **kw):
+        model = vh.VisionTransformer(vh.ViTConfig(**cfg, depth=depth, **kw))
+        return budget.flops_per_image(model, None, torch.device("cpu"))
+    block = 6 * t * (4 * d * d + 2 * d * m) + 12 * t * t * d
+    for fused in (True, False):
+        assert count(2, fused_attn=fused) - count(1, fused_attn=fused) == block
+    assert count(2, fused_attn=True) == count(2, fused_attn=False) == count(2, attn_dropout=0.5)
+
+
 def test_fit_trains_hf_models():
     transformers = pytest.importorskip("transformers")
     hf = vh.to_hf(tiny_vit(), attn_implementation="sdpa")
@@ -270,7 +288,9 @@ def test_the_cifar10_fast_recipe_is_the_recorded_run():
     record = json.loads((ROOT / "results" / "cifar10-cpu-cct-p8-bs64-t160.json").read_text())
     recipe = recipes.get_recipe("cifar10-fast")
     assert {k: record["config"][k] for k in ("model", "data", "fit")} == recipe
-    assert record["metrics"]["train_tflop"] <= 160 and record["metrics"]["test_acc"] >= 0.80
+    assert record["config"]["max_tflop"] == 160 and record["metrics"]["test_acc"] >= 0.80
+    # its budget was set by the count that left out fused attention: within 160 TFLOP by that count, not by today's
+    assert record["flop_recount"]["before"]["run"]["train_tflop"] <= 160 < record["metrics"]["train_tflop"]
 
 
 def test_tensorboard_logs_loss_accuracy_and_lr_per_step_and_epoch(tmp_path):

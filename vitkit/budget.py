@@ -39,11 +39,14 @@ def flops_per_image(model: nn.Module, loader, device: torch.device) -> float:
     """Forward + backward FLOPs of one training image (``torch.utils.flop_counter``, on a copy of the model, so the
     run's own weights, statistics and random state are untouched). Matrix products and convolutions, as the counter
     counts them: what a compute budget measures."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     probe = copy.deepcopy(model).to(device).train()
     x = torch.zeros(2, *_input_shape(model, loader), device=device)  # two images: BatchNorm needs more than one
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+    # SDPA's math backend spells attention out as matrix products, which the counter counts; it has no formula for
+    # the fused CPU kernel, which it would count as 0 FLOPs
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), sdpa_kernel(SDPBackend.MATH), \
             FlopCounterMode(display=False) as counter:  # dropout in the probe draws no number of the run's
         model_logits(probe, x).float().sum().backward()
     del probe
