@@ -1,7 +1,7 @@
 """Does a prior help more when data is small? The data-size study behind InductiveBias.ipynb (its settings and
 one run are in vitkit/study.py): the plain ViT, its best convolutional stem (CCT's tokenizer), SPT + LSA, sin-cos
 positions and a small CNN matched to the plain ViT in parameters, each trained on class-balanced subsets of CIFAR-10
-of several sizes, with several seeds, every run of a size given the same training compute (``fit(max_tflop=...)``).
+of several sizes, with several seeds, every run of a size given the same training compute budget (``fit(max_tflop=...)``).
 
     python scripts/inductive_bias_study.py --data-root ../shared/data --threads 2
     python scripts/inductive_bias_study.py --data-root ../shared/data --sizes 2500 --seeds 0 --tflop 2500=20

@@ -203,8 +203,7 @@ def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: l
         cmd += ["--epochs", str(epochs)]
     if row == "fp32":
         cmd += ["--precision", "fp32"]
-    length = (f"at {epochs} epochs (warmup {epochs // 5} epochs, as the original's epochs // 5)" if epochs
-              else "at its own length")
+    length = f"at {epochs} epochs" if epochs else "at its own length"
     return cmd + ["--notes", f"ablation of {recipe} {length}: row {row} ({ROWS[row][0]}), seed {seed}"]
 
 

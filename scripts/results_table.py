@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import statistics
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -446,19 +446,21 @@ def inductive_bias_table(records) -> str:
 
 def _recounted_share(rec: dict, variants: list[str]) -> str:
     """Where the study's compute was re-counted (``flop_recount``): the share of its budget each variant's runs
-    used, since the count that set the budgets left out attention on the fused CPU kernel."""
+    used, since the count that set the budgets left out attention on the fused CPU kernel, and whether at every size
+    each ViT variant used more of it than the CNN."""
     if "flop_recount" not in rec:
         return ""
     runs = rec["metrics"]["runs"]
-    share = {v: statistics.mean(r["train_tflop"] / r["tflop_budget"] for r in runs if r["variant"] == v)
-             for v in variants}
-    cnn = share.pop("cnn", None)
-    more = cnn is not None and min(share.values()) > cnn
+    share = lambda v, n=None: statistics.mean(r["train_tflop"] / r["tflop_budget"] for r in runs
+                                               if r["variant"] == v and n in (None, r["size"]))
+    vits = [v for v in variants if v != "cnn"]
+    sizes = {r["size"] for r in runs if r["variant"] == "cnn"}
+    more = bool(vits and sizes) and all(share(v, n) > share("cnn", n) for n in sizes for v in vits
+                                        if any(r["variant"] == v and r["size"] == n for r in runs))
     return ("Re-counted with attention on the fused CPU kernel included (the count that set the budgets left it out; "
             "`flop_recount` in the record), each variant's runs used this share of their budget on average: "
-            + ", ".join(f"`{v}` {100 * x:.1f} %" for v, x in share.items())
-            + (f", `cnn` {100 * cnn:.1f} %" if cnn is not None else "")
-            + (": every ViT variant trained on more compute than the CNN of its size. " if more else ". "))
+            + ", ".join(f"`{v}` {100 * share(v):.1f} %" for v in variants)
+            + (": at every size, every ViT variant trained on more compute than the CNN. " if more else ". "))
 
 
 _PRIORS = {"vit": "none (linear patch embedding, learned positions)",

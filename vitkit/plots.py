@@ -377,7 +377,7 @@ def data_size(summary: dict | None, study_runs: Sequence[dict], runs: Sequence[d
                    edgecolors=colors[v], linewidths=1.5, zorder=3)
     if runs:
         ax.scatter([], [], s=70, facecolors="none", edgecolors="gray", label=label)
-    ax.set(ylabel="test accuracy (%)", title="Accuracy against training-set size, equal compute per size")
+    ax.set(ylabel="test accuracy (%)", title="Accuracy against training-set size, one compute budget per size")
     ax.legend(fontsize=7)
     others = [v for v in variants if v != "vit"]
     for i, v in enumerate(others):

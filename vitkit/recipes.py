@@ -44,8 +44,9 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
                     label_smoothing=0.1, grad_clip=1.0),
     },
     # Our best model per training FLOP on CIFAR-10: CCT's tokenizer taken down to a 4x4 token grid (patch 8: three
-    # stride-1 3x3 convolutions of widths 32-64-128, each followed by a stride-2 max-pool) and 4 blocks of width 128: 0.115 GFLOP per training image, a third of cifar10-cpu with the same
-    # tokenizer at patch 4, so a budget buys three times the epochs. Batch 64. Measured with fit(max_tflop=160):
+    # stride-1 3x3 convolutions of widths 32-64-128, each followed by a stride-2 max-pool) and 4 blocks of width 128:
+    # about a third of the FLOPs per training image of cifar10-cpu with the same tokenizer at patch 4, so a budget
+    # buys three times the epochs. Batch 64. Measured with fit(max_tflop=160):
     # 82.85 % test, 83.87 % with flip test-time augmentation (results/cifar10-cpu-cct-p8-bs64-t160.json, the
     # cifar10-cpu recipe with exactly these settings). Run it with a budget: --max-tflop or --budget-min.
     "cifar10-fast": {

@@ -3,7 +3,7 @@
 
 The plain ViT, its best convolutional stem (CCT's tokenizer), SPT + LSA, sin-cos positions and a small CNN matched
 to the plain ViT in parameters, each trained from scratch on class-balanced subsets of CIFAR-10 of several sizes,
-every run of a size given the same training compute (``fit(max_tflop=...)``). :func:`run` trains one (variant,
+every run of a size given the same training compute budget (``fit(max_tflop=...)``). :func:`run` trains one (variant,
 size, seed); :func:`summarize` turns the runs into means and spreads per size, the gap between the CNN and the
 plain ViT with its standard error, what each prior gains over the plain ViT, and how the gap changes with size.
 """
