@@ -7,8 +7,8 @@ probe on SDPA's math backend. This script re-counts each model of a record both 
 (held, or implied by its images) is the old one, rewrites ``gflop_per_image`` and ``train_tflop`` (scaled by
 the ratio: a run's compute is its images times the FLOPs of one) of every run whose count changes, keeping the old
 numbers in ``flop_recount``. It reads the records of scripts/train_recipe.py, of the data-size study
-(``metrics.runs`` with a ``variant``), of the idea screen (``metrics.runs`` with an ``idea``) and of
-WeaklySupervisedLocalization.ipynb. A run that stopped at a compute budget ran for the steps the old count allowed,
+(``metrics.runs`` with a ``variant``) and of the idea screen (``metrics.runs`` with an ``idea``); a notebook's own
+record (``<notebook>-full.json``) is left to a re-run of its notebook, whose stored outputs print it. A run that stopped at a compute budget ran for the steps the old count allowed,
 so its re-counted compute exceeds its budget; the tables say so.
 
     python scripts/recount_flops.py            # rewrites results/*.json where a count changed
@@ -100,11 +100,6 @@ def recount(record: dict) -> dict | None:
             model = vh.VisionTransformer(**{**cfg["model"], **cfg["ideas"][run["idea"]].get("model", {})})
             if before := rescale(run, *gflops(model), run["gflop_per_image"]):
                 changed[f"{run['idea']} seed {run['seed']}"] = before
-    elif "vit" in cfg and "vit" in m:  # WeaklySupervisedLocalization.ipynb: the ViT of the chosen stem, and a CNN
-        model = vh.VisionTransformer(**{**cfg["vit"], "stem": m["stem"]})
-        if before := rescale(m["vit"], *gflops(model), m["vit"]["gflop_per_image"]):
-            changed["vit"] = before
-            m["cnn_to_vit_flop_ratio"] = m["cnn"]["gflop_per_image"] / m["vit"]["gflop_per_image"]
     elif m.get("train_tflop") and ("model" in cfg or "hf_model" in cfg):  # scripts/train_recipe.py
         model = vh.VisionTransformer(**cfg["model"]) if "model" in cfg else hf_model(cfg["hf_model"])
         recorded = m.get("gflop_per_image")
@@ -127,7 +122,13 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=ROOT / "results")
     ap.add_argument("--dry-run", action="store_true", help="print what would change, write nothing")
     args = ap.parse_args(argv)
+    # a notebook's own record is what its stored outputs print (scripts/execute_notebooks.py checks its hash):
+    # re-running the notebook re-counts it
+    own = {f"{nb.stem}-full.json" for nb in ROOT.glob("*.ipynb")}
     for path in sorted(args.results.glob("*.json")):
+        if path.name in own:
+            print(f"{path.name}: left to its notebook; re-run it to re-count", file=sys.stderr)
+            continue
         record = json.loads(path.read_text())
         try:
             new = None if "flop_recount" in record else recount(record)

@@ -32,6 +32,7 @@ def test_a_run_counted_without_fused_attention_gets_the_full_count_and_keeps_the
     (tmp_path / "a.json").write_text(json.dumps(record(old)))
     (tmp_path / "b.json").write_text(json.dumps(record(new)))  # counted by today's counter: left as it is
     (tmp_path / "c.json").write_text(json.dumps(record(0.1)))  # neither count: left as it is, and the rest go on
+    (tmp_path / "InductiveBias-full.json").write_text(json.dumps(record(old)))  # its notebook's: left to a re-run
     assert recount_flops.main(["--results", str(tmp_path)]) == 0
     a = json.loads((tmp_path / "a.json").read_text())
     for part in (a["metrics"], a["history"]):  # 1,000 images' compute at the new count
@@ -40,6 +41,7 @@ def test_a_run_counted_without_fused_attention_gets_the_full_count_and_keeps_the
     assert a["metrics"]["test_acc"] == 0.5
     assert json.loads((tmp_path / "b.json").read_text()) == record(new)
     assert json.loads((tmp_path / "c.json").read_text()) == record(0.1)
+    assert json.loads((tmp_path / "InductiveBias-full.json").read_text()) == record(old)
     again = (tmp_path / "a.json").read_text()
     recount_flops.main(["--results", str(tmp_path)])  # once only
     assert (tmp_path / "a.json").read_text() == again
