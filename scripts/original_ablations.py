@@ -13,7 +13,7 @@ Every row is one call of scripts/train_recipe.py with ``--set`` overrides and th
 (``-e<epochs>`` when --epochs shortens the recipe, its warmup staying a fifth of the epochs as the original's
 ``epochs // 5``), so each run writes its own record, results/<recipe>-abl-<row>-s<seed>.json (its ``notes`` naming
 the row and seed), resumes from its checkpoint when killed, and is skipped once its record exists; runs with a
-checkpoint go first, so a half-done run is finished before a new one starts. A row's later seed runs only where its
+checkpoint go first, so a half-done run is finished before a new one starts, and the costly rows (fp32) last. A row's later seed runs only where its
 first seed lands under a point from the faithful runs' mean (``--every-seed`` runs them all): a gap of a point or
 more keeps one seed, which the table reads as a hint. scripts/results_table.py renders the rows into docs/results.md,
 each against the faithful runs of the same length.
@@ -64,6 +64,8 @@ ROWS: dict[str, tuple[str, dict[str, list[str] | None]]] = {
     "width-128": ("width 128, as our mnist-seed", {"mnist": ["model.dim=128"]}),
     "fp32": ("fp32 instead of bf16 autocast", {"*": []}),  # --precision fp32, not an override
 }
+# Rows that cost several times a bf16 run (fp32 is about 2.5x on a CPU with native bf16): planned after the rest.
+COSTLY_ROWS = ("fp32",)
 # Seed 0 of the faithful recipe at its full length is its headline run (results/<recipe>-full.json); shortened
 # runs (--epochs) have no such run, so their faithful row starts at seed 0.
 SEEDS = (1,)
@@ -242,8 +244,10 @@ def main(argv=None) -> int:
     runs = Path(args.checkpoint_dir).expanduser().resolve() if args.checkpoint_dir else out / "checkpoints" / "runs"
     left = 0  # runs left to other processes
     plan = [(seed, row) for seed in seeds for row in args.rows]
-    # a run with a checkpoint first: finishing a half-done run beats starting a new one
-    plan.sort(key=lambda run: not run_file(args.recipe, run[1], run[0], args.epochs, runs, ".pt").is_file())
+    # a run with a checkpoint first: finishing a half-done run beats starting a new one; the costly rows last, so
+    # that every cheap row's seeds (which decide what the table may say) land before them
+    plan.sort(key=lambda run: (not run_file(args.recipe, run[1], run[0], args.epochs, runs, ".pt").is_file(),
+                               run[1] in COSTLY_ROWS))
     for seed, row in plan:
         cmd = command(args.recipe, row, seed, args.epochs, passthrough, runs)
         if cmd is None:

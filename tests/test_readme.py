@@ -548,15 +548,16 @@ def test_ablation_driver_skips_recorded_runs_and_settled_second_seeds_and_runs_t
     assert out[5] == "inverted: does not apply to cifar10-original" and len(out) == 6
 
 
-def test_ablation_driver_finishes_a_half_done_run_before_it_starts_a_new_one(tmp_path, capsys):
+def test_ablation_driver_finishes_a_half_done_run_first_and_leaves_the_costly_rows_to_the_end(tmp_path, capsys):
     import original_ablations as oa
 
     (tmp_path / "results").mkdir()
     (tmp_path / "cifar10-original-abl-our-split-s1-e10.pt").write_bytes(b"")  # a later seed, cut half-way
-    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "faithful", "our-split", "--out-dir", str(tmp_path),
-                    "--checkpoint-dir", str(tmp_path), "--data-root", "d", "--dry-run"]) == 0
+    assert oa.main(["cifar10-original", "--epochs", "10", "--rows", "fp32", "faithful", "our-split", "--out-dir",
+                    str(tmp_path), "--checkpoint-dir", str(tmp_path), "--data-root", "d", "--dry-run"]) == 0
     tags = [l.split(" --tag ")[1].split()[0] for l in capsys.readouterr().out.splitlines()]
-    assert tags == ["abl-our-split-s1-e10", "abl-faithful-s0-e10", "abl-our-split-s0-e10", "abl-faithful-s1-e10"]
+    assert tags == ["abl-our-split-s1-e10", "abl-faithful-s0-e10", "abl-our-split-s0-e10", "abl-faithful-s1-e10",
+                    "abl-fp32-s0-e10", "abl-fp32-s1-e10"]
 
 
 def test_two_ablation_drivers_share_the_rows_through_their_claims(tmp_path, monkeypatch, capsys, holder):
