@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -59,7 +61,15 @@ def test_image_folders_load_exactly(fake_cifar_folders):
     # PNGs are lossless: file 0002.png of class dog is the 3rd dog image in sorted order
     assert torch.equal(train.images[12 + 2], images[("train", "dog", 2)])
     assert train.labels.tolist() == [0] * 12 + [1] * 12 + [2] * 12
-    assert "JPEG/PNG copy" in train.source
+    assert train.source == f"image folders .../{root.name}/cifar10-jpeg (JPEG/PNG copy)"  # no machine's folders
+
+
+def test_a_records_data_line_shows_no_machine_folders():
+    repo = Path(sources.__file__).resolve().parents[1]
+    assert sources.shown_path("../shared/data") == "../shared/data"  # relative: as given
+    assert sources.shown_path(repo / "data" / "mnist") == "data/mnist"
+    assert sources.shown_path(repo.parent / "shared" / "data") == "../shared/data"
+    assert sources.shown_path(Path("/mnt/disk/datasets/cifar10-jpeg")) == ".../datasets/cifar10-jpeg"
 
 
 def test_decoded_image_folders_are_cached_until_a_file_changes(fake_cifar_folders, tmp_path, monkeypatch):

@@ -144,8 +144,24 @@ def load_image_folder(split_dir: str | Path, classes: Sequence[str] | None = Non
 
 
 def _folder_source(root: Path) -> str:
-    """A record's data-copy line for image folders under ``root``, as the caller gave it (no machine path added)."""
-    return f"image folders {root} (JPEG/PNG copy)"
+    """A record's data-copy line for image folders under ``root``."""
+    return f"image folders {shown_path(root)} (JPEG/PNG copy)"
+
+
+def shown_path(path: str | Path) -> str:
+    """``path`` as a record may show it, without a machine's folders: a relative path as the caller gave it; an
+    absolute one relative to the repository where it lies in it or beside it (``../shared/data``), else its last two
+    parts after ``.../``."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    try:
+        rel = Path(os.path.relpath(path.resolve(), Path(__file__).resolve().parents[1]))
+    except ValueError:  # on another drive
+        rel = Path("..", "..")
+    if rel.parts[:1] != ("..",) or rel.parts[1:2] != ("..",):  # in the repository, or one level up
+        return rel.as_posix()
+    return ".../" + "/".join(path.parts[-2:])
 
 
 class _socket_timeout:
@@ -263,7 +279,7 @@ def load_cifar10(root: str | Path | None = None, download: bool = True, timeout_
     for ds in splits:
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, H, W, C) -> (N, C, H, W)
         out.append(InMemoryImages(images, torch.tensor(ds.targets), ds.classes,
-                                  source=f"torchvision CIFAR10 python batches at {root}"))
+                                  source=f"torchvision CIFAR10 python batches at {shown_path(root)}"))
     return out[0], out[1]
 
 
@@ -336,7 +352,7 @@ def load_mnist(root: str | Path | None = None, download: bool = True, timeout_s:
         labels = _read_idx(_mnist_file(raw, f"{prefix}-labels-idx1-ubyte"), "labels")
         images = _read_idx(_mnist_file(raw, f"{prefix}-images-idx3-ubyte"), "images", count=len(labels))
         splits.append(InMemoryImages(images.unsqueeze(1).contiguous(), labels, classes,  # (N, 28, 28) -> (N, 1, 28, 28)
-                                     source=f"MNIST IDX files at {raw}"))
+                                     source=f"MNIST IDX files at {shown_path(raw)}"))
     return splits[0], splits[1]
 
 
