@@ -130,15 +130,25 @@ def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, re
     names = [p.name for p in results.glob(f"{recipe}-*.json")]
     accs = test_accuracies({n: json.loads((results / n).read_text()) for n in names
                             if parse(n) is not None or n == f"{recipe}-full.json"})
-    earlier = [a for k, a in sorted(accs.get((recipe, epochs, row), {}).items()) if k < seed]
-    faithful = accs.get((recipe, epochs, "faithful"), {})
-    if not earlier or not faithful:
-        return None
-    gap = earlier[0] - sum(faithful.values()) / len(faithful)
-    if round(abs(gap), 6) < SETTLED_GAP:  # accuracies are multiples of 1e-4: an exact point counts as one
+    gap = settling_gap(accs, recipe, row, epochs, before_seed=seed)
+    if gap is None:
         return None
     return (f"its first seed lands {100 * gap:+.2f} points from the faithful mean: a point or more, so one seed is kept "
             "(the table reads it as a hint)")
+
+
+def settling_gap(accs: dict, recipe: str, row: str, epochs: int | None, before_seed: int | None = None
+                 ) -> float | None:
+    """The first seed's gap from the faithful runs' mean (``accs`` from :func:`test_accuracies`), where it is a point
+    or more, so that one seed settles the row; None where it is under a point (a second seed is due), or where the
+    records cannot tell yet. ``before_seed``: the first seed among those below it."""
+    earlier = [a for k, a in sorted(accs.get((recipe, epochs, row), {}).items())
+               if before_seed is None or k < before_seed]
+    faithful = accs.get((recipe, epochs, "faithful"), {})
+    if row == "faithful" or not earlier or not faithful:
+        return None
+    gap = earlier[0] - sum(faithful.values()) / len(faithful)
+    return gap if round(abs(gap), 6) >= SETTLED_GAP else None  # accuracies are multiples of 1e-4: a point is one
 
 
 def needless(recipe: str, row: str, seed: int, epochs: int | None, results: Path, every_seed: bool) -> str | None:

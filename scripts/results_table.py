@@ -207,6 +207,10 @@ def results_table(records) -> str:
             run += " (partial)"
         if cfg.get("overrides"):  # an exploration: the recipe with some entries changed (train_recipe.py --set)
             run += " with " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in cfg["overrides"].items())
+        own = RECIPES.get(cfg.get("recipe"), {}).get("fit", {}).get("epochs")
+        if own and cfg.get("fit", {}).get("epochs") not in (None, own) and cfg["recipe"] not in BUDGET_RECIPES \
+                and not cfg.get("init_from"):  # train_recipe.py --epochs (a budget recipe's epochs are a cap)
+            run += f", shortened to {cfg['fit']['epochs']} of its {own} epochs"
         if name[0].isupper():  # a notebook's record, e.g. VisualizeAttentionMap-full-strong.json
             run += f" in {name.split('-')[0]}.ipynb"
         params = f"{m['parameters'] / 1e6:.2f} M" if m.get("parameters") else ""
@@ -748,6 +752,16 @@ def _within_a_point_of_the_original(recipe: str, complete: dict[str, tuple[str, 
             f"{' and '.join(pct(t) for t in theirs)}")
 
 
+def _machine(rec: dict) -> str:
+    """Where a run trained, shortly: the CPU's maker and line (or the GPU) and its torch threads."""
+    hw = rec["hardware"]
+    if "gpu" in hw:
+        return hw["gpu"]
+    cpu = " ".join(hw["cpu"].replace("(R)", "").split()[:2])
+    threads = rec.get("config", {}).get("threads", hw.get("torch_threads"))
+    return cpu if threads is None else f"{cpu}, {threads} thread{'s' if threads != 1 else ''}"
+
+
 def ablation_table(records) -> str:
     """scripts/original_ablations.py's runs: per faithful recipe and run length, the faithful runs (the noise) and
     each row with one difference switched back to ours, test accuracy per seed, and each row's mean minus the
@@ -782,7 +796,9 @@ def ablation_table(records) -> str:
                     if epochs == planned and close:
                         unrun += 1
                     elif epochs == planned:
-                        lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | not run yet | | |")
+                        why = (": queued after every other row's seeds, as an fp32 run on a CPU costs several bf16 "
+                               "runs" if row in oa.COSTLY_ROWS else "")
+                        lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | not run yet{why} | | |")
                     continue
                 vals = list(got.values())
                 mean = sum(vals) / len(vals)
@@ -791,11 +807,17 @@ def ablation_table(records) -> str:
                     d = stats.pooled_difference(vals, faithful, [list(v.values()) for (r, e, _), v in accs.items()
                                                                  if (r, e) == (recipe, epochs)])
                     diff = (f"{100 * d['difference']:+.2f} (2 SE {100 * d['two_standard_errors']:.2f}, seed std "
-                            f"pooled over the rows, {d['df']} df: {'beyond' if d['beyond_noise'] else 'within'} noise)")
+                            f"pooled over the rows, {d['df']} df: {'beyond' if d['beyond_noise'] else 'within'} "
+                            "twice the SE)")
                 elif row != "faithful" and faithful:
-                    diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (one seed: a hint)"
-                seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''})"
-                                  for k, a in got.items())
+                    settled = oa.settling_gap(accs, recipe, row, epochs) is not None
+                    diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} " + (
+                        "(one seed, a point or more away: a hint)" if settled else
+                        "(one seed so far: under a point, so a second seed is due)")
+                runs = [by[f"{recipe}-{oa.tag(row, k, epochs)}.json"] if (row, k) != headline_seed else headline
+                        for k in got]
+                seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''}; "
+                                  f"{_machine(r)})" for (k, a), r in zip(got.items(), runs))
                 lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct_spread(stats.spread(vals))} | "
                              f"{diff} |")
             if unrun:

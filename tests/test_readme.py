@@ -315,26 +315,32 @@ def test_faithfulness_table_marks_methods_within_noise_of_random_and_names_the_l
 def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_length(tmp_path):
     def rec(seed, acc):
         return {"metrics": {"test_acc": acc}, "seed": seed, "wall_time_s": 1.0, "dataset": "MNIST",
-                "config": {"recipe": "mnist-original"}, "hardware": {"cpu": "Some CPU"}}
+                "config": {"recipe": "mnist-original", "threads": 1 + seed}, "hardware": {"cpu": "Some(R) CPU Model"}}
     made = {"mnist-original-full.json": rec(0, 0.9850), "mnist-original-abl-faithful-s1.json": rec(1, 0.9860),
             "mnist-original-abl-no-embed-scale-s0.json": rec(0, 0.9800),
             "mnist-original-abl-no-embed-scale-s1.json": rec(1, 0.9810),
             "mnist-original-abl-inverted-s1.json": rec(1, 0.9900),
+            "mnist-original-abl-width-128-s1.json": rec(1, 0.9700),
             "cifar10-original-abl-faithful-s0-e10.json": rec(0, 0.60),
             "mnist-original-abl-faithful-s0-e5.json": rec(0, 0.97)}  # a shortened run: rows of their own
     for name, r in made.items():
         (tmp_path / name).write_text(json.dumps(r))
     lines = results_table.ablation_table(results_table.load_records(tmp_path)).splitlines()
     row = lambda recipe, name: next(l for l in lines if l.startswith(f"| `{recipe}`") and f"| `{name}`:" in l)
-    assert row("mnist-original", "faithful").endswith(
-        "| 98.50 % (seed 0, the headline run), 98.60 % (seed 1) | 98.55 % ± 0.07 |  |")
+    assert row("mnist-original", "faithful").endswith(  # each seed with the machine it ran on
+        "| 98.50 % (seed 0, the headline run; Some CPU, 1 thread), 98.60 % (seed 1; Some CPU, 2 threads) | "
+        "98.55 % ± 0.07 |  |")
     # -0.50 points; the seed variance pooled over faithful and no-embed-scale (2 df): (2 x 0.0005^2) x 2 / 2,
     # s = 0.000707; SE = s x sqrt(1/2 + 1/2) = 0.000707: 2 SE 0.14 points
     assert row("mnist-original", "no-embed-scale").endswith(
-        "| 98.00 % (seed 0), 98.10 % (seed 1) | 98.05 % ± 0.07 | -0.50 (2 SE 0.14, seed std pooled over the rows, "
-        "2 df: beyond noise) |")
-    assert row("mnist-original", "inverted").endswith("| 99.00 % (seed 1) | 99.00 % | +0.45 (one seed: a hint) |")
-    assert row("mnist-original", "fp32").endswith("| not run yet | | |")
+        "| 98.00 % (seed 0; Some CPU, 1 thread), 98.10 % (seed 1; Some CPU, 2 threads) | 98.05 % ± 0.07 | -0.50 "
+        "(2 SE 0.14, seed std pooled over the rows, 2 df: beyond twice the SE) |")
+    # one seed: under a point from the faithful mean, the row waits for its second; a point or more, it is a hint
+    assert row("mnist-original", "inverted").endswith(
+        "| 99.00 % | +0.45 (one seed so far: under a point, so a second seed is due) |")
+    assert row("mnist-original", "width-128").endswith("| 97.00 % | -1.55 (one seed, a point or more away: a hint) |")
+    assert row("mnist-original", "fp32").endswith(
+        "| not run yet: queued after every other row's seeds, as an fp32 run on a CPU costs several bf16 runs | | |")
     assert row("cifar10-original", "faithful").startswith("| `cifar10-original`, 10 epochs |")
     assert [l.split(" | ")[0] for l in lines if "`faithful`" in l] == [
         "| `mnist-original`, its own length", "| `mnist-original`, 5 epochs", "| `cifar10-original`, 10 epochs"]
