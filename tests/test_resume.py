@@ -445,3 +445,31 @@ def test_optimizer_moments_follow_their_parameters_layout_when_a_run_resumes_in_
     q.grad = grads[1].contiguous(memory_format=torch.channels_last)
     resumed.step()
     torch.testing.assert_close(q.detach(), p.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_two_processes_that_find_the_same_stale_lock_do_not_both_take_it(tmp_path, holder):
+    import subprocess
+    import sys
+    pytest.importorskip("fcntl")
+    holder.kill()
+    holder.wait()
+    write_lock(tmp_path / "run.pt", pid=holder.pid)  # its holder is gone: stale
+    # another process in the middle of taking it over: it holds the folder, then writes its own lock, alive
+    other = subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, json, os, socket, sys, time
+fd = os.open({str(tmp_path)!r}, os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("taking", flush=True)
+time.sleep(1.0)
+open({str(tmp_path / "run.pt.lock")!r}, "w").write(json.dumps({{"host": socket.gethostname(), "pid": os.getpid(),
+                                                                 "heartbeat": time.time()}}))
+os.close(fd)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "taking\n"
+        with pytest.raises(ckpt.CheckpointError, match=f"in use by process {other.pid} "):
+            ckpt.RunLock(tmp_path / "run.pt").acquire(verbose=False)  # waits for it, then finds its fresh lock
+    finally:
+        other.kill()
+        other.wait()

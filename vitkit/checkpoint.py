@@ -8,6 +8,7 @@ A write goes to ``<name>.tmp`` first and then replaces the file in one rename, k
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -272,6 +273,29 @@ def set_aside(folder: Path, prefix: str) -> int:
     return len(old)
 
 
+@contextlib.contextmanager
+def _folder_guard(folder: Path):
+    """Within the block, no other process of this host takes a lock in ``folder``: two that found the same stale lock
+    would otherwise both take it over, each deleting the other's fresh lock. An exclusive flock on the folder itself
+    (no file left behind), held for the few milliseconds a lock takes; none where the platform or the file system has
+    no flock (Windows, some network drives), where the holder's host and heartbeat remain the only check."""
+    try:
+        import fcntl
+        fd = os.open(folder, os.O_RDONLY)
+    except (ImportError, OSError):
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # which releases the flock
+
+
 class RunLock:
     """One process per checkpoint: ``<checkpoint>.lock``, created exclusively (which also proves the folder
     writable), holding host, pid, start time and a heartbeat refreshed at every checkpoint. The same process (a
@@ -282,15 +306,20 @@ class RunLock:
         self.path, self.stale_s, self.held = checkpoint.with_name(checkpoint.name + ".lock"), stale_s, False
 
     def acquire(self, verbose: bool = True) -> None:
-        import json
-        import socket
-
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CheckpointError(f"the checkpoint folder {folder} cannot be created ({e.strerror}); pass checkpoint= a "
                                   "path in a folder you can write.") from None
+        with _folder_guard(folder):
+            self._take(verbose)
+
+    def _take(self, verbose: bool) -> None:
+        import json
+        import socket
+
+        folder = self.path.parent
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
