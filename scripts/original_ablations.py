@@ -62,6 +62,9 @@ ROWS: dict[str, tuple[str, dict[str, list[str] | None]]] = {
                   "cifar10": [f"data.mean={tuple(data.CIFAR10_MEAN)}", f"data.std={tuple(data.CIFAR10_STD)}"]}),
     "inverted": ("MNIST inverted (dark digits on white), as our MNIST recipes train", {"mnist": ["data.invert=True"]}),
     "width-128": ("width 128, as our mnist-seed", {"mnist": ["model.dim=128"]}),
+    "zero-embed-init": ("towards the original, not back to ours: the CLS token and position table start at zero, "
+                        "as the original's transformers 4.6.0 left them (the installed one draws them N(0, 0.02))",
+                        {"*": None, HF: ["hf_init.embeddings='zeros'"]}),
     "fp32": ("fp32 instead of bf16 autocast", {"*": []}),  # --precision fp32, not an override
 }
 # Rows that cost several times a bf16 run (fp32 is about 2.5x on a CPU with native bf16): planned after the rest.

@@ -44,6 +44,8 @@ def _valid_keys(recipe: dict, loader_fn) -> dict[str, list[str]]:
         from transformers import ViTConfig
         own = [n for n in inspect.signature(ViTConfig.__init__).parameters if n not in ("self", "kwargs")]
         keys["hf_model"] = own + [k for k in recipe["hf_model"] if k not in own]  # e.g. num_labels, a base-class key
+    if "hf_init" in recipe:
+        keys["hf_init"] = ["embeddings"]
     return keys
 
 
@@ -82,6 +84,9 @@ def _check_before_data(args, recipe: dict, out: Path, name: str, checkpoint: Pat
             vh.ViTConfig(**recipe["model"])
     except (TypeError, ValueError) as e:
         ap.error(str(e))
+    if recipe.get("hf_init", {}).get("embeddings", "installed") not in ("installed", "zeros"):
+        ap.error(f"hf_init.embeddings={recipe['hf_init']['embeddings']!r}: pass 'installed' (the installed "
+                 "transformers' init of the CLS token and position table) or 'zeros' (transformers <= 4.22's)")
     if out.exists() and not out.is_dir():
         ap.error(f"--out-dir {out} is a file; pass a folder (results/, images/ and checkpoints/ go under it)")
     try:
@@ -164,6 +169,10 @@ def _model(args, recipe: dict):
                                                              attn_implementation="sdpa")
         model = ViTForImageClassification._from_config(ViTConfig(**recipe["hf_model"]), attn_implementation="sdpa")
         model.classifier.reset_parameters()
+        if recipe.get("hf_init", {}).get("embeddings") == "zeros":  # as transformers <= 4.22 left them
+            with torch.no_grad():  # after the installed init's draws, so every other weight is the same as without
+                model.vit.embeddings.cls_token.zero_()
+                model.vit.embeddings.position_embeddings.zero_()
         return model
     model = vh.VisionTransformer(**recipe["model"])
     if args.init_from:

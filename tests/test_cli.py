@@ -76,3 +76,28 @@ def test_a_script_without_its_data_ends_with_the_message_not_a_traceback():
     with pytest.raises(SystemExit) as stop:
         cli.run_script(lambda: 3)
     assert stop.value.code == 3
+
+
+def test_hfs_vit_can_start_its_cls_token_and_positions_at_zero_as_the_originals_transformers_did(monkeypatch, capsys,
+                                                                                                tmp_path):
+    import torch
+
+    from vitkit import recipes
+
+    def build(embeddings):
+        recipe = recipes.get_recipe("hf-original")
+        recipe["hf_model"] |= dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+        recipe["hf_init"]["embeddings"] = embeddings
+        torch.manual_seed(0)
+        return dict(train_recipe._model(None, recipe).named_parameters())
+    installed, zeros = build("installed"), build("zeros")
+    for name in ("vit.embeddings.cls_token", "vit.embeddings.position_embeddings"):
+        assert installed[name].abs().max() > 0 and torch.count_nonzero(zeros[name]) == 0
+        assert 0.015 < installed[name].std() < 0.025  # the installed transformers' N(0, 0.02), truncated
+    # every other weight is drawn as without: the same seed gives the same model apart from those two
+    assert all(torch.equal(p, installed[n]) for n, p in zeros.items() if "cls_token" not in n and "position" not in n)
+    monkeypatch.setattr(sys, "argv", ["train_recipe.py", "hf-original", "--data-root", "/no/such/data", "--out-dir",
+                                      str(tmp_path), "--set", "hf_init.embeddings='zero'"])
+    with pytest.raises(SystemExit):
+        train_recipe.main()
+    assert "hf_init.embeddings='zero': pass 'installed'" in capsys.readouterr().err

@@ -107,12 +107,15 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     },
     # HF's ViT from scratch with the same trainer: ViTModel(ViTConfig(128, 6, 4, 1024, "gelu", 0.2, 0.2,
     # image_size=32, patch_size=4)) and a Linear(128, 10) on the CLS token (ViTForImageClassification is exactly
-    # that), HF's own init but PyTorch's for that Linear, as the original built it.
+    # that), HF's own init but PyTorch's for that Linear, as the original built it. HF's own init is the installed
+    # transformers' (hf_init.embeddings="installed": CLS token and position table truncated N(0, 0.02)); the
+    # original's transformers 4.6.0 started those two at zero ("zeros"), as transformers did up to 4.22.
     "hf-original": {
         "dataset": "cifar10",
         "hf_model": dict(hidden_size=128, num_hidden_layers=6, num_attention_heads=4, intermediate_size=1024,
                          hidden_act="gelu", hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2, image_size=32,
                          patch_size=4, num_channels=3, num_labels=10),
+        "hf_init": dict(embeddings="installed"),
         "data": dict(batch_size=64, augment="none", mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010),
                      val_size=1000, balanced_val=True),
         "fit": dict(epochs=30, optimizer="adam", lr=1e-3, weight_decay=0.0, warmup_fraction=0.2, lr_update="epoch"),
