@@ -1,6 +1,7 @@
 """Named recipes: model, data and optimisation settings in one place, shared by the notebooks and
 scripts/train_recipe.py. ``model`` goes to ``vit_helpers.VisionTransformer`` (``hf_model`` instead: HF's
-``ViTConfig`` for a ``ViTForImageClassification``; ``pretrained``: a hub model to fine-tune), ``data`` to the loader
+``ViTConfig`` for a ``ViTForImageClassification``, with ``hf_init`` for what its init leaves to the transformers
+version; ``pretrained``: a hub model to fine-tune), ``data`` to the loader
 of ``dataset`` (default: the name's first part), ``fit`` to ``vitkit.train.fit``.
 """
 from __future__ import annotations
