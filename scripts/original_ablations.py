@@ -13,10 +13,10 @@ Every row is one call of scripts/train_recipe.py with ``--set`` overrides and th
 (``-e<epochs>`` when --epochs shortens the recipe, its warmup staying a fifth of the epochs as the original's
 ``epochs // 5``), so each run writes its own record, results/<recipe>-abl-<row>-s<seed>.json (its ``notes`` naming
 the row and seed), resumes from its checkpoint when killed, and is skipped once its record exists; runs with a
-checkpoint go first, so a half-done run is finished before a new one starts, and the costly rows (fp32) last. A row's later seed runs only where its
-first seed lands under a point from the faithful runs' mean (``--every-seed`` runs them all): a gap of a point or
-more keeps one seed, which the table reads as a hint. scripts/results_table.py renders the rows into docs/results.md,
-each against the faithful runs of the same length.
+checkpoint go first, so a half-done run is finished before a new one starts, and the costly rows (fp32) last. A row's
+later seed runs only where its first seed lands under a point from the faithful runs' mean (``--every-seed`` runs them
+all): a gap of a point or more keeps one seed, which the table reads as a hint. scripts/results_table.py renders the
+rows into docs/results.md, each against the faithful runs of the same length.
 
 Two drivers can share the rows (on 2 cores, two 1-thread runs side by side get through more epochs an hour than one
 2-thread run): start the same command twice with ``--threads 1``, the second a few seconds after the first. A driver

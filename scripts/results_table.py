@@ -208,7 +208,7 @@ def results_table(records) -> str:
         if cfg.get("overrides"):  # an exploration: the recipe with some entries changed (train_recipe.py --set)
             run += " with " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in cfg["overrides"].items())
         own = RECIPES.get(cfg.get("recipe"), {}).get("fit", {}).get("epochs")
-        if own and cfg.get("fit", {}).get("epochs") not in (None, own) and cfg["recipe"] not in BUDGET_RECIPES \
+        if own and cfg.get("fit", {}).get("epochs", own) < own and cfg["recipe"] not in BUDGET_RECIPES \
                 and not cfg.get("init_from"):  # train_recipe.py --epochs (a budget recipe's epochs are a cap)
             run += f", shortened to {cfg['fit']['epochs']} of its {own} epochs"
         if name[0].isupper():  # a notebook's record, e.g. VisualizeAttentionMap-full-strong.json
@@ -796,8 +796,8 @@ def ablation_table(records) -> str:
                     if epochs == planned and close:
                         unrun += 1
                     elif epochs == planned:
-                        why = (": queued after every other row's seeds, as an fp32 run on a CPU costs several bf16 "
-                               "runs" if row in oa.COSTLY_ROWS else "")
+                        why = (": queued after every other row's seeds, as an fp32 run costs more than two bf16 runs "
+                               "on a CPU with native bf16" if row in oa.COSTLY_ROWS else "")
                         lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | not run yet{why} | | |")
                     continue
                 vals = list(got.values())
@@ -809,11 +809,18 @@ def ablation_table(records) -> str:
                     diff = (f"{100 * d['difference']:+.2f} (2 SE {100 * d['two_standard_errors']:.2f}, seed std "
                             f"pooled over the rows, {d['df']} df: {'beyond' if d['beyond_noise'] else 'within'} "
                             "twice the SE)")
+                elif row != "faithful" and faithful and len(vals) >= 2:
+                    diff = (f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (the faithful runs have one seed: "
+                            "no spread to read it against)")
                 elif row != "faithful" and faithful:
-                    settled = oa.settling_gap(accs, recipe, row, epochs) is not None
-                    diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} " + (
-                        "(one seed, a point or more away: a hint)" if settled else
-                        "(one seed so far: under a point, so a second seed is due)")
+                    seeds_planned = oa.SEEDS_SHORTENED if epochs else oa.SEEDS
+                    if oa.settling_gap(accs, recipe, row, epochs) is not None:
+                        why = "one seed, a point or more away: a hint"
+                    elif any(k > max(got) for k in seeds_planned):
+                        why = "one seed so far: under a point, so a second seed is due"
+                    else:  # the plan at this length has no later seed
+                        why = "one seed, under a point: a hint (the driver's --seeds runs more)"
+                    diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} ({why})"
                 runs = [by[f"{recipe}-{oa.tag(row, k, epochs)}.json"] if (row, k) != headline_seed else headline
                         for k in got]
                 seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''}; "

@@ -64,12 +64,16 @@ def test_image_folders_load_exactly(fake_cifar_folders):
     assert train.source == f"image folders .../{root.name}/cifar10-jpeg (JPEG/PNG copy)"  # no machine's folders
 
 
-def test_a_records_data_line_shows_no_machine_folders():
-    repo = Path(sources.__file__).resolve().parents[1]
+def test_a_records_data_line_shows_no_machine_folders(monkeypatch):
+    import os
+    repo = Path(os.path.abspath(sources.__file__)).parents[1]
     assert sources.shown_path("../shared/data") == "../shared/data"  # relative: as given
     assert sources.shown_path(repo / "data" / "mnist") == "data/mnist"
     assert sources.shown_path(repo.parent / "shared" / "data") == "../shared/data"
-    assert sources.shown_path(Path("/mnt/disk/datasets/cifar10-jpeg")) == ".../datasets/cifar10-jpeg"
+    far = Path(repo.anchor, "mnt", "disk", "datasets", "cifar10-jpeg")
+    assert sources.shown_path(far) == ".../datasets/cifar10-jpeg"
+    monkeypatch.chdir(repo)  # a relative path that climbs out of the repository's folder reads as an absolute one
+    assert sources.shown_path(os.path.relpath(far)) == ".../datasets/cifar10-jpeg"
 
 
 def test_decoded_image_folders_are_cached_until_a_file_changes(fake_cifar_folders, tmp_path, monkeypatch):

@@ -322,7 +322,8 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
             "mnist-original-abl-inverted-s1.json": rec(1, 0.9900),
             "mnist-original-abl-width-128-s1.json": rec(1, 0.9700),
             "cifar10-original-abl-faithful-s0-e10.json": rec(0, 0.60),
-            "mnist-original-abl-faithful-s0-e5.json": rec(0, 0.97)}  # a shortened run: rows of their own
+            "mnist-original-abl-faithful-s0-e5.json": rec(0, 0.97),  # a shortened run: rows of their own
+            "mnist-original-abl-inverted-s0-e5.json": rec(0, 0.973)}
     for name, r in made.items():
         (tmp_path / name).write_text(json.dumps(r))
     lines = results_table.ablation_table(results_table.load_records(tmp_path)).splitlines()
@@ -335,12 +336,15 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
     assert row("mnist-original", "no-embed-scale").endswith(
         "| 98.00 % (seed 0; Some CPU, 1 thread), 98.10 % (seed 1; Some CPU, 2 threads) | 98.05 % ± 0.07 | -0.50 "
         "(2 SE 0.14, seed std pooled over the rows, 2 df: beyond twice the SE) |")
-    # one seed: under a point from the faithful mean, the row waits for its second; a point or more, it is a hint
-    assert row("mnist-original", "inverted").endswith(
-        "| 99.00 % | +0.45 (one seed so far: under a point, so a second seed is due) |")
+    # one seed: a point or more from the faithful mean, a hint; under a point, a hint too at the recipe's own length,
+    # where the driver plans one seed, but in a shortened run's rows, which plan two, the row waits for its second
     assert row("mnist-original", "width-128").endswith("| 97.00 % | -1.55 (one seed, a point or more away: a hint) |")
-    assert row("mnist-original", "fp32").endswith(
-        "| not run yet: queued after every other row's seeds, as an fp32 run on a CPU costs several bf16 runs | | |")
+    assert row("mnist-original", "inverted").endswith(
+        "| 99.00 % | +0.45 (one seed, under a point: a hint (the driver's --seeds runs more)) |")
+    assert next(l for l in lines if "`mnist-original`, 5 epochs | `inverted`" in l).endswith(
+        "| 97.30 % | +0.30 (one seed so far: under a point, so a second seed is due) |")
+    assert row("mnist-original", "fp32").endswith("| not run yet: queued after every other row's seeds, as an fp32 run "
+                                                  "costs more than two bf16 runs on a CPU with native bf16 | | |")
     assert row("cifar10-original", "faithful").startswith("| `cifar10-original`, 10 epochs |")
     assert [l.split(" | ")[0] for l in lines if "`faithful`" in l] == [
         "| `mnist-original`, its own length", "| `mnist-original`, 5 epochs", "| `cifar10-original`, 10 epochs"]

@@ -149,19 +149,20 @@ def _folder_source(root: Path) -> str:
 
 
 def shown_path(path: str | Path) -> str:
-    """``path`` as a record may show it, without a machine's folders: a relative path as the caller gave it; an
-    absolute one relative to the repository where it lies in it or beside it (``../shared/data``), else its last two
-    parts after ``.../``."""
+    """``path`` as a record may show it, without a machine's folders: a relative path as the caller gave it, unless it
+    climbs two folders or more; that, or an absolute one, relative to the repository where it lies in it or beside it
+    (``../shared/data``), else its last two parts after ``.../``. Links are not followed: the path reads as given."""
     path = Path(path)
-    if not path.is_absolute():
-        return str(path)
+    if not path.is_absolute() and path.parts[:2] != ("..", ".."):
+        return path.as_posix()
+    full = Path(os.path.abspath(path))
     try:
-        rel = Path(os.path.relpath(path.resolve(), Path(__file__).resolve().parents[1]))
+        rel = Path(os.path.relpath(full, Path(os.path.abspath(__file__)).parents[1]))
     except ValueError:  # on another drive
         rel = Path("..", "..")
-    if rel.parts[:1] != ("..",) or rel.parts[1:2] != ("..",):  # in the repository, or one level up
+    if rel.parts[:2] != ("..", ".."):  # in the repository, or one level up
         return rel.as_posix()
-    return ".../" + "/".join(path.parts[-2:])
+    return ".../" + "/".join(full.parts[-2:])
 
 
 class _socket_timeout:
