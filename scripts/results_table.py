@@ -724,18 +724,27 @@ def _original_noise(records) -> str:
     from vitkit import stats
 
     cifar = [acc[2] for _, acc, r in ORIGINAL if r == "cifar10-original"]
-    faithful = sorted(((recipe, epochs, list(seeds.values())) for (recipe, epochs, row), seeds
-                       in oa.test_accuracies(dict(records)).items() if row == "faithful" and len(seeds) > 1),
+    by = dict(records)
+    faithful = sorted(((recipe, epochs, seeds) for (recipe, epochs, row), seeds
+                       in oa.test_accuracies(by).items() if row == "faithful" and len(seeds) > 1),
                       key=lambda r: (r[0], r[1] or 0))
+
+    def where(recipe, epochs, seeds) -> str:  # one machine: a change of machine drifts a run as a new seed would
+        runs = [by.get(f"{recipe}-{oa.tag('faithful', k, epochs)}.json", by.get(f"{recipe}-full.json")) for k in seeds]
+        machines = {_machine(r) for r in runs if r is not None}
+        return f", all on {machines.pop()}" if len(machines) == 1 else ""
     measured = [f"`{recipe}` at {f'{epochs} epochs' if epochs else 'its own length'}, "
-                f"± {100 * stats.spread(accs)['std']:.2f} points over {len(accs)} seeds" for recipe, epochs, accs in faithful]
+                f"± {100 * stats.spread(list(seeds.values()))['std']:.2f} points over {len(seeds)} seeds"
+                f"{where(recipe, epochs, seeds)}" for recipe, epochs, seeds in faithful]
     own_length = any(epochs is None for _, epochs, _ in faithful)
     return ("Each number here, the original's and ours, is one run, so each gap is a hint. The original's two CIFAR-10 "
             f"results (its README's, and its notebook's last version, which may differ in code) differ by "
             f"{100 * (max(cifar) - min(cifar)):.2f} points on test. The faithful recipes' spread of test accuracy over "
             "seeds (the `faithful` rows of the ablation table in docs/results.md): "
             + ("; ".join(measured) if measured else "not measured yet")
-            + ("" if own_length or not measured else "; not yet at a recipe's own length") + ".")
+            + ("" if own_length or not measured else "; not yet at a recipe's own length") + "."
+            + (" Seeds run on one machine may understate the spread: another CPU or thread count drifts a run as "
+               "another seed would." if any(where(*f) for f in faithful) else ""))
 
 
 def _within_a_point_of_the_original(recipe: str, complete: dict[str, tuple[str, dict]]) -> str:

@@ -67,10 +67,16 @@ def test_original_table_has_a_row_per_original_result_and_only_complete_faithful
                         "two CIFAR-10 results (its README's, and its notebook's last version, which may differ in code) "
                         "differ by 1.54 points on test. The faithful recipes' spread of test accuracy over seeds (the "
                         "`faithful` rows of the ablation table in docs/results.md): not measured yet.")
-    (tmp_path / "cifar10-original-abl-faithful-s1-e10.json").write_text(json.dumps(dict(shortened, seed=1, metrics=dict(
-        shortened["metrics"], test_acc=0.655))))
+    second = dict(shortened, seed=1, metrics=dict(shortened["metrics"], test_acc=0.655))
+    (tmp_path / "cifar10-original-abl-faithful-s1-e10.json").write_text(json.dumps(second))
+    # both seeds on one machine and thread count: the table says so, and that such a spread may understate the noise
     assert results_table.original_table(results_table.load_records(tmp_path)).endswith(
         "seeds (the `faithful` rows of the ablation table in docs/results.md): `cifar10-original` at 10 epochs, "
+        "± 0.71 points over 2 seeds, all on Some CPU, 2 threads; not yet at a recipe's own length. Seeds run on one "
+        "machine may understate the spread: another CPU or thread count drifts a run as another seed would.")
+    (tmp_path / "cifar10-original-abl-faithful-s1-e10.json").write_text(json.dumps(dict(second, config=dict(
+        second["config"], threads=1))))
+    assert results_table.original_table(results_table.load_records(tmp_path)).endswith(
         "± 0.71 points over 2 seeds; not yet at a recipe's own length.")
 
 
