@@ -107,21 +107,32 @@ def parse(record_name: str) -> tuple[str, str, int, int | None] | None:
     return None
 
 
-def test_accuracies(records: dict[str, dict]) -> dict[tuple[str, int | None, str], dict[int, float]]:
-    """``(recipe, epochs, row) -> {seed: test accuracy}`` of the ablation records among ``records`` (file name ->
-    record), with each faithful recipe's headline run (results/<recipe>-full.json) as its ``faithful`` row at its own
-    length (``epochs`` None), under its own seed."""
-    accs: dict[tuple[str, int | None, str], dict[int, float]] = {}
+def ablation_records(records: dict[str, dict]) -> dict[tuple[str, int | None, str], dict[int, dict]]:
+    """``(recipe, epochs, row) -> {seed: record}`` of the ablation records among ``records`` (file name -> record),
+    with each faithful recipe's headline run (results/<recipe>-full.json) as its ``faithful`` row at its own length
+    (``epochs`` None), under its own seed."""
+    runs: dict[tuple[str, int | None, str], dict[int, dict]] = {}
     for name, rec in records.items():
         parsed = parse(name)
         if parsed is not None:
             recipe, row, seed, epochs = parsed
-            accs.setdefault((recipe, epochs, row), {})[seed] = rec["metrics"]["test_acc"]
+            runs.setdefault((recipe, epochs, row), {})[seed] = rec
     for recipe in PLANNED_EPOCHS:
         if f"{recipe}-full.json" in records:
             full = records[f"{recipe}-full.json"]
-            accs.setdefault((recipe, None, "faithful"), {})[int(full["seed"])] = full["metrics"]["test_acc"]
-    return accs
+            runs.setdefault((recipe, None, "faithful"), {})[int(full["seed"])] = full
+    return runs
+
+
+def test_accuracies(records: dict[str, dict]) -> dict[tuple[str, int | None, str], dict[int, float]]:
+    """``(recipe, epochs, row) -> {seed: test accuracy}`` of :func:`ablation_records`."""
+    return {key: {seed: rec["metrics"]["test_acc"] for seed, rec in by_seed.items()}
+            for key, by_seed in ablation_records(records).items()}
+
+
+def planned_seeds(epochs: int | None) -> tuple[int, ...]:
+    """The seeds the driver runs by default: at a recipe's own length one beside its headline run's, shortened two."""
+    return SEEDS_SHORTENED if epochs else SEEDS
 
 
 def settled_by_one_seed(recipe: str, row: str, seed: int, epochs: int | None, results: Path = ROOT / "results"
@@ -249,7 +260,7 @@ def main(argv=None) -> int:
         ap.error(f"give a recipe ({', '.join(PLANNED_EPOCHS)}), or --list")
     if args.epochs is not None and args.epochs < 5:
         ap.error(f"--epochs {args.epochs}: at least 5, so that the warmup (a fifth of the epochs) is a whole epoch")
-    seeds = args.seeds if args.seeds is not None else (SEEDS_SHORTENED if args.epochs else SEEDS)
+    seeds = args.seeds if args.seeds is not None else planned_seeds(args.epochs)
     out = Path(args.out_dir).resolve()  # the runs start in ROOT: paths relative to this folder would move
     passthrough = ["--data-root", from_root(args.data_root), "--out-dir", str(out)] + (
         ["--threads", str(args.threads)] if args.threads else [])

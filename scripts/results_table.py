@@ -724,18 +724,15 @@ def _original_noise(records) -> str:
     from vitkit import stats
 
     cifar = [acc[2] for _, acc, r in ORIGINAL if r == "cifar10-original"]
-    by = dict(records)
-    faithful = sorted(((recipe, epochs, seeds) for (recipe, epochs, row), seeds
-                       in oa.test_accuracies(by).items() if row == "faithful" and len(seeds) > 1),
+    faithful = sorted(((recipe, epochs, runs) for (recipe, epochs, row), runs
+                       in oa.ablation_records(dict(records)).items() if row == "faithful" and len(runs) > 1),
                       key=lambda r: (r[0], r[1] or 0))
-
-    def where(recipe, epochs, seeds) -> str:  # one machine: a change of machine drifts a run as a new seed would
-        runs = [by.get(f"{recipe}-{oa.tag('faithful', k, epochs)}.json", by.get(f"{recipe}-full.json")) for k in seeds]
-        machines = {_machine(r) for r in runs if r is not None}
-        return f", all on {machines.pop()}" if len(machines) == 1 else ""
+    # one machine: a change of machine or thread count drifts a run as a new seed would
+    machines = [{_machine(r) for r in runs.values()} for _, _, runs in faithful]
     measured = [f"`{recipe}` at {f'{epochs} epochs' if epochs else 'its own length'}, "
-                f"± {100 * stats.spread(list(seeds.values()))['std']:.2f} points over {len(seeds)} seeds"
-                f"{where(recipe, epochs, seeds)}" for recipe, epochs, seeds in faithful]
+                f"± {100 * stats.spread([r['metrics']['test_acc'] for r in runs.values()])['std']:.2f} points over "
+                f"{len(runs)} seeds" + (f", all on {next(iter(on))}" if len(on) == 1 else "")
+                for (recipe, epochs, runs), on in zip(faithful, machines)]
     own_length = any(epochs is None for _, epochs, _ in faithful)
     return ("Each number here, the original's and ours, is one run, so each gap is a hint. The original's two CIFAR-10 "
             f"results (its README's, and its notebook's last version, which may differ in code) differ by "
@@ -744,7 +741,7 @@ def _original_noise(records) -> str:
             + ("; ".join(measured) if measured else "not measured yet")
             + ("" if own_length or not measured else "; not yet at a recipe's own length") + "."
             + (" Seeds run on one machine may understate the spread: another CPU or thread count drifts a run as "
-               "another seed would." if any(where(*f) for f in faithful) else ""))
+               "another seed would." if any(len(on) == 1 for on in machines) else ""))
 
 
 def _within_a_point_of_the_original(recipe: str, complete: dict[str, tuple[str, dict]]) -> str:
@@ -782,6 +779,7 @@ def ablation_table(records) -> str:
     by = dict(records)
     complete = _complete_original_runs(records)
     accs = oa.test_accuracies(by)
+    runs = oa.ablation_records(by)
     lines = ["| recipe | row: switched back to ours | test acc per seed | mean ± std over seeds | row minus faithful |",
              "|---|---|---|---:|---:|"]
     for recipe, planned in oa.PLANNED_EPOCHS.items():
@@ -822,18 +820,15 @@ def ablation_table(records) -> str:
                     diff = (f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (the faithful runs have one seed: "
                             "no spread to read it against)")
                 elif row != "faithful" and faithful:
-                    seeds_planned = oa.SEEDS_SHORTENED if epochs else oa.SEEDS
                     if oa.settling_gap(accs, recipe, row, epochs) is not None:
                         why = "one seed, a point or more away: a hint"
-                    elif any(k > max(got) for k in seeds_planned):
+                    elif any(k > max(got) for k in oa.planned_seeds(epochs)):
                         why = "one seed so far: under a point, so a second seed is due"
                     else:  # the plan at this length has no later seed
                         why = "one seed, under a point: a hint (the driver's --seeds runs more)"
                     diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} ({why})"
-                runs = [by[f"{recipe}-{oa.tag(row, k, epochs)}.json"] if (row, k) != headline_seed else headline
-                        for k in got]
                 seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''}; "
-                                  f"{_machine(r)})" for (k, a), r in zip(got.items(), runs))
+                                  f"{_machine(runs[(recipe, epochs, row)][k])})" for k, a in got.items())
                 lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct_spread(stats.spread(vals))} | "
                              f"{diff} |")
             if unrun:
