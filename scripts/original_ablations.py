@@ -13,7 +13,8 @@ Every row is one call of scripts/train_recipe.py with ``--set`` overrides and th
 (``-e<epochs>`` when --epochs shortens the recipe, its warmup staying a fifth of the epochs as the original's
 ``epochs // 5``), so each run writes its own record, results/<recipe>-abl-<row>-s<seed>.json (its ``notes`` naming
 the row and seed), resumes from its checkpoint when killed, and is skipped once its record exists; runs with a
-checkpoint go first, so a half-done run is finished before a new one starts, and the costly rows (fp32) last. A row's
+checkpoint go first, so a half-done run is finished before a new one starts. The costly rows (fp32) run only when
+named in --rows, and then after the rest. A row's
 later seed runs only where its first seed lands under a point from the faithful runs' mean (``--every-seed`` runs them
 all): a gap of a point or more keeps one seed, which the table reads as a hint. scripts/results_table.py renders the
 rows into docs/results.md, each against the faithful runs of the same length.
@@ -67,7 +68,8 @@ ROWS: dict[str, tuple[str, dict[str, list[str] | None]]] = {
                         {"*": None, HF: ["hf_init.embeddings='zeros'"]}),
     "fp32": ("fp32 instead of bf16 autocast", {"*": []}),  # --precision fp32, not an override
 }
-# Rows that cost several times a bf16 run (fp32 is about 2.5x on a CPU with native bf16): planned after the rest.
+# Rows that cost several times a bf16 run (fp32 is about 2.5x on a CPU with native bf16): run only when named in
+# --rows, and then after the rest.
 COSTLY_ROWS = ("fp32",)
 # Seed 0 of the faithful recipe at its full length is its headline run (results/<recipe>-full.json); shortened
 # runs (--epochs) have no such run, so their faithful row starts at seed 0.
@@ -236,7 +238,8 @@ def command(recipe: str, row: str, seed: int, epochs: int | None, passthrough: l
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipe", nargs="?", choices=list(PLANNED_EPOCHS))
-    ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--rows", nargs="*", default=[r for r in ROWS if r not in COSTLY_ROWS], choices=list(ROWS),
+                    help=f"default: every row but the costly ones ({', '.join(COSTLY_ROWS)}), which run only when named")
     ap.add_argument("--seeds", nargs="*", type=int, default=None, help="default: 1 (0 and 1 with --epochs)")
     ap.add_argument("--epochs", type=int, default=None, help="shorter runs (e.g. 10 for CIFAR-10)")
     ap.add_argument("--data-root", default=data.default_data_root())
