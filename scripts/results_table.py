@@ -57,11 +57,16 @@ def load_records(results_dir: Path) -> list[tuple[str, dict]]:
 _BF16 = {True: " (AVX512-BF16)", False: " (no native bf16)"}  # a CPU's native bf16 support, as tables say it
 
 
+def _threads(rec: dict):
+    """The torch threads a run trained with: its config's where it set them, else what the machine reported."""
+    return rec.get("config", {}).get("threads", rec["hardware"].get("torch_threads"))
+
+
 def hardware(rec: dict) -> str:
     hw = rec["hardware"]
     if "gpu" in hw:
         return hw["gpu"]
-    threads = rec.get("config", {}).get("threads", hw.get("torch_threads"))
+    threads = _threads(rec)
     bf16 = _BF16.get(hw.get("cpu_native_bf16"), "")
     return f"{hw['cpu']}{bf16}, {threads} of {hw['cpu_count']} CPU threads"
 
@@ -669,7 +674,7 @@ def _stretches(rec: dict) -> str:
     """Where a run ran, over all its stretches (a resumed run has one per resume), e.g. 'AMD EPYC (AVX512-BF16),
     fp32, 1-2 of 2 CPU threads, 6 stretches (5 resumes)'."""
     cfg, hw = rec["config"], rec["hardware"]
-    parts = cfg.get("stretches") or [{"threads": cfg.get("threads", hw.get("torch_threads")),
+    parts = cfg.get("stretches") or [{"threads": _threads(rec),
                                       "precision": cfg.get("precision"), "native_bf16": hw.get("cpu_native_bf16")}]
     machines = ", ".join(sorted({s.get("machine", hw["cpu"]) for s in parts}))
     flags = {_BF16.get(s.get("native_bf16"), "") for s in parts}
@@ -764,7 +769,7 @@ def _machine(rec: dict) -> str:
     if "gpu" in hw:
         return hw["gpu"]
     cpu = " ".join(hw["cpu"].replace("(R)", "").split()[:2])
-    threads = rec.get("config", {}).get("threads", hw.get("torch_threads"))
+    threads = _threads(rec)
     return cpu if threads is None else f"{cpu}, {threads} thread{'s' if threads != 1 else ''}"
 
 

@@ -109,7 +109,10 @@ def run_identity(model: nn.Module, train_loader, cfg: FitConfig, val_loader=None
     config), the training data (source, a fingerprint of its images and labels, the split sizes, the loader's seed,
     batch size and augmentation), every setting of ``cfg`` that changes what the run computes
     (:meth:`FitConfig.identity`) and the entries of ``cfg.run_info`` (seed, recipe, ...), which may not redefine the
-    others. Paths are never part of it: they change between machines."""
+    others. Machine paths are not part of it: the data's source line shows its folder as
+    :func:`vitkit.sources.shown_path` does (relative to the repository where it lies in or beside it), so a checkpoint
+    moves with the repository to another machine; but a data folder that moved, or is named by another relative
+    path, shows another source, and resuming is refused."""
     settings = cfg.identity()
     run_info = settings.pop("run_info") or {}
     clash = sorted(set(run_info) & (_DATA_KEYS | set(settings)))
