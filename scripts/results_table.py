@@ -773,6 +773,40 @@ def _machine(rec: dict) -> str:
     return cpu if threads is None else f"{cpu}, {threads} thread{'s' if threads != 1 else ''}"
 
 
+_READINGS = {"unpaired": "the faithful runs have one seed: no spread to read it against",
+             "hint": "one seed, a point or more away: a hint",
+             "due": "one seed so far: under a point, so a second seed is due",
+             "one-seed": "one seed, under a point: a hint (the driver's --seeds runs more)"}
+
+
+def _row_reading(accs: dict, recipe: str, epochs: int | None, row: str) -> dict | None:
+    """How an ablation row reads against the faithful runs of its recipe and length (``accs`` from
+    ``original_ablations.test_accuracies``): its mean minus the faithful mean (``difference``) and its ``kind``:
+    "beyond" or "within" twice the standard error (``two_se``, with ``df``: the seed spread pooled over the rows),
+    "unpaired" (the faithful runs have one seed), "hint" (one seed, a point or more away), "due" (one seed under a
+    point, a later one planned) or "one-seed" (under a point, none planned). None for the faithful row itself, a row
+    not run, or no faithful run."""
+    import original_ablations as oa
+    from vitkit import stats
+
+    got = accs.get((recipe, epochs, row), {})
+    faithful = list(accs.get((recipe, epochs, "faithful"), {}).values())
+    if row == "faithful" or not got or not faithful:
+        return None
+    vals = list(got.values())
+    out = {"difference": sum(vals) / len(vals) - sum(faithful) / len(faithful)}
+    if len(vals) >= 2 and len(faithful) >= 2:
+        d = stats.pooled_difference(vals, faithful, [list(v.values()) for (r, e, _), v in accs.items()
+                                                     if (r, e) == (recipe, epochs)])
+        return {"difference": d["difference"], "kind": "beyond" if d["beyond_noise"] else "within",
+                "two_se": d["two_standard_errors"], "df": d["df"]}
+    if len(vals) >= 2:
+        return {**out, "kind": "unpaired"}
+    if oa.settling_gap(accs, recipe, row, epochs) is not None:
+        return {**out, "kind": "hint"}
+    return {**out, "kind": "due" if any(k > max(got) for k in oa.planned_seeds(epochs)) else "one-seed"}
+
+
 def ablation_table(records) -> str:
     """scripts/original_ablations.py's runs: per faithful recipe and run length, the faithful runs (the noise) and
     each row with one difference switched back to ours, test accuracy per seed, and each row's mean minus the
@@ -796,7 +830,6 @@ def ablation_table(records) -> str:
                          "if it lands more than a point from the original's test accuracy | | |")
             continue
         for epochs in sorted(found | {planned}, key=lambda e: (e is not None, e or 0)):
-            faithful = list(accs.get((recipe, epochs, "faithful"), {}).values())
             length = f"{epochs} epochs" if epochs else "its own length"
             unrun = 0  # rows not run, where the faithful run makes them unneeded
             headline_seed = ("faithful", int(headline["seed"])) if headline is not None and epochs is None else None
@@ -815,25 +848,13 @@ def ablation_table(records) -> str:
                         lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | not run{why} | | |")
                     continue
                 vals = list(got.values())
-                mean = sum(vals) / len(vals)
+                reading = _row_reading(accs, recipe, epochs, row)
                 diff = ""
-                if row != "faithful" and len(vals) >= 2 and len(faithful) >= 2:
-                    d = stats.pooled_difference(vals, faithful, [list(v.values()) for (r, e, _), v in accs.items()
-                                                                 if (r, e) == (recipe, epochs)])
-                    diff = (f"{100 * d['difference']:+.2f} (2 SE {100 * d['two_standard_errors']:.2f}, seed std "
-                            f"pooled over the rows, {d['df']} df: {'beyond' if d['beyond_noise'] else 'within'} "
-                            "twice the SE)")
-                elif row != "faithful" and faithful and len(vals) >= 2:
-                    diff = (f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} (the faithful runs have one seed: "
-                            "no spread to read it against)")
-                elif row != "faithful" and faithful:
-                    if oa.settling_gap(accs, recipe, row, epochs) is not None:
-                        why = "one seed, a point or more away: a hint"
-                    elif any(k > max(got) for k in oa.planned_seeds(epochs)):
-                        why = "one seed so far: under a point, so a second seed is due"
-                    else:  # the plan at this length has no later seed
-                        why = "one seed, under a point: a hint (the driver's --seeds runs more)"
-                    diff = f"{100 * (mean - sum(faithful) / len(faithful)):+.2f} ({why})"
+                if reading is not None and "two_se" in reading:
+                    diff = (f"{100 * reading['difference']:+.2f} (2 SE {100 * reading['two_se']:.2f}, seed std "
+                            f"pooled over the rows, {reading['df']} df: {reading['kind']} twice the SE)")
+                elif reading is not None:
+                    diff = f"{100 * reading['difference']:+.2f} ({_READINGS[reading['kind']]})"
                 seeds = ", ".join(f"{pct(a)} (seed {k}{', the headline run' if (row, k) == headline_seed else ''}; "
                                   f"{_machine(runs[(recipe, epochs, row)][k])})" for k, a in got.items())
                 lines.append(f"| `{recipe}`, {length} | `{row}`: {what} | {seeds} | {pct_spread(stats.spread(vals))} | "
@@ -843,6 +864,80 @@ def ablation_table(records) -> str:
     lines.append("| `cifar10-original` | `jpeg`: the PNG/pickle images instead of the JPEG copy | not measured (why: below "
                  "the table) | | |")
     return "\n".join(lines)
+
+
+def _named(rows: list[tuple[str, dict]]) -> str:
+    return ", ".join(f"`{row}` ({100 * r['difference']:+.2f})" for row, r in rows)
+
+
+def ablation_findings(records) -> str:
+    """What the ablation table found, per recipe and length with rows: the rows grouped by how they read, then what
+    still differs from the original, which way moving it towards the original went, and whether anything measured
+    moves the faithful recipe towards the original's number (its gap: the faithful run to its end)."""
+    import original_ablations as oa
+    from vitkit import stats
+
+    accs = oa.test_accuracies(dict(records))
+    complete = _complete_original_runs(records)
+    groups = [("beyond", "Beyond twice the SE"), ("within", "Within twice the SE"),
+              ("hint", "One seed, a point or more away (a hint each)"), ("due", "One seed so far, a second due"),
+              ("one-seed", "One seed under a point (a hint each)"), ("unpaired", "Against one faithful seed")]
+    out = []
+    for recipe, epochs in sorted({(r, e) for r, e, row in accs if row != "faithful"}, key=str):
+        if recipe not in complete or _within_a_point_of_the_original(recipe, complete):
+            continue
+        ours = complete[recipe][1]["metrics"]["test_acc"]
+        gaps = [ours - acc[2] for _, acc, r in ORIGINAL if r == recipe]
+        towards = 1 if sum(gaps) < 0 else -1  # the sign of a change that moves the result towards the original's
+        read = {row: _row_reading(accs, recipe, epochs, row) for row in oa.ROWS
+                if oa.overrides(row, recipe) is not None}
+        length = f"{epochs} epochs" if epochs else "its own length"
+        out.append(f"**`{recipe}`, {length}** (the faithful run to its end: "
+                   f"{' and '.join(f'{100 * g:+.2f}' for g in gaps)} points from the original's test accuracy, "
+                   "per result in the README's table):")
+        back = [(row, r) for row, r in read.items() if r is not None and row not in oa.TOWARDS_ORIGINAL]
+        for kind, title in groups:
+            rows = [(row, r) for row, r in back if r["kind"] == kind]
+            if rows:
+                out.append(f"- {title}: {_named(rows)}.")
+        unrun = [row for row, r in read.items() if r is None and row not in ("faithful", *oa.TOWARDS_ORIGINAL)]
+        if unrun:
+            out.append(f"- Not run: {', '.join(f'`{row}`' for row in unrun)}.")
+        faithful = list(accs.get((recipe, epochs, "faithful"), {}).values())
+        still = [f"the seed, and with it the validation draw (the faithful runs here: "
+                 f"{pct_spread(stats.spread(faithful))} over {len(faithful)} seed{'s' if len(faithful) > 1 else ''}; "
+                 "the original's number and the faithful run to its end are one run each)"]
+        moved, measured = [], 0
+        for row in oa.TOWARDS_ORIGINAL:
+            if row not in read:
+                continue
+            r = read[row]
+            if r is None:
+                still.append(f"`{row}` not run")
+                continue
+            measured += 1
+            closer = r["difference"] * towards > 0
+            how = _READINGS.get(r["kind"], f"{r['kind']} twice the SE")
+            still.append(f"`{row}` {100 * r['difference']:+.2f} ({how}): "
+                         f"{'towards' if closer else 'away from'} the original's number")
+            moved += [row] if closer else []
+        if dataset_of(recipe) == "cifar10":
+            still.append("the JPEG copy, not measured (why: below the table)")
+        out.append("- What still differs from the original (a row here moves the faithful recipe towards it): "
+                   + "; ".join(still) + ".")
+        if moved:
+            verdict = (f"{', '.join(f'`{m}`' for m in moved)} moves the result towards the original's number at this "
+                       "length (a row of one seed: a hint), by less than or as much as the gap: compare the two.")
+        elif measured:
+            verdict = ("What was measured of these moves the result away from the original's number, not towards it: "
+                       "the gap stays unexplained by these rows.")
+        else:
+            verdict = "None of these but the seed was measured here: the gap stays unexplained by these rows."
+        out.append(f"- {verdict} A row that switches a choice back to ours measures what the original's choice is "
+                   "worth at this length; it would explain the gap only if the faithful recipe had that choice wrong "
+                   "(each option is tested against a hand-computed case).")
+        out.append("")
+    return "\n".join(out).strip() or "_No ablation rows yet against a faithful run more than a point from the original._"
 
 
 def seeds_table(records) -> str:
@@ -963,7 +1058,8 @@ PAGES = {
                                                                          ablation_rows("cifar10-original"))},
     "docs/results.md": {"results": results_table, "hf-seeds": seeds_table, "tflop-attempts": tflop_attempts_table,
                         "tflop-targets": tflop_targets_table,
-                        "screen-ideas": screen_table, "original-ablations": ablation_table},
+                        "screen-ideas": screen_table, "original-ablations": ablation_table,
+                        "original-ablations-findings": ablation_findings},
     "docs/speed.md": {"speed": speed_table, "profile": profile_findings, "fit-speed": fit_speed_table,
                       "dropout": dropout_table},
     "docs/explaining.md": {"faithfulness": faithfulness_table},

@@ -359,6 +359,46 @@ def test_ablation_table_reads_each_row_against_the_faithful_runs_of_the_same_len
     assert not any("inverted" in l for l in lines if l.startswith("| `cifar10"))  # an MNIST-only row
 
 
+def test_ablation_findings_group_the_rows_and_say_whether_anything_measured_moves_towards_the_original(tmp_path):
+    def rec(acc, seed=0, epochs=10):
+        return {"metrics": {"test_acc": acc, "train_acc_eval": 0.8, "epochs_run": epochs}, "seed": seed,
+                "wall_time_s": 1.0, "dataset": "d", "config": {"recipe": "hf-original", "fit": {"epochs": epochs},
+                                                                "threads": 1}, "hardware": {"cpu": "Some CPU"}}
+    made = {"hf-original-full.json": rec(0.7335, epochs=30),  # 2.25 points under the original's 75.6 %
+            "hf-original-abl-faithful-s0-e10.json": rec(0.620), "hf-original-abl-faithful-s1-e10.json": rec(0.630, 1),
+            "hf-original-abl-our-split-s0-e10.json": rec(0.600), "hf-original-abl-our-split-s1-e10.json": rec(0.601, 1),
+            "hf-original-abl-no-attn-dropout-s0-e10.json": rec(0.620),
+            "hf-original-abl-no-attn-dropout-s1-e10.json": rec(0.622, 1),
+            "hf-original-abl-schedule-per-step-s0-e10.json": rec(0.650),
+            "hf-original-abl-our-norm-s0-e10.json": rec(0.630),  # under a point: its second seed is due
+            "hf-original-abl-zero-embed-init-s0-e10.json": rec(0.610)}
+    for name, r in made.items():
+        (tmp_path / name).write_text(json.dumps(r))
+    lines = results_table.ablation_findings(results_table.load_records(tmp_path)).splitlines()
+    # seed variance pooled over three rows of two seeds (3 df): (2 x 0.005^2 + 2 x 0.0005^2 + 2 x 0.001^2) / 3,
+    # s = 0.00418, 2 SE = 2 s = 0.84 points: our-split's -2.45 is beyond it, no-attn-dropout's -0.40 within
+    assert lines[:6] == [
+        "**`hf-original`, 10 epochs** (the faithful run to its end: -2.25 points from the original's test accuracy, "
+        "per result in the README's table):",
+        "- Beyond twice the SE: `our-split` (-2.45).", "- Within twice the SE: `no-attn-dropout` (-0.40).",
+        "- One seed, a point or more away (a hint each): `schedule-per-step` (+2.50).",
+        "- One seed so far, a second due: `our-norm` (+0.50).",
+        "- What still differs from the original (a row here moves the faithful recipe towards it): the seed, and with "
+        "it the validation draw (the faithful runs here: 62.50 % ± 0.71 over 2 seeds; the original's number and the "
+        "faithful run to its end are one run each); `zero-embed-init` -1.50 (one seed, a point or more away: a hint): "
+        "away from the original's number; `fp32` not run; the JPEG copy, not measured (why: below the table)."]
+    assert lines[6].startswith("- What was measured of these moves the result away from the original's number, not "
+                               "towards it: the gap stays unexplained by these rows.")
+    # the original's zero init lifting the result instead: that row moves it towards the original's number
+    (tmp_path / "hf-original-abl-zero-embed-init-s0-e10.json").write_text(json.dumps(rec(0.640)))
+    lines = results_table.ablation_findings(results_table.load_records(tmp_path)).splitlines()
+    assert "`zero-embed-init` +1.50 (one seed, a point or more away: a hint): towards the original's number" in lines[5]
+    assert lines[6].startswith("- `zero-embed-init` moves the result towards the original's number at this length")
+    # a faithful run within a point of the original needs no rows, and so no findings
+    (tmp_path / "hf-original-full.json").write_text(json.dumps(rec(0.7555, epochs=30)))
+    assert results_table.ablation_findings(results_table.load_records(tmp_path)).startswith("_No ablation rows")
+
+
 def test_ablation_driver_runs_one_train_recipe_call_per_row_and_seed(capsys):
     import original_ablations as oa
 
