@@ -866,77 +866,114 @@ def ablation_table(records) -> str:
     return "\n".join(lines)
 
 
-def _named(rows: list[tuple[str, dict]]) -> str:
-    return ", ".join(f"`{row}` ({100 * r['difference']:+.2f})" for row, r in rows)
+def _said(row: str, r: dict) -> str:
+    """A row's difference from the faithful mean with its reading, as the findings name it."""
+    how = f"{r['kind']} twice the SE" if "two_se" in r else _READINGS[r["kind"]]
+    return f"`{row}` ({100 * r['difference']:+.2f}, {how})"
 
 
 def ablation_findings(records) -> str:
-    """What the ablation table found, per recipe and length with rows: the rows grouped by how they read, then what
-    still differs from the original, which way moving it towards the original went, and whether anything measured
-    moves the faithful recipe towards the original's number (its gap: the faithful run to its end)."""
+    """What the ablation table found, per recipe and length with rows: the rows grouped by how they read; which
+    rows would narrow the gap to the original had the faithful recipe got that choice wrong; what still differs
+    from the original and which way moving it towards the original went; and whether anything measured moves the
+    faithful recipe towards the original's number (its gap: the faithful run to its end). A direction is read only
+    from a row beyond twice the SE or a hint (one seed, a point or more away)."""
     import original_ablations as oa
     from vitkit import stats
 
-    accs = oa.test_accuracies(dict(records))
+    by = dict(records)
+    accs, runs = oa.test_accuracies(by), oa.ablation_records(by)
     complete = _complete_original_runs(records)
     groups = [("beyond", "Beyond twice the SE"), ("within", "Within twice the SE"),
               ("hint", "One seed, a point or more away (a hint each)"), ("due", "One seed so far, a second due"),
               ("one-seed", "One seed under a point (a hint each)"), ("unpaired", "Against one faithful seed")]
+    order = list(oa.PLANNED_EPOCHS)
     out = []
-    for recipe, epochs in sorted({(r, e) for r, e, row in accs if row != "faithful"}, key=str):
+    for recipe, epochs in sorted({(r, e) for r, e, row in accs if r in order and row != "faithful"},
+                                 key=lambda k: (order.index(k[0]), k[1] is not None, k[1] or 0)):
         if recipe not in complete or _within_a_point_of_the_original(recipe, complete):
+            continue
+        length = f"{epochs} epochs" if epochs else "its own length"
+        faithful = accs.get((recipe, epochs, "faithful"), {})
+        if not faithful:
+            out += [f"**`{recipe}`, {length}**: no faithful run at this length yet, so nothing to read its rows "
+                    "against.", ""]
             continue
         ours = complete[recipe][1]["metrics"]["test_acc"]
         gaps = [ours - acc[2] for _, acc, r in ORIGINAL if r == recipe]
-        towards = 1 if sum(gaps) < 0 else -1  # the sign of a change that moves the result towards the original's
+        # the sign of a change that moves the result towards the original's numbers (0: they lie on both sides)
+        towards = -1 if all(g > 0 for g in gaps) else 1 if all(g < 0 for g in gaps) else 0
         read = {row: _row_reading(accs, recipe, epochs, row) for row in oa.ROWS
-                if oa.overrides(row, recipe) is not None}
-        length = f"{epochs} epochs" if epochs else "its own length"
-        out.append(f"**`{recipe}`, {length}** (the faithful run to its end: "
+                if row != "faithful" and oa.overrides(row, recipe) is not None}
+        out.append(f"**`{recipe}`, {length}** (the faithful run to its end, at its own length: "
                    f"{' and '.join(f'{100 * g:+.2f}' for g in gaps)} points from the original's test accuracy, "
                    "per result in the README's table):")
         back = [(row, r) for row, r in read.items() if r is not None and row not in oa.TOWARDS_ORIGINAL]
         for kind, title in groups:
-            rows = [(row, r) for row, r in back if r["kind"] == kind]
+            rows = [f"`{row}` ({100 * r['difference']:+.2f})" for row, r in back if r["kind"] == kind]
             if rows:
-                out.append(f"- {title}: {_named(rows)}.")
-        unrun = [row for row, r in read.items() if r is None and row not in ("faithful", *oa.TOWARDS_ORIGINAL)]
+                out.append(f"- {title}: {', '.join(rows)}.")
+        unrun = [row for row, r in read.items() if r is None and row not in oa.TOWARDS_ORIGINAL]
         if unrun:
             out.append(f"- Not run: {', '.join(f'`{row}`' for row in unrun)}.")
-        faithful = list(accs.get((recipe, epochs, "faithful"), {}).values())
-        still = [f"the seed, and with it the validation draw (the faithful runs here: "
-                 f"{pct_spread(stats.spread(faithful))} over {len(faithful)} seed{'s' if len(faithful) > 1 else ''}; "
-                 "the original's number and the faithful run to its end are one run each)"]
-        moved, measured = [], 0
+        told = lambda r: r["kind"] in ("beyond", "hint")  # a direction the seeds (or one seed's size) can tell
+        narrowing = [_said(row, r) for row, r in back if told(r) and r["difference"] * towards > 0]
+        out.append("- Each of these rows measures what one of the original's choices is worth at this length; it "
+                   "would explain the gap only if the faithful recipe had that choice wrong (each option's "
+                   "implementation is tested; that the original made the choice rests on reading its notebooks). "
+                   + (f"Switching back to ours moves the result the way that narrows the gap for "
+                      f"{', '.join(narrowing)}: those are the choices whose misreading would matter."
+                      if narrowing else "None of them, switched back to ours, moves the result the way that "
+                      "narrows the gap."))
+        seeds = list(faithful.values())
+        machines = {_machine(rec) for rec in runs[(recipe, epochs, "faithful")].values()}
+        if len(seeds) >= 2:
+            groups_here = [list(v.values()) for (r, e, _), v in accs.items() if (r, e) == (recipe, epochs)]
+            noise = stats.pooled_difference(seeds, seeds, groups_here)  # a setup against itself: just the spread
+            two_singles = 2 * math.sqrt(2) * noise["pooled_std"]  # twice the std of a difference of two runs
+            seed = (f"the seed, and with it the validation draw: the faithful runs here spread "
+                    f"{pct_spread(stats.spread(seeds))} over {len(seeds)} seeds"
+                    f"{f', all on {machines.pop()}' if len(machines) == 1 else ''}, and the seed std pooled over "
+                    f"the rows is {100 * noise['pooled_std']:.2f} points ({noise['df']} df): twice the std of the "
+                    f"difference of two single runs is {100 * two_singles:.2f} points at this length, "
+                    f"{'less than' if all(abs(g) > two_singles for g in gaps) else 'not less than'} the gap "
+                    "(the original's number and the faithful run to its end are one run each), if the spread at the "
+                    "recipe's own length is alike")
+        else:
+            seed = "the seed, and with it the validation draw: one faithful seed here, so not measured yet"
+        still, moved, measured = [seed], [], []
         for row in oa.TOWARDS_ORIGINAL:
             if row not in read:
                 continue
             r = read[row]
             if r is None:
-                still.append(f"`{row}` not run")
+                still.append(f"`{row}`, not run")
                 continue
-            measured += 1
-            closer = r["difference"] * towards > 0
-            how = _READINGS.get(r["kind"], f"{r['kind']} twice the SE")
-            still.append(f"`{row}` {100 * r['difference']:+.2f} ({how}): "
-                         f"{'towards' if closer else 'away from'} the original's number")
-            moved += [row] if closer else []
+            measured.append(r)
+            way = ("not told from the seed noise" if not told(r) else "towards the original's number"
+                   if r["difference"] * towards > 0 else "away from the original's number")
+            still.append(f"{_said(row, r)}: {way}")
+            moved += [_said(row, r)] if told(r) and r["difference"] * towards > 0 else []
         if dataset_of(recipe) == "cifar10":
             still.append("the JPEG copy, not measured (why: below the table)")
+        still.append("the library versions, not measurable here")
         out.append("- What still differs from the original (a row here moves the faithful recipe towards it): "
                    + "; ".join(still) + ".")
-        if moved:
-            verdict = (f"{', '.join(f'`{m}`' for m in moved)} moves the result towards the original's number at this "
-                       "length (a row of one seed: a hint), by less than or as much as the gap: compare the two.")
-        elif measured:
-            verdict = ("What was measured of these moves the result away from the original's number, not towards it: "
-                       "the gap stays unexplained by these rows.")
-        else:
+        hedge = " (one seed: a hint)" if measured and all(r["kind"] == "hint" for r in measured) else ""
+        if towards == 0:
+            verdict = "The original's results lie on both sides of the faithful run: no direction closes the gap."
+        elif moved:
+            verdict = (f"Moving towards the original moves the result towards its number for {', '.join(moved)}, "
+                       f"measured at {length}, against the gap at the recipe's own length.")
+        elif not measured:
             verdict = "None of these but the seed was measured here: the gap stays unexplained by these rows."
-        out.append(f"- {verdict} A row that switches a choice back to ours measures what the original's choice is "
-                   "worth at this length; it would explain the gap only if the faithful recipe had that choice wrong "
-                   "(each option is tested against a hand-computed case).")
-        out.append("")
+        elif any(told(r) for r in measured):
+            verdict = (f"What was measured of these moves the result away from the original's number{hedge}, not "
+                       "towards it: the gap stays unexplained by these rows.")
+        else:
+            verdict = ("Nothing measured of these moves the result towards the original's number beyond the seed "
+                       "noise: the gap stays unexplained by these rows.")
+        out += [f"- {verdict}", ""]
     return "\n".join(out).strip() or "_No ablation rows yet against a faithful run more than a point from the original._"
 
 

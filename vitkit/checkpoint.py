@@ -110,7 +110,7 @@ def run_identity(model: nn.Module, train_loader, cfg: FitConfig, val_loader=None
     batch size and augmentation), every setting of ``cfg`` that changes what the run computes
     (:meth:`FitConfig.identity`) and the entries of ``cfg.run_info`` (seed, recipe, ...), which may not redefine the
     others. Machine paths are not part of it: the data's source line shows its folder as
-    :func:`vitkit.sources.shown_path` does (relative to the repository where it lies in or beside it), so a checkpoint
+    :func:`vitkit.sources.shown_path` does (as given where relative, else relative to the repository), so a checkpoint
     moves with the repository to another machine; but a data folder that moved, or is named by another relative
     path, shows another source, and resuming is refused."""
     settings = cfg.identity()
