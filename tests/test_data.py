@@ -117,6 +117,17 @@ def test_cifar_resize_for_pretrained_models(fake_cifar_folders):
     assert x.min() >= -1 - 1e-6 and x.max() <= 1 + 1e-6
 
 
+def test_cifar_loaders_normalise_with_the_given_statistics(fake_cifar_folders):
+    # the original's CIFAR-10 statistics (the faithful recipes'), checked on a lossless image: (x / 255 - mean) / std
+    root, images = fake_cifar_folders
+    mean, std = torch.tensor([0.4914, 0.4822, 0.4465]), torch.tensor([0.2023, 0.1994, 0.2010])
+    loaders = data.cifar10_loaders(root, batch_size=2, val_size=6, mean=tuple(mean.tolist()), std=tuple(std.tolist()),
+                                   download=False)
+    x, y = next(iter(loaders.test))  # the test split in file order: the first class's first image, a PNG
+    want = (images[("test", "cat", 0)].float() / 255 - mean[:, None, None]) / std[:, None, None]
+    assert y[0].item() == 0 and torch.allclose(x[0], want, atol=1e-5)
+
+
 def test_missing_mnist_names_root_files_and_env_var(tmp_path):
     with pytest.raises(vh.DataNotFoundError) as info:
         data.mnist_loaders(tmp_path / "nowhere", download=False)
