@@ -734,10 +734,15 @@ def _original_noise(records) -> str:
                       key=lambda r: (r[0], r[1] or 0))
     # one machine: a change of machine or thread count drifts a run as a new seed would
     machines = [{_machine(r) for r in runs.values()} for _, _, runs in faithful]
+    accs = oa.test_accuracies(dict(records))
+    pooled = [_seed_noise(accs, recipe, epochs) for recipe, epochs, _ in faithful]
     measured = [f"`{recipe}` at {f'{epochs} epochs' if epochs else 'its own length'}, "
                 f"± {100 * stats.spread([r['metrics']['test_acc'] for r in runs.values()])['std']:.2f} points over "
                 f"{len(runs)} seeds" + (f", all on {next(iter(on))}" if len(on) == 1 else "")
-                for (recipe, epochs, runs), on in zip(faithful, machines)]
+                + (f" (pooled over all its ablation rows of that length, which the ablations are read against: "
+                   f"± {100 * noise['pooled_std']:.2f}, {noise['df']} df)" if noise and noise["df"] > len(runs) - 1
+                   else "")
+                for (recipe, epochs, runs), on, noise in zip(faithful, machines, pooled)]
     own_length = any(epochs is None for _, epochs, _ in faithful)
     return ("Each number here, the original's and ours, is one run, so each gap is a hint. The original's two CIFAR-10 "
             f"results (its README's, and its notebook's last version, which may differ in code) differ by "
@@ -872,11 +877,21 @@ def _said(row: str, r: dict) -> str:
     return f"`{row}` ({100 * r['difference']:+.2f}, {how})"
 
 
+def _seed_noise(accs: dict, recipe: str, epochs: int | None) -> dict | None:
+    """The seed-to-seed std of test accuracy pooled over every row of ``recipe`` at ``epochs`` (``pooled_std``,
+    ``df``), from :func:`vitkit.stats.pooled_difference`; None where no row has two seeds."""
+    from vitkit import stats
+
+    groups = [list(v.values()) for (r, e, _), v in accs.items() if (r, e) == (recipe, epochs)]
+    twice = next((g for g in groups if len(g) > 1), None)
+    return None if twice is None else stats.pooled_difference(twice, twice, groups)  # a setup against itself
+
+
 def ablation_findings(records) -> str:
     """What the ablation table found, per recipe and length with rows: the rows grouped by how they read; which
-    rows would narrow the gap to the original had the faithful recipe got that choice wrong; what still differs
-    from the original and which way moving it towards the original went; and whether anything measured moves the
-    faithful recipe towards the original's number (its gap: the faithful run to its end). A direction is read only
+    could close the gap to the original (had the faithful recipe misread that choice) and which would widen it; the
+    seed noise against the gap; what else differs from the original and which way moving it towards the original
+    went; and whether anything measured explains the gap (the faithful run to its end). A direction is read only
     from a row beyond twice the SE or a hint (one seed, a point or more away)."""
     import original_ablations as oa
     from vitkit import stats
@@ -896,7 +911,7 @@ def ablation_findings(records) -> str:
         length = f"{epochs} epochs" if epochs else "its own length"
         faithful = accs.get((recipe, epochs, "faithful"), {})
         if not faithful:
-            out += [f"**`{recipe}`, {length}**: no faithful run at this length yet, so nothing to read its rows "
+            out += [f"**`{recipe}`, rows at {length}**: no faithful run at this length yet, so nothing to read them "
                     "against.", ""]
             continue
         ours = complete[recipe][1]["metrics"]["test_acc"]
@@ -905,9 +920,9 @@ def ablation_findings(records) -> str:
         towards = -1 if all(g > 0 for g in gaps) else 1 if all(g < 0 for g in gaps) else 0
         read = {row: _row_reading(accs, recipe, epochs, row) for row in oa.ROWS
                 if row != "faithful" and oa.overrides(row, recipe) is not None}
-        out.append(f"**`{recipe}`, {length}** (the faithful run to its end, at its own length: "
-                   f"{' and '.join(f'{100 * g:+.2f}' for g in gaps)} points from the original's test accuracy, "
-                   "per result in the README's table):")
+        out.append(f"**`{recipe}`, rows at {length}.** The gap to explain, at the recipe's own length: "
+                   f"{' and '.join(f'{100 * g:+.2f}' for g in gaps)} points (the faithful run to its end against "
+                   "each of the original's results in the README's table).")
         back = [(row, r) for row, r in read.items() if r is not None and row not in oa.TOWARDS_ORIGINAL]
         for kind, title in groups:
             rows = [f"`{row}` ({100 * r['difference']:+.2f})" for row, r in back if r["kind"] == kind]
@@ -917,31 +932,38 @@ def ablation_findings(records) -> str:
         if unrun:
             out.append(f"- Not run: {', '.join(f'`{row}`' for row in unrun)}.")
         told = lambda r: r["kind"] in ("beyond", "hint")  # a direction the seeds (or one seed's size) can tell
-        narrowing = [_said(row, r) for row, r in back if told(r) and r["difference"] * towards > 0]
-        out.append("- Each of these rows measures what one of the original's choices is worth at this length; it "
-                   "would explain the gap only if the faithful recipe had that choice wrong (each option's "
-                   "implementation is tested; that the original made the choice rests on reading its notebooks). "
-                   + (f"Switching back to ours moves the result the way that narrows the gap for "
-                      f"{', '.join(narrowing)}: those are the choices whose misreading would matter."
-                      if narrowing else "None of them, switched back to ours, moves the result the way that "
-                      "narrows the gap."))
-        seeds = list(faithful.values())
-        machines = {_machine(rec) for rec in runs[(recipe, epochs, "faithful")].values()}
-        if len(seeds) >= 2:
-            groups_here = [list(v.values()) for (r, e, _), v in accs.items() if (r, e) == (recipe, epochs)]
-            noise = stats.pooled_difference(seeds, seeds, groups_here)  # a setup against itself: just the spread
-            two_singles = 2 * math.sqrt(2) * noise["pooled_std"]  # twice the std of a difference of two runs
-            seed = (f"the seed, and with it the validation draw: the faithful runs here spread "
-                    f"{pct_spread(stats.spread(seeds))} over {len(seeds)} seeds"
-                    f"{f', all on {machines.pop()}' if len(machines) == 1 else ''}, and the seed std pooled over "
-                    f"the rows is {100 * noise['pooled_std']:.2f} points ({noise['df']} df): twice the std of the "
-                    f"difference of two single runs is {100 * two_singles:.2f} points at this length, "
-                    f"{'less than' if all(abs(g) > two_singles for g in gaps) else 'not less than'} the gap "
-                    "(the original's number and the faithful run to its end are one run each), if the spread at the "
-                    "recipe's own length is alike")
+        closing = [_said(row, r) for row, r in back if told(r) and r["difference"] * towards > 0]
+        widening = [_said(row, r) for row, r in back if told(r) and r["difference"] * towards < 0]
+        if towards:
+            out.append("- Could close the gap: only a row that moves the result towards the original's number, and "
+                       "only if the faithful recipe misread that choice of the original's (each option's "
+                       "implementation is tested; that the original made the choice rests on reading its "
+                       f"notebooks): {', '.join(closing) if closing else 'none'}.")
+            if widening:
+                out.append(f"- Would widen the gap, switched back to ours: {', '.join(widening)}.")
+        home = {_machine(rec) for rec in runs[(recipe, epochs, "faithful")].values()}
+        elsewhere = [f"`{row}`" for row, r in back if {_machine(rec) for rec in runs[(recipe, epochs, row)].values()}
+                     - home]
+        if elsewhere:
+            out.append(f"- Ran on another machine or thread count than the faithful runs ({', '.join(sorted(home))}), "
+                       "which their spread may not cover: " + ("every row" if len(elsewhere) == len(back)
+                                                               else ", ".join(elsewhere)) + ".")
+        seeds, noise = list(faithful.values()), _seed_noise(accs, recipe, epochs)
+        seed = (f"- The seed, and with it the validation draw: the faithful runs spread "
+                f"{pct_spread(stats.spread(seeds))} over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+        if noise is not None:
+            two_singles = 2 * math.sqrt(2) * noise["pooled_std"]  # twice the std of a difference of two single runs
+            seed += (f"; pooled over every row here ({noise['df']} df) the seed std is "
+                     f"{100 * noise['pooled_std']:.2f} points, so twice the std of the difference of two single runs "
+                     f"is {100 * two_singles:.2f} points, "
+                     + ("under the gap by this lenient bar" if all(abs(g) > two_singles for g in gaps) else
+                        "as large as the gap or more")
+                     + " (the original's number and the faithful run to its end are one run each; the spread at the "
+                     "recipe's own length is not measured).")
         else:
-            seed = "the seed, and with it the validation draw: one faithful seed here, so not measured yet"
-        still, moved, measured = [seed], [], []
+            seed += ": no row has two seeds, so the noise is not measured yet."
+        out.append(seed)
+        still, moved, measured = [], [], []
         for row in oa.TOWARDS_ORIGINAL:
             if row not in read:
                 continue
@@ -949,30 +971,26 @@ def ablation_findings(records) -> str:
             if r is None:
                 still.append(f"`{row}`, not run")
                 continue
-            measured.append(r)
-            way = ("not told from the seed noise" if not told(r) else "towards the original's number"
-                   if r["difference"] * towards > 0 else "away from the original's number")
-            still.append(f"{_said(row, r)}: {way}")
+            measured.append(f"`{row}`")
+            way = ("whose effect is not told from the seed noise" if not told(r) else "that moves the result "
+                   + ("towards" if r["difference"] * towards > 0 else "away from") + " its number")
+            still.append(f"{_said(row, r)}: a step towards the original {way}")
             moved += [_said(row, r)] if told(r) and r["difference"] * towards > 0 else []
         if dataset_of(recipe) == "cifar10":
             still.append("the JPEG copy, not measured (why: below the table)")
         still.append("the library versions, not measurable here")
-        out.append("- What still differs from the original (a row here moves the faithful recipe towards it): "
-                   + "; ".join(still) + ".")
-        hedge = " (one seed: a hint)" if measured and all(r["kind"] == "hint" for r in measured) else ""
+        out.append("- What else differs from the original: " + "; ".join(still) + ".")
         if towards == 0:
             verdict = "The original's results lie on both sides of the faithful run: no direction closes the gap."
         elif moved:
-            verdict = (f"Moving towards the original moves the result towards its number for {', '.join(moved)}, "
+            verdict = (f"A step towards the original moves the result towards its number: {', '.join(moved)}, "
                        f"measured at {length}, against the gap at the recipe's own length.")
-        elif not measured:
-            verdict = "None of these but the seed was measured here: the gap stays unexplained by these rows."
-        elif any(told(r) for r in measured):
-            verdict = (f"What was measured of these moves the result away from the original's number{hedge}, not "
-                       "towards it: the gap stays unexplained by these rows.")
+        elif measured:
+            verdict = (f"Of these, only {' and '.join(measured)} {'was' if len(measured) == 1 else 'were'} measured, "
+                       f"and {'it does not move' if len(measured) == 1 else 'none of them moves'} the result towards "
+                       "the original's number beyond the seed noise: the gap stays unexplained by these rows.")
         else:
-            verdict = ("Nothing measured of these moves the result towards the original's number beyond the seed "
-                       "noise: the gap stays unexplained by these rows.")
+            verdict = "None of these was measured: the gap stays unexplained by these rows."
         out += [f"- {verdict}", ""]
     return "\n".join(out).strip() or "_No ablation rows yet against a faithful run more than a point from the original._"
 

@@ -78,6 +78,14 @@ def test_original_table_has_a_row_per_original_result_and_only_complete_faithful
         second["config"], threads=1))))
     assert results_table.original_table(results_table.load_records(tmp_path)).endswith(
         "± 0.71 points over 2 seeds; not yet at a recipe's own length.")
+    # a row of two seeds more: the seed std pooled over both rows (2 df), the one the ablations are read against:
+    # (2 x 0.005^2 + 2 x 0.0005^2) / 2, s = 0.50 points
+    for seed, acc in ((0, 0.600), (1, 0.601)):
+        (tmp_path / f"cifar10-original-abl-our-split-s{seed}-e10.json").write_text(json.dumps(dict(
+            shortened, seed=seed, metrics=dict(shortened["metrics"], test_acc=acc))))
+    assert results_table.original_table(results_table.load_records(tmp_path)).endswith(
+        "± 0.71 points over 2 seeds (pooled over all its ablation rows of that length, which the ablations are read "
+        "against: ± 0.50, 2 df); not yet at a recipe's own length.")
 
 
 def test_seeds_table_shows_each_seed_the_spread_and_the_verdict(tmp_path):
@@ -380,45 +388,45 @@ def test_ablation_findings_group_the_rows_and_say_whether_anything_measured_move
     # s = 0.00418, 2 SE = 2 s = 0.84 points: our-split's -2.45 is beyond it, no-attn-dropout's -0.40 within; two
     # single runs' difference has std s sqrt(2): twice that is 1.18 points, under the gap of 2.25
     assert lines[:5] == [
-        "**`hf-original`, 10 epochs** (the faithful run to its end, at its own length: -2.25 points from the "
-        "original's test accuracy, per result in the README's table):",
+        "**`hf-original`, rows at 10 epochs.** The gap to explain, at the recipe's own length: -2.25 points (the "
+        "faithful run to its end against each of the original's results in the README's table).",
         "- Beyond twice the SE: `our-split` (-2.45).", "- Within twice the SE: `no-attn-dropout` (-0.40).",
         "- One seed, a point or more away (a hint each): `schedule-per-step` (+2.50).",
         "- One seed so far, a second due: `our-norm` (+0.50)."]
-    # only a row whose direction the seeds tell (beyond twice the SE, or a hint) is named as narrowing the gap
-    assert lines[5].endswith("Switching back to ours moves the result the way that narrows the gap for "
-                             "`schedule-per-step` (+2.50, one seed, a point or more away: a hint): those are the "
-                             "choices whose misreading would matter.")
-    assert lines[6] == (
-        "- What still differs from the original (a row here moves the faithful recipe towards it): the seed, and with "
-        "it the validation draw: the faithful runs here spread 62.50 % ± 0.71 over 2 seeds, all on Some CPU, 1 thread, "
-        "and the seed std pooled over the rows is 0.42 points (3 df): twice the std of the difference of two single "
-        "runs is 1.18 points at this length, less than the gap (the original's number and the faithful run to its end "
-        "are one run each), if the spread at the recipe's own length is alike; `zero-embed-init` (-1.50, one seed, a "
-        "point or more away: a hint): away from the original's number; `fp32`, not run; the JPEG copy, not measured "
-        "(why: below the table); the library versions, not measurable here.")
-    assert lines[7] == ("- What was measured of these moves the result away from the original's number (one seed: a "
-                        "hint), not towards it: the gap stays unexplained by these rows.")
-    # the original's zero init lifting the result by a point or more: that row moves it towards the original's number
+    # a direction is read only from a row beyond twice the SE or a hint: our-norm's +0.50 closes nothing
+    assert lines[5].endswith("reading its notebooks): `schedule-per-step` (+2.50, one seed, a point or more away: a "
+                             "hint).")
+    assert lines[6] == "- Would widen the gap, switched back to ours: `our-split` (-2.45, beyond twice the SE)."
+    assert lines[7] == (
+        "- The seed, and with it the validation draw: the faithful runs spread 62.50 % ± 0.71 over 2 seeds; pooled "
+        "over every row here (3 df) the seed std is 0.42 points, so twice the std of the difference of two single "
+        "runs is 1.18 points, under the gap by this lenient bar (the original's number and the faithful run to its "
+        "end are one run each; the spread at the recipe's own length is not measured).")
+    assert lines[8] == (
+        "- What else differs from the original: `zero-embed-init` (-1.50, one seed, a point or more away: a hint): a "
+        "step towards the original that moves the result away from its number; `fp32`, not run; the JPEG copy, not "
+        "measured (why: below the table); the library versions, not measurable here.")
+    assert lines[9] == ("- Of these, only `zero-embed-init` was measured, and it does not move the result towards the "
+                        "original's number beyond the seed noise: the gap stays unexplained by these rows.")
+    # the original's zero init lifting the result by a point or more: that step moves it towards the original's number
     (tmp_path / "hf-original-abl-zero-embed-init-s0-e10.json").write_text(json.dumps(rec(0.640)))
     lines = findings()
-    assert "`zero-embed-init` (+1.50, one seed, a point or more away: a hint): towards the original's number" in lines[6]
-    assert lines[7] == ("- Moving towards the original moves the result towards its number for `zero-embed-init` "
-                        "(+1.50, one seed, a point or more away: a hint), measured at 10 epochs, against the gap at "
-                        "the recipe's own length.")
+    assert "a hint): a step towards the original that moves the result towards its number;" in lines[8]
+    assert lines[9] == ("- A step towards the original moves the result towards its number: `zero-embed-init` (+1.50, "
+                        "one seed, a point or more away: a hint), measured at 10 epochs, against the gap at the "
+                        "recipe's own length.")
     # ... but by under a point on one seed, no direction is read from it
     (tmp_path / "hf-original-abl-zero-embed-init-s0-e10.json").write_text(json.dumps(rec(0.630)))
     lines = findings()
-    assert "`zero-embed-init` (+0.50, one seed so far: under a point, so a second seed is due): not told from the " \
-           "seed noise" in lines[6]
-    assert lines[7].startswith("- Nothing measured of these moves the result towards the original's number beyond")
-    # one faithful seed: the seed is not measured; rows at a length without a faithful run: nothing to read them by
-    (tmp_path / "hf-original-abl-faithful-s1-e10.json").unlink()
+    assert "is due): a step towards the original whose effect is not told from the seed noise;" in lines[8]
+    assert lines[9].startswith("- Of these, only `zero-embed-init` was measured, and it does not move")
+    # rows at a length without a faithful run: nothing to read them against; and the gap within twice the noise
     (tmp_path / "hf-original-abl-our-split-s0-e5.json").write_text(json.dumps(rec(0.5, epochs=5)))
+    (tmp_path / "hf-original-full.json").write_text(json.dumps(rec(0.7450, epochs=30)))  # 1.10 under 75.6 %
     lines = findings()
-    assert lines[0] == ("**`hf-original`, 5 epochs**: no faithful run at this length yet, so nothing to read its rows "
-                        "against.")
-    assert "the seed, and with it the validation draw: one faithful seed here, so not measured yet;" in "\n".join(lines)
+    assert lines[0] == "**`hf-original`, rows at 5 epochs**: no faithful run at this length yet, so nothing to read " \
+                       "them against."
+    assert "two single runs is 1.18 points, as large as the gap or more (the original's" in lines[9]
     # a faithful run within a point of the original needs no rows, and so no findings
     (tmp_path / "hf-original-full.json").write_text(json.dumps(rec(0.7555, epochs=30)))
     assert findings() == ["_No ablation rows yet against a faithful run more than a point from the original._"]
