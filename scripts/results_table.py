@@ -778,6 +778,12 @@ def _machine(rec: dict) -> str:
     return cpu if threads is None else f"{cpu}, {threads} thread{'s' if threads != 1 else ''}"
 
 
+def _seed_groups(accs: dict, recipe: str, epochs: int | None) -> list[list[float]]:
+    """The test accuracies of every row of ``recipe`` at ``epochs``, a list per row: what the seed spread is pooled
+    over."""
+    return [list(v.values()) for (r, e, _), v in accs.items() if (r, e) == (recipe, epochs)]
+
+
 _READINGS = {"unpaired": "the faithful runs have one seed: no spread to read it against",
              "hint": "one seed, a point or more away: a hint",
              "due": "one seed so far: under a point, so a second seed is due",
@@ -801,10 +807,9 @@ def _row_reading(accs: dict, recipe: str, epochs: int | None, row: str) -> dict 
     vals = list(got.values())
     out = {"difference": sum(vals) / len(vals) - sum(faithful) / len(faithful)}
     if len(vals) >= 2 and len(faithful) >= 2:
-        d = stats.pooled_difference(vals, faithful, [list(v.values()) for (r, e, _), v in accs.items()
-                                                     if (r, e) == (recipe, epochs)])
-        return {"difference": d["difference"], "kind": "beyond" if d["beyond_noise"] else "within",
-                "two_se": d["two_standard_errors"], "df": d["df"]}
+        d = stats.pooled_difference(vals, faithful, _seed_groups(accs, recipe, epochs))
+        return {**out, "kind": "beyond" if d["beyond_noise"] else "within", "two_se": d["two_standard_errors"],
+                "df": d["df"]}
     if len(vals) >= 2:
         return {**out, "kind": "unpaired"}
     if oa.settling_gap(accs, recipe, row, epochs) is not None:
@@ -882,7 +887,7 @@ def _seed_noise(accs: dict, recipe: str, epochs: int | None) -> dict | None:
     ``df``), from :func:`vitkit.stats.pooled_difference`; None where no row has two seeds."""
     from vitkit import stats
 
-    groups = [list(v.values()) for (r, e, _), v in accs.items() if (r, e) == (recipe, epochs)]
+    groups = _seed_groups(accs, recipe, epochs)
     twice = next((g for g in groups if len(g) > 1), None)
     return None if twice is None else stats.pooled_difference(twice, twice, groups)  # a setup against itself
 
